@@ -1,0 +1,341 @@
+//! Command-line flags (clap derive). Defaults that belong to a training recipe live in
+//! `cv_train::config`, not here: a flag left out means "the recipe's value".
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// An error in what the user typed (exit code 2), as opposed to a failure while working (1).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Bail out with a usage error (exit code 2).
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+/// Transfer learning for computer vision in pure Rust: CIFAR-10, image folders, a small CNN
+/// and ImageNet-pretrained ResNet-18.
+#[derive(Debug, Parser)]
+#[command(name = "cv", version, propagate_version = true, after_help = "Start with:\n  cargo xtask fetch-data\n  cv finetune")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Whether log lines below warnings should be hidden.
+    pub fn quiet_logs(&self) -> bool {
+        match &self.command {
+            Command::Train(a) => a.common.quiet,
+            Command::Finetune(a) => a.common.quiet,
+            Command::Eval(a) => a.json,
+            Command::Predict(a) => a.json,
+            Command::Data(DataCommand::Inspect(a)) => a.json,
+            Command::Weights(WeightsCommand::List(a)) => a.json,
+            Command::Weights(WeightsCommand::Fetch(_)) => false,
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model from scratch (the tutorial's first half).
+    #[command(after_help = "Example:\n  cv train --model cnn --data data/cifar-10-batches-bin --epochs 10 --out runs/cnn")]
+    Train(TrainArgs),
+    /// Fine-tune pretrained weights on your data (the tutorial's second half).
+    #[command(after_help = "Examples:\n  cv finetune                                   # resnet18.tv_in1k on CIFAR-10, recipe defaults\n  cv finetune --mode full --epochs 3 --image-size 64\n  cv finetune --weights my.safetensors --data flowers/ --mode head")]
+    Finetune(FinetuneArgs),
+    /// Evaluate a checkpoint: loss, top-1, top-5, per-class accuracy, confusion matrix.
+    #[command(after_help = "Example:\n  cv eval --checkpoint runs/finetune --data data/cifar-10-batches-bin --json")]
+    Eval(EvalArgs),
+    /// Classify image files with a checkpoint or pretrained weights.
+    #[command(after_help = "Examples:\n  cv predict --checkpoint runs/finetune cat.png dog.jpg\n  cv predict --weights resnet18.tv_in1k --top-k 5 --json photo.jpg")]
+    Predict(PredictArgs),
+    /// Look at datasets.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Pretrained weights: list the registry, download into the Hugging Face cache.
+    #[command(subcommand)]
+    Weights(WeightsCommand),
+}
+
+/// Which network to train from scratch.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModelArg {
+    /// The tutorial's small CNN (32x32 input only).
+    Cnn,
+    /// ResNet-18 (any input from 32x32 up).
+    Resnet18,
+}
+
+/// Which parameters fine-tuning trains.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// Everything trains.
+    Full,
+    /// Backbone frozen (BatchNorm in eval mode), only the new head trains.
+    Head,
+    /// Features computed once with the frozen backbone, then a linear head on the cache.
+    Probe,
+}
+
+/// Optimizer choice.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OptimizerArg {
+    /// SGD with momentum (PyTorch semantics).
+    Sgd,
+    /// AdamW (decoupled weight decay).
+    Adamw,
+}
+
+/// Learning-rate schedule choice.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScheduleArg {
+    /// The same rate throughout.
+    Constant,
+    /// Multiply by 0.1 every third of the epochs.
+    Step,
+    /// Linear warm-up, then cosine decay to zero.
+    Cosine,
+    /// One-cycle (PyTorch's OneCycleLR, cosine annealing).
+    Onecycle,
+}
+
+/// Augmentation recipe for training batches.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AugmentArg {
+    /// Random crop with 4 pixels of padding, horizontal flip.
+    Cifar,
+    /// RandomResizedCrop and horizontal flip.
+    Imagenet,
+    /// Resize and normalise only.
+    None,
+}
+
+/// Flags shared by `train` and `finetune`. A flag left out takes the recipe's default.
+#[derive(Debug, Args)]
+pub struct CommonTrainArgs {
+    /// Passes over the training split.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Images per optimizer step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate (of the head, when fine-tuning).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Optimizer.
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
+    /// SGD momentum.
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Weight decay (never applied to BatchNorm and bias parameters).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Use Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Learning-rate schedule, applied per step.
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
+    /// Label smoothing of the cross-entropy loss (0 to 1).
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Side of the square images the model sees (CIFAR's 32x32 are resized to it).
+    #[arg(long)]
+    pub image_size: Option<u32>,
+    /// Augmentation of training batches.
+    #[arg(long, value_enum)]
+    pub augment: Option<AugmentArg>,
+    /// Seed of initialisation, shuffling and augmentation.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Device: cpu, cuda, cuda:N or metal (falls back to cpu with a warning).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Output folder for model.safetensors, config.json, metrics.jsonl, curves.png.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run saved in --out from its last completed epoch.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bars or info lines (for scripts).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Skip unreadable images in an image folder instead of failing.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Use at most this many training images (quick experiments; a seeded, class-balanced subset).
+    #[arg(long)]
+    pub limit_train: Option<usize>,
+    /// Use at most this many test images (likewise).
+    #[arg(long)]
+    pub limit_test: Option<usize>,
+}
+
+/// `cv train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Network to train.
+    #[arg(long, value_enum, default_value = "cnn")]
+    pub model: ModelArg,
+    /// A CIFAR-10 batch folder (or its parent) or an image-folder root with train/ and test/.
+    #[arg(long, default_value = "data/cifar-10-batches-bin")]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub common: CommonTrainArgs,
+}
+
+/// `cv finetune`.
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// A registry name (see `cv weights list`), a .safetensors file or a checkpoint folder.
+    #[arg(long, default_value = "resnet18.tv_in1k")]
+    pub weights: String,
+    /// A CIFAR-10 batch folder (or its parent) or an image-folder root with train/ and test/.
+    #[arg(long, default_value = "data/cifar-10-batches-bin")]
+    pub data: PathBuf,
+    /// What trains.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Gradual unfreezing: train the head alone for N epochs, then everything.
+    #[arg(long)]
+    pub unfreeze_after: Option<usize>,
+    /// Learning rate of the pretrained backbone relative to the head's (e.g. 0.1).
+    #[arg(long)]
+    pub backbone_lr_scale: Option<f64>,
+    /// Use the Hugging Face cache only (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// Input normalisation mean (R,G,B) for weights without a config.json.
+    #[arg(long, value_delimiter = ',', num_args = 3)]
+    pub mean: Option<Vec<f32>>,
+    /// Input normalisation std (R,G,B) for weights without a config.json.
+    #[arg(long, value_delimiter = ',', num_args = 3)]
+    pub std: Option<Vec<f32>>,
+    #[command(flatten)]
+    pub common: CommonTrainArgs,
+}
+
+/// `cv eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A checkpoint folder written by train/finetune.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The dataset to evaluate on (its test split).
+    #[arg(long, default_value = "data/cifar-10-batches-bin")]
+    pub data: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Device: cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Skip unreadable images in an image folder instead of failing.
+    #[arg(long)]
+    pub skip_bad: bool,
+}
+
+/// `cv predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A checkpoint folder written by train/finetune.
+    #[arg(long, conflicts_with = "weights", required_unless_present = "weights")]
+    pub checkpoint: Option<PathBuf>,
+    /// A registry name, a .safetensors file or a checkpoint folder.
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// Image files (png, jpeg, bmp, webp, gif).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// How many classes to show per image.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Device: cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Use the Hugging Face cache only (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// Input normalisation mean (R,G,B) for weights without a config.json.
+    #[arg(long, value_delimiter = ',', num_args = 3)]
+    pub mean: Option<Vec<f32>>,
+    /// Input normalisation std (R,G,B) for weights without a config.json.
+    #[arg(long, value_delimiter = ',', num_args = 3)]
+    pub std: Option<Vec<f32>>,
+}
+
+/// `cv data ...`.
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// The format found, images per split and class, and an integrity check.
+    #[command(after_help = "Example:\n  cv data inspect data/cifar-10-batches-bin --json")]
+    Inspect(InspectArgs),
+}
+
+/// `cv data inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A CIFAR-10 batch folder (or its parent) or an image-folder root.
+    pub dir: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cv weights ...`.
+#[derive(Debug, Subcommand)]
+pub enum WeightsCommand {
+    /// Name, architecture, top-1, size and whether it is cached.
+    #[command(after_help = "Example:\n  cv weights list")]
+    List(ListArgs),
+    /// Download into the Hugging Face cache and print the local path.
+    #[command(after_help = "Example:\n  cv weights fetch resnet18.tv_in1k")]
+    Fetch(FetchArgs),
+}
+
+/// `cv weights list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cv weights fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// A registry name.
+    pub name: String,
+    /// Use the cache only (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// Three comma-separated numbers as an RGB triple.
+pub fn rgb(v: &Option<Vec<f32>>, flag: &str) -> anyhow::Result<Option<[f32; 3]>> {
+    match v {
+        None => Ok(None),
+        Some(v) if v.len() == 3 => Ok(Some([v[0], v[1], v[2]])),
+        Some(v) => Err(usage(format!("--{flag} takes 3 numbers (R,G,B), got {}", v.len()))),
+    }
+}

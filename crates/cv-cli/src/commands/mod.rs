@@ -1,0 +1,33 @@
+//! One module per command; each turns flags into library calls and prints the result.
+
+mod data;
+mod predict;
+mod train;
+mod weights;
+
+use anyhow::Result;
+use cv_weights::source::WeightsSource;
+
+use crate::args::{usage, Cli, Command, DataCommand, WeightsCommand};
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Train(a) => train::train(a),
+        Command::Finetune(a) => train::finetune(a),
+        Command::Eval(a) => train::eval(a),
+        Command::Predict(a) => predict::run(a),
+        Command::Data(DataCommand::Inspect(a)) => data::inspect(a),
+        Command::Weights(WeightsCommand::List(a)) => weights::list(a),
+        Command::Weights(WeightsCommand::Fetch(a)) => weights::fetch(a),
+    }
+}
+
+/// `--weights` value: an existing file or folder, else a registry name (a usage error when it
+/// is neither, listing the known names).
+pub fn parse_weights(s: &str) -> Result<WeightsSource> {
+    WeightsSource::parse(s).map_err(|e| {
+        let names: Vec<&str> = cv_weights::registry::registry().iter().map(|p| p.name).collect();
+        usage(format!("--weights {s}: {e} (known names: {}; or give a .safetensors file or a checkpoint folder)", names.join(", ")))
+    })
+}

@@ -1,0 +1,691 @@
+//! Augmentation on u8 RGB images, per sample and seeded, written straight into a preallocated
+//! f32 CHW (or NCHW batch) buffer with normalisation fused in.
+//!
+//! Transforms follow torchvision's semantics (parameters, random draws, rounding of sizes and
+//! offsets). Geometry is planned lazily: crops, flips and at most one resize are accumulated
+//! and rendered in one pass, so RandomCrop+flip+normalise touches each output value once and
+//! Resize+CenterCrop computes only the pixels it keeps. A second resize after a first one
+//! renders the intermediate to u8 first, as torchvision does between steps.
+
+mod resample;
+
+use std::borrow::Cow;
+
+use image::RgbImage;
+use rand::Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+use resample::{crop_into, resize_into, Region, ResizePlan};
+
+/// CIFAR-10 per-channel mean (training set, 0..1 scale).
+pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
+/// CIFAR-10 per-channel standard deviation (training set, 0..1 scale).
+pub const CIFAR10_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
+/// ImageNet mean used by every torchvision pretrained model.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet standard deviation used by every torchvision pretrained model.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+fn default_scale() -> [f64; 2] {
+    [0.08, 1.0]
+}
+fn default_ratio() -> [f64; 2] {
+    [3.0 / 4.0, 4.0 / 3.0]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_half() -> f64 {
+    0.5
+}
+
+/// One augmentation step (square output sizes). Serialised as `{"type": "random_crop", ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Transform {
+    /// torchvision `RandomResizedCrop`: a random area fraction in `scale` and aspect ratio in
+    /// `ratio` (log-uniform), 10 attempts then a centre crop, resized to `size` x `size`.
+    RandomResizedCrop {
+        /// Output side.
+        size: u32,
+        /// Range of the crop area as a fraction of the image area.
+        #[serde(default = "default_scale")]
+        scale: [f64; 2],
+        /// Range of the crop aspect ratio (width / height).
+        #[serde(default = "default_ratio")]
+        ratio: [f64; 2],
+        /// Widen the filter when shrinking (PIL / torchvision `antialias=True`).
+        #[serde(default = "default_true")]
+        antialias: bool,
+    },
+    /// torchvision `Resize(int)`: the smaller edge becomes `size`, the other keeps the aspect
+    /// ratio (truncated).
+    Resize {
+        /// New length of the smaller edge.
+        size: u32,
+        /// Widen the filter when shrinking.
+        #[serde(default = "default_true")]
+        antialias: bool,
+    },
+    /// torchvision `CenterCrop`: zero-pads when the image is smaller than `size`.
+    CenterCrop {
+        /// Output side.
+        size: u32,
+    },
+    /// torchvision `RandomCrop(size, padding)`: zero-pad every side by `padding`, then crop
+    /// `size` x `size` at a uniform random offset.
+    RandomCrop {
+        /// Output side.
+        size: u32,
+        /// Zero padding added on each side before cropping.
+        #[serde(default)]
+        padding: u32,
+    },
+    /// Mirror left-right with probability `p`.
+    RandomHorizontalFlip {
+        /// Probability of flipping.
+        #[serde(default = "default_half")]
+        p: f64,
+    },
+}
+
+impl Transform {
+    /// `RandomResizedCrop(size)` with torchvision's defaults.
+    pub fn random_resized_crop(size: u32) -> Self {
+        Self::RandomResizedCrop {
+            size,
+            scale: default_scale(),
+            ratio: default_ratio(),
+            antialias: true,
+        }
+    }
+
+    /// `Resize(size)` of the smaller edge, antialiased.
+    pub fn resize(size: u32) -> Self {
+        Self::Resize {
+            size,
+            antialias: true,
+        }
+    }
+
+    /// `CenterCrop(size)`.
+    pub fn center_crop(size: u32) -> Self {
+        Self::CenterCrop { size }
+    }
+
+    /// `RandomCrop(size, padding)`.
+    pub fn random_crop(size: u32, padding: u32) -> Self {
+        Self::RandomCrop { size, padding }
+    }
+
+    /// `RandomHorizontalFlip(p)`.
+    pub fn flip(p: f64) -> Self {
+        Self::RandomHorizontalFlip { p }
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let positive = |s: u32, what: &str| {
+            if s == 0 {
+                Err(format!("{what}: size must be positive"))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Self::RandomResizedCrop {
+                size, scale, ratio, ..
+            } => {
+                positive(*size, "random_resized_crop")?;
+                if !(scale[0] > 0.0 && scale[0] <= scale[1] && scale[1].is_finite()) {
+                    return Err(format!("random_resized_crop: bad scale range {scale:?}"));
+                }
+                if !(ratio[0] > 0.0 && ratio[0] <= ratio[1] && ratio[1].is_finite()) {
+                    return Err(format!("random_resized_crop: bad ratio range {ratio:?}"));
+                }
+                Ok(())
+            }
+            Self::Resize { size, .. } => positive(*size, "resize"),
+            Self::CenterCrop { size } => positive(*size, "center_crop"),
+            Self::RandomCrop { size, .. } => positive(*size, "random_crop"),
+            Self::RandomHorizontalFlip { p } => {
+                if (0.0..=1.0).contains(p) {
+                    Ok(())
+                } else {
+                    Err(format!("random_horizontal_flip: p = {p} is not in [0, 1]"))
+                }
+            }
+        }
+    }
+
+    /// Size (width, height) this transform produces from an input of `w` x `h`.
+    fn output_size(&self, w: usize, h: usize) -> std::result::Result<(usize, usize), String> {
+        Ok(match *self {
+            Self::RandomResizedCrop { size, .. } | Self::CenterCrop { size } => {
+                (size as usize, size as usize)
+            }
+            Self::Resize { size, .. } => resized_size(w, h, size as usize),
+            Self::RandomCrop { size, padding } => {
+                let (pw, ph) = (w + 2 * padding as usize, h + 2 * padding as usize);
+                let s = size as usize;
+                if pw < s || ph < s {
+                    return Err(format!(
+                        "random_crop: crop {s}x{s} is larger than the padded image {pw}x{ph}"
+                    ));
+                }
+                (s, s)
+            }
+            Self::RandomHorizontalFlip { .. } => (w, h),
+        })
+    }
+}
+
+/// torchvision `_compute_resized_output_size` for an int size: the smaller edge becomes `size`,
+/// the longer one `int(size * long / short)`.
+fn resized_size(w: usize, h: usize, size: usize) -> (usize, usize) {
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = (size as f64 * long as f64 / short as f64) as usize;
+    if w <= h {
+        (size, new_long.max(1))
+    } else {
+        (new_long.max(1), size)
+    }
+}
+
+/// Python's `round` (ties to even), which torchvision uses for crop sizes and offsets.
+fn round_even(x: f64) -> i64 {
+    x.round_ties_even() as i64
+}
+
+/// torchvision `RandomResizedCrop.get_params`: (left, top, width, height).
+fn rrc_params<R: Rng>(
+    rng: &mut R,
+    w: usize,
+    h: usize,
+    scale: [f64; 2],
+    ratio: [f64; 2],
+) -> (i64, i64, usize, usize) {
+    let area = (w * h) as f64;
+    let (lr0, lr1) = (ratio[0].ln(), ratio[1].ln());
+    for _ in 0..10 {
+        let target = area * (scale[0] + (scale[1] - scale[0]) * rng.random::<f64>());
+        let aspect = (lr0 + (lr1 - lr0) * rng.random::<f64>()).exp();
+        let cw = round_even((target * aspect).sqrt());
+        let ch = round_even((target / aspect).sqrt());
+        if cw > 0 && cw as usize <= w && ch > 0 && ch as usize <= h {
+            let (cw, ch) = (cw as usize, ch as usize);
+            let top = rng.random_range(0..=(h - ch)) as i64;
+            let left = rng.random_range(0..=(w - cw)) as i64;
+            return (left, top, cw, ch);
+        }
+    }
+    // Fallback: the largest centred crop whose ratio is within range.
+    let in_ratio = w as f64 / h as f64;
+    let (cw, ch) = if in_ratio < ratio[0] {
+        (w, (round_even(w as f64 / ratio[0]) as usize).clamp(1, h))
+    } else if in_ratio > ratio[1] {
+        ((round_even(h as f64 * ratio[1]) as usize).clamp(1, w), h)
+    } else {
+        (w, h)
+    };
+    (((w - cw) / 2) as i64, ((h - ch) / 2) as i64, cw, ch)
+}
+
+/// The geometry accumulated so far for one sample: a region of `img` (possibly beyond its
+/// borders, which read as zero), then an optional resize with an output window, then a mirror.
+struct View<'a> {
+    img: Cow<'a, RgbImage>,
+    x0: i64,
+    y0: i64,
+    w: usize,
+    h: usize,
+    resize: Option<ResizePlan>,
+    flip: bool,
+}
+
+impl<'a> View<'a> {
+    fn new(img: &'a RgbImage) -> Self {
+        Self {
+            img: Cow::Borrowed(img),
+            x0: 0,
+            y0: 0,
+            w: img.width() as usize,
+            h: img.height() as usize,
+            resize: None,
+            flip: false,
+        }
+    }
+
+    fn size(&self) -> (usize, usize) {
+        match &self.resize {
+            Some(r) => (r.ww, r.wh),
+            None => (self.w, self.h),
+        }
+    }
+
+    fn region_in_bounds(&self) -> bool {
+        self.x0 >= 0
+            && self.y0 >= 0
+            && self.x0 as usize + self.w <= self.img.width() as usize
+            && self.y0 as usize + self.h <= self.img.height() as usize
+    }
+
+    /// Crop `w` x `h` at (`x`, `y`) of the current view (may extend beyond it: zeros).
+    fn crop(&mut self, x: i64, y: i64, w: usize, h: usize) {
+        let (cw, _) = self.size();
+        // Cropping a mirrored view = mirroring the crop taken at the mirrored offset.
+        let ux = if self.flip {
+            cw as i64 - x - w as i64
+        } else {
+            x
+        };
+        match &mut self.resize {
+            None => {
+                self.x0 += ux;
+                self.y0 += y;
+                self.w = w;
+                self.h = h;
+            }
+            Some(r) => {
+                if ux >= 0 && y >= 0 && ux as usize + w <= r.ww && y as usize + h <= r.wh {
+                    r.wx += ux as usize;
+                    r.wy += y as usize;
+                    r.ww = w;
+                    r.wh = h;
+                } else {
+                    self.materialise();
+                    self.crop(x, y, w, h);
+                }
+            }
+        }
+    }
+
+    fn resize(&mut self, w: usize, h: usize, antialias: bool) {
+        if self.resize.is_some() || !self.region_in_bounds() {
+            self.materialise();
+        }
+        if (w, h) == (self.w, self.h) {
+            return;
+        }
+        self.resize = Some(ResizePlan {
+            out_w: w,
+            out_h: h,
+            wx: 0,
+            wy: 0,
+            ww: w,
+            wh: h,
+            antialias,
+            flip: false,
+        });
+    }
+
+    /// Render with `v * scale + bias` into planar `out`.
+    fn render(&self, flip: bool, scale: [f32; 3], bias: [f32; 3], out: &mut [f32]) {
+        let img = &*self.img;
+        match self.resize {
+            Some(plan) => {
+                let region = Region {
+                    data: img.as_raw(),
+                    img_w: img.width() as usize,
+                    x0: self.x0 as usize,
+                    y0: self.y0 as usize,
+                    w: self.w,
+                    h: self.h,
+                };
+                resize_into(region, ResizePlan { flip, ..plan }, scale, bias, out);
+            }
+            None => crop_into(
+                img.as_raw(),
+                img.width() as usize,
+                img.height() as usize,
+                self.x0,
+                self.y0,
+                self.w,
+                self.h,
+                flip,
+                scale,
+                bias,
+                out,
+            ),
+        }
+    }
+
+    /// Render the current view to u8 (rounded, as torchvision does between steps), leaving a
+    /// plain full-image view; the pending mirror stays pending.
+    fn materialise(&mut self) {
+        let img = self.to_image(false);
+        *self = Self {
+            x0: 0,
+            y0: 0,
+            w: img.width() as usize,
+            h: img.height() as usize,
+            img: Cow::Owned(img),
+            resize: None,
+            flip: self.flip,
+        };
+    }
+
+    fn to_image(&self, flip: bool) -> RgbImage {
+        let (w, h) = self.size();
+        let mut planar = vec![0f32; 3 * w * h];
+        self.render(flip, [1.0; 3], [0.0; 3], &mut planar);
+        let plane = w * h;
+        let mut buf = Vec::with_capacity(3 * plane);
+        for i in 0..plane {
+            for c in 0..3 {
+                buf.push(planar[c * plane + i].round().clamp(0.0, 255.0) as u8);
+            }
+        }
+        RgbImage::from_raw(w as u32, h as u32, buf).expect("buffer sized for the view")
+    }
+}
+
+/// A sequence of transforms plus the normalisation applied when writing f32:
+/// `(v / 255 - mean[c]) / std[c]`. Serialisable, so a checkpoint records how it was trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    /// Steps applied in order to the u8 image.
+    pub transforms: Vec<Transform>,
+    /// Per-channel mean subtracted after scaling to 0..1.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation divided by after subtracting the mean.
+    pub std: [f32; 3],
+}
+
+impl Default for Pipeline {
+    /// No transform, values scaled to 0..1 (torchvision `ToTensor`).
+    fn default() -> Self {
+        Self::none([0.0; 3], [1.0; 3])
+    }
+}
+
+impl Pipeline {
+    /// No geometric transform, only normalisation with `mean` and `std`.
+    pub fn none(mean: [f32; 3], std: [f32; 3]) -> Self {
+        Self {
+            transforms: Vec::new(),
+            mean,
+            std,
+        }
+    }
+
+    /// The standard CIFAR-10 training recipe: RandomCrop(32, padding 4), flip, CIFAR mean/std.
+    pub fn cifar_train() -> Self {
+        Self {
+            transforms: vec![Transform::random_crop(32, 4), Transform::flip(0.5)],
+            mean: CIFAR10_MEAN,
+            std: CIFAR10_STD,
+        }
+    }
+
+    /// CIFAR-10 evaluation: normalisation only.
+    pub fn cifar_eval() -> Self {
+        Self::none(CIFAR10_MEAN, CIFAR10_STD)
+    }
+
+    /// ImageNet-style training: RandomResizedCrop(size), flip, ImageNet mean/std.
+    pub fn imagenet_train(size: u32) -> Self {
+        Self {
+            transforms: vec![Transform::random_resized_crop(size), Transform::flip(0.5)],
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
+    }
+
+    /// Evaluation: Resize(resize) of the smaller edge, CenterCrop(crop), ImageNet mean/std.
+    pub fn eval(resize: u32, crop: u32) -> Self {
+        Self {
+            transforms: vec![Transform::resize(resize), Transform::center_crop(crop)],
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
+    }
+
+    /// The same transforms with another normalisation.
+    pub fn with_normalization(mut self, mean: [f32; 3], std: [f32; 3]) -> Self {
+        self.mean = mean;
+        self.std = std;
+        self
+    }
+
+    /// Check parameters (positive sizes, sane ranges, non-zero std).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |message: String| DataError::Transform { message };
+        for t in &self.transforms {
+            t.validate().map_err(bad)?;
+        }
+        for c in 0..3 {
+            if !(self.std[c].is_finite() && self.std[c] != 0.0 && self.mean[c].is_finite()) {
+                return Err(bad(format!(
+                    "normalisation: mean {:?} / std {:?} must be finite with std != 0",
+                    self.mean, self.std
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// (width, height) of the output for a `w` x `h` input. Random draws never change it.
+    pub fn output_size(&self, w: u32, h: u32) -> Result<(usize, usize)> {
+        self.validate()?;
+        if w == 0 || h == 0 {
+            return Err(DataError::Transform {
+                message: format!("empty input image {w}x{h}"),
+            });
+        }
+        let mut size = (w as usize, h as usize);
+        for t in &self.transforms {
+            size = t
+                .output_size(size.0, size.1)
+                .map_err(|message| DataError::Transform { message })?;
+        }
+        Ok(size)
+    }
+
+    /// Number of f32 values one sample of a `w` x `h` input produces (3 x H x W).
+    pub fn output_len(&self, w: u32, h: u32) -> Result<usize> {
+        let (ow, oh) = self.output_size(w, h)?;
+        Ok(3 * ow * oh)
+    }
+
+    /// Draw every random parameter from the per-sample `seed` and plan the geometry.
+    fn plan<'a>(&self, img: &'a RgbImage, seed: u64) -> View<'a> {
+        let mut rng = crate::seed::rng(seed);
+        let mut view = View::new(img);
+        for t in &self.transforms {
+            let (w, h) = view.size();
+            match *t {
+                Transform::RandomResizedCrop {
+                    size,
+                    scale,
+                    ratio,
+                    antialias,
+                } => {
+                    let (x, y, cw, ch) = rrc_params(&mut rng, w, h, scale, ratio);
+                    view.crop(x, y, cw, ch);
+                    view.resize(size as usize, size as usize, antialias);
+                }
+                Transform::Resize { size, antialias } => {
+                    let (nw, nh) = resized_size(w, h, size as usize);
+                    view.resize(nw, nh, antialias);
+                }
+                Transform::CenterCrop { size } => {
+                    let s = size as i64;
+                    let off = |len: usize| -> i64 {
+                        if len as i64 >= s {
+                            round_even((len as i64 - s) as f64 / 2.0)
+                        } else {
+                            // torchvision pads (len - s) // 2 on the left/top, then crops at 0.
+                            -((s - len as i64) / 2)
+                        }
+                    };
+                    view.crop(off(w), off(h), size as usize, size as usize);
+                }
+                Transform::RandomCrop { size, padding } => {
+                    let (s, p) = (size as usize, padding as usize);
+                    let (pw, ph) = (w + 2 * p, h + 2 * p);
+                    let (top, left) = if pw == s && ph == s {
+                        (0, 0)
+                    } else {
+                        (
+                            rng.random_range(0..=(ph - s)),
+                            rng.random_range(0..=(pw - s)),
+                        )
+                    };
+                    view.crop(left as i64 - p as i64, top as i64 - p as i64, s, s);
+                }
+                Transform::RandomHorizontalFlip { p } => {
+                    if rng.random::<f64>() < p {
+                        view.flip = !view.flip;
+                    }
+                }
+            }
+        }
+        view
+    }
+
+    fn scale_bias(&self) -> ([f32; 3], [f32; 3]) {
+        let mut scale = [0f32; 3];
+        let mut bias = [0f32; 3];
+        for c in 0..3 {
+            scale[c] = 1.0 / (255.0 * self.std[c]);
+            bias[c] = -self.mean[c] / self.std[c];
+        }
+        (scale, bias)
+    }
+
+    /// Augment `img` with the random stream of `seed` and write the normalised CHW result into
+    /// `out`, which must hold exactly [`Pipeline::output_len`] values.
+    pub fn apply_into(&self, img: &RgbImage, seed: u64, out: &mut [f32]) -> Result<()> {
+        let need = self.output_len(img.width(), img.height())?;
+        if out.len() != need {
+            return Err(DataError::Transform {
+                message: format!(
+                    "output buffer holds {} values, the pipeline writes {need}",
+                    out.len()
+                ),
+            });
+        }
+        let view = self.plan(img, seed);
+        let (scale, bias) = self.scale_bias();
+        view.render(view.flip, scale, bias, out);
+        Ok(())
+    }
+
+    /// Augment `img` and return the normalised CHW values and the (width, height).
+    pub fn apply(&self, img: &RgbImage, seed: u64) -> Result<(Vec<f32>, (usize, usize))> {
+        let size = self.output_size(img.width(), img.height())?;
+        let mut out = vec![0f32; 3 * size.0 * size.1];
+        self.apply_into(img, seed, &mut out)?;
+        Ok((out, size))
+    }
+
+    /// Augment `img` without normalising, as a u8 image (for previews and tests).
+    pub fn augment(&self, img: &RgbImage, seed: u64) -> Result<RgbImage> {
+        self.output_size(img.width(), img.height())?;
+        let view = self.plan(img, seed);
+        Ok(view.to_image(view.flip))
+    }
+
+    /// Augment many images in parallel (rayon) into one NCHW buffer; `seeds[i]` drives
+    /// `images[i]`. All outputs must have the same size, otherwise the error names the first
+    /// sample that differs. Returns the buffer and the (width, height) of each sample.
+    pub fn apply_batch(&self, images: &[&RgbImage], seeds: &[u64]) -> Result<(Vec<f32>, (usize, usize))> {
+        let size = self.batch_output_size(images, seeds)?;
+        let mut out = crate::buffer::zeroed_f32(3 * size.0 * size.1 * images.len());
+        self.apply_batch_into(images, seeds, &mut out)?;
+        Ok((out, size))
+    }
+
+    /// The common (width, height) of the outputs of a batch, or the error naming the first
+    /// sample that differs.
+    pub fn batch_output_size(&self, images: &[&RgbImage], seeds: &[u64]) -> Result<(usize, usize)> {
+        if images.len() != seeds.len() {
+            return Err(DataError::Batch {
+                message: format!("{} images but {} seeds", images.len(), seeds.len()),
+            });
+        }
+        let Some(first) = images.first() else {
+            return Err(DataError::Batch {
+                message: "empty batch".into(),
+            });
+        };
+        let size = self.output_size(first.width(), first.height())?;
+        for (i, img) in images.iter().enumerate().skip(1) {
+            let s = self.output_size(img.width(), img.height())?;
+            if s != size {
+                return Err(DataError::Batch {
+                    message: format!(
+                        "sample {i} ({}x{}) becomes {}x{} but sample 0 ({}x{}) becomes {}x{}; add a fixed-size transform (resize + crop)",
+                        img.width(),
+                        img.height(),
+                        s.0,
+                        s.1,
+                        first.width(),
+                        first.height(),
+                        size.0,
+                        size.1
+                    ),
+                });
+            }
+        }
+        Ok(size)
+    }
+
+    /// Like [`Pipeline::apply_batch`] but into a caller-owned buffer (reused across batches,
+    /// e.g. before a copy to a GPU), which must hold exactly `N x 3 x H x W` values.
+    pub fn apply_batch_into(&self, images: &[&RgbImage], seeds: &[u64], out: &mut [f32]) -> Result<(usize, usize)> {
+        let size = self.batch_output_size(images, seeds)?;
+        let per = 3 * size.0 * size.1;
+        if out.len() != per * images.len() {
+            return Err(DataError::Batch {
+                message: format!("output buffer holds {} values, the batch needs {}", out.len(), per * images.len()),
+            });
+        }
+        let (scale, bias) = self.scale_bias();
+        out.par_chunks_mut(per)
+            .zip(images.par_iter().zip(seeds.par_iter()))
+            .for_each(|(dst, (img, &seed))| {
+                let view = self.plan(img, seed);
+                view.render(view.flip, scale, bias, dst);
+            });
+        Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resized_size_follows_torchvision() {
+        assert_eq!(resized_size(32, 32, 224), (224, 224));
+        assert_eq!(resized_size(640, 480, 256), (341, 256));
+        assert_eq!(resized_size(480, 640, 256), (256, 341));
+    }
+
+    #[test]
+    fn rrc_params_stay_inside() {
+        let mut rng = crate::seed::rng(7);
+        for _ in 0..2000 {
+            let (x, y, w, h) = rrc_params(&mut rng, 40, 30, default_scale(), default_ratio());
+            assert!(x >= 0 && y >= 0 && x as usize + w <= 40 && y as usize + h <= 30);
+        }
+        // Impossible ratio forces the centred fallback.
+        let (x, y, w, h) = rrc_params(&mut rng, 100, 10, [0.9, 1.0], [1.0, 1.0]);
+        assert_eq!((x, y, w, h), (45, 0, 10, 10));
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let p = Pipeline::imagenet_train(224);
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains("\"type\":\"random_resized_crop\""), "{json}");
+        let back: Pipeline = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, p);
+        let short: Transform =
+            serde_json::from_str(r#"{"type":"random_resized_crop","size":64}"#).unwrap();
+        assert_eq!(short, Transform::random_resized_crop(64));
+    }
+}

@@ -1,0 +1,348 @@
+//! Separable bilinear resampling with PIL/torchvision antialiasing, written straight into
+//! normalised planar f32. Written here rather than taken from `image` because that crate's
+//! resize neither antialiases like PIL when shrinking nor writes f32 NCHW, and this is the hot
+//! path of every training step.
+
+/// Resampling weights along one axis for a run of output indices.
+#[derive(Debug, Clone)]
+pub(crate) struct Coeffs {
+    /// Stride of `weights` per output (the most taps any output may use).
+    pub k: usize,
+    /// First input index of each output.
+    pub start: Vec<usize>,
+    /// Number of taps of each output.
+    pub len: Vec<usize>,
+    /// `weights[i * k + t]`, normalised to sum 1 per output.
+    pub weights: Vec<f32>,
+}
+
+/// PIL's `precompute_coeffs` for the triangle (bilinear) filter: input `0..in_size` resized to
+/// `out_size`, for the output indices `outs`. With `antialias` the filter widens by the
+/// shrink factor (PIL, torchvision `antialias=True`); without, it always spans one input pixel
+/// each side (PyTorch `interpolate(bilinear, align_corners=False)`).
+pub(crate) fn coeffs(
+    in_size: usize,
+    out_size: usize,
+    antialias: bool,
+    outs: impl Iterator<Item = usize>,
+) -> Coeffs {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = if antialias { scale.max(1.0) } else { 1.0 };
+    let support = filterscale; // bilinear support is 1.0
+    let inv = 1.0 / filterscale;
+    let k = (support.ceil() as usize) * 2 + 1;
+    let (lo, _) = outs.size_hint();
+    let mut c = Coeffs {
+        k,
+        start: Vec::with_capacity(lo),
+        len: Vec::with_capacity(lo),
+        weights: Vec::with_capacity(lo * k),
+    };
+    let mut w = vec![0f64; k];
+    for xx in outs {
+        let center = (xx as f64 + 0.5) * scale;
+        // `as i64` truncates toward zero, exactly like PIL's C cast.
+        let xmin = ((center - support + 0.5) as i64).clamp(0, in_size as i64 - 1) as usize;
+        let xmax =
+            ((center + support + 0.5) as i64).clamp(xmin as i64 + 1, in_size as i64) as usize;
+        let n = (xmax - xmin).min(k);
+        let mut total = 0.0;
+        for (x, wx) in w.iter_mut().enumerate().take(n) {
+            let t = ((x + xmin) as f64 - center + 0.5) * inv;
+            *wx = (1.0 - t.abs()).max(0.0);
+            total += *wx;
+        }
+        c.start.push(xmin);
+        c.len.push(n);
+        for (x, wx) in w.iter().enumerate() {
+            let v = if x < n {
+                if total > 0.0 {
+                    wx / total
+                } else if x == 0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            } else {
+                0.0
+            };
+            c.weights.push(v as f32);
+        }
+    }
+    c
+}
+
+/// A source region of an interleaved RGB u8 image.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Region<'a> {
+    pub data: &'a [u8],
+    /// Row length of the image in pixels.
+    pub img_w: usize,
+    pub x0: usize,
+    pub y0: usize,
+    pub w: usize,
+    pub h: usize,
+}
+
+/// Output plan: resize the region to `out_w` x `out_h`, keep the window
+/// `[wx, wx+ww) x [wy, wy+wh)`, mirror horizontally when `flip`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResizePlan {
+    pub out_w: usize,
+    pub out_h: usize,
+    pub wx: usize,
+    pub wy: usize,
+    pub ww: usize,
+    pub wh: usize,
+    pub antialias: bool,
+    pub flip: bool,
+}
+
+thread_local! {
+    /// Per-thread scratch for the horizontal pass, reused across samples (every element read
+    /// is written first, so it is never cleared).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Resize `src` by `plan` into planar `out` (`3 * wh * ww`), each value `v * scale[c] + bias[c]`
+/// where `v` is on the 0..255 scale.
+pub(crate) fn resize_into(src: Region<'_>, plan: ResizePlan, scale: [f32; 3], bias: [f32; 3], out: &mut [f32]) {
+    let (ww, wh) = (plan.ww, plan.wh);
+    let hc = if plan.flip {
+        coeffs(src.w, plan.out_w, plan.antialias, (plan.wx..plan.wx + ww).rev())
+    } else {
+        coeffs(src.w, plan.out_w, plan.antialias, plan.wx..plan.wx + ww)
+    };
+    let vc = coeffs(src.h, plan.out_h, plan.antialias, plan.wy..plan.wy + wh);
+    let ymin = vc.start.iter().copied().min().unwrap_or(0);
+    let ymax = vc
+        .start
+        .iter()
+        .zip(&vc.len)
+        .map(|(s, n)| s + n)
+        .max()
+        .unwrap_or(0);
+    let nrows = ymax - ymin;
+    let plane = nrows * ww;
+    let k = hc.k;
+    // One source row as f32, padded with k zero pixels so every output reads exactly k taps
+    // (weights past an output's own taps are zero), which lets the tap loop be fixed-length.
+    let row_len = (src.w + k) * 3;
+
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let need = 3 * plane + row_len;
+        if scratch.len() < need {
+            scratch.resize(need, 0.0);
+        }
+        let (tmp, rowf) = scratch[..need].split_at_mut(3 * plane);
+        rowf[src.w * 3..].fill(0.0);
+
+        // Horizontal pass over only the source rows the window needs: planar tmp[c][row][x].
+        for r in 0..nrows {
+            let off = ((src.y0 + ymin + r) * src.img_w + src.x0) * 3;
+            for (d, &s) in rowf.iter_mut().zip(&src.data[off..off + src.w * 3]) {
+                *d = s as f32;
+            }
+            let (t0, rest) = tmp.split_at_mut(plane);
+            let (t1, t2) = rest.split_at_mut(plane);
+            let (t0, t1, t2) = (&mut t0[r * ww..][..ww], &mut t1[r * ww..][..ww], &mut t2[r * ww..][..ww]);
+            for j in 0..ww {
+                let wts = &hc.weights[j * k..(j + 1) * k];
+                let px = &rowf[hc.start[j] * 3..(hc.start[j] + k) * 3];
+                let (mut a, mut b, mut c) = (0f32, 0f32, 0f32);
+                for (p, &wt) in px.chunks_exact(3).zip(wts) {
+                    a += wt * p[0];
+                    b += wt * p[1];
+                    c += wt * p[2];
+                }
+                t0[j] = a;
+                t1[j] = b;
+                t2[j] = c;
+            }
+        }
+
+        // Vertical pass, fused with normalisation, straight into the output planes.
+        let mut w = vec![0f32; vc.k];
+        for c in 0..3 {
+            let tplane = &tmp[c * plane..(c + 1) * plane];
+            let oplane = &mut out[c * wh * ww..(c + 1) * wh * ww];
+            for i in 0..wh {
+                let n = vc.len[i];
+                for (d, &s) in w.iter_mut().zip(&vc.weights[i * vc.k..i * vc.k + n]) {
+                    *d = s * scale[c];
+                }
+                let s = (vc.start[i] - ymin) * ww;
+                vertical_row(&mut oplane[i * ww..(i + 1) * ww], &tplane[s..s + n * ww], ww, &w[..n], bias[c]);
+            }
+        }
+        flush_streams();
+    });
+}
+
+/// `dst[x] = ((src[x]*w[0] + b) + src[ww+x]*w[1]) + ...`, the same association in every code
+/// path so results never depend on alignment or thread placement.
+#[inline]
+fn vertical_row(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        vertical_row_sse(dst, src, stride, w, b);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        vertical_row_scalar(dst, src, stride, w, b, 0..dst.len());
+    }
+}
+
+#[inline]
+fn vertical_row_scalar(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b: f32, range: std::ops::Range<usize>) {
+    for x in range {
+        let mut acc = src[x] * w[0] + b;
+        for (t, &wt) in w.iter().enumerate().skip(1) {
+            acc += src[t * stride + x] * wt;
+        }
+        dst[x] = acc;
+    }
+}
+
+/// SSE (part of the x86-64 baseline, so no run-time detection) with non-temporal stores: the
+/// batch is far larger than the caches and is written once, so streaming it out avoids reading
+/// every destination line first.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn vertical_row_sse(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b: f32) {
+    use std::arch::x86_64::*;
+    let len = dst.len();
+    assert!(!w.is_empty() && src.len() >= (w.len() - 1) * stride + len);
+    let head = dst.as_ptr().align_offset(16).min(len);
+    let body_end = head + (len - head) / 4 * 4;
+    vertical_row_scalar(dst, src, stride, w, b, 0..head);
+    // SAFETY: SSE is always present on x86-64. Every load reads src[t*stride + x .. +4] with
+    // x + 4 <= len and t < w.len(), in bounds by the assert above; every store writes
+    // dst[x .. x+4] with x + 4 <= body_end <= len, and dst + x is 16-byte aligned because
+    // x - head is a multiple of 4 and dst + head is aligned.
+    unsafe {
+        let bv = _mm_set1_ps(b);
+        let sp = src.as_ptr();
+        let dp = dst.as_mut_ptr();
+        let mut x = head;
+        while x < body_end {
+            let mut acc = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(sp.add(x)), _mm_set1_ps(w[0])), bv);
+            for (t, &wt) in w.iter().enumerate().skip(1) {
+                acc = _mm_add_ps(acc, _mm_mul_ps(_mm_loadu_ps(sp.add(t * stride + x)), _mm_set1_ps(wt)));
+            }
+            _mm_stream_ps(dp.add(x), acc);
+            x += 4;
+        }
+    }
+    vertical_row_scalar(dst, src, stride, w, b, body_end..len);
+}
+
+/// Order the non-temporal stores before the buffer is handed to another thread.
+#[inline]
+fn flush_streams() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is always present on x86-64; a fence has no other effect.
+    unsafe {
+        std::arch::x86_64::_mm_sfence();
+    }
+}
+
+/// Copy a (possibly out-of-bounds, zero-padded) crop of an image into planar `out`
+/// (`3 * h * w`), optionally mirrored, each value `v * scale[c] + bias[c]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn crop_into(
+    data: &[u8],
+    img_w: usize,
+    img_h: usize,
+    x0: i64,
+    y0: i64,
+    w: usize,
+    h: usize,
+    flip: bool,
+    scale: [f32; 3],
+    bias: [f32; 3],
+    out: &mut [f32],
+) {
+    let plane = w * h;
+    // Output columns whose source column lies inside the image.
+    let src_x = |x: usize| -> i64 {
+        if flip {
+            x0 + (w - 1 - x) as i64
+        } else {
+            x0 + x as i64
+        }
+    };
+    for y in 0..h {
+        let sy = y0 + y as i64;
+        let row_in = sy >= 0 && (sy as usize) < img_h;
+        for c in 0..3 {
+            let dst = &mut out[c * plane + y * w..c * plane + (y + 1) * w];
+            if !row_in {
+                dst.fill(bias[c]);
+                continue;
+            }
+            let row = &data[sy as usize * img_w * 3..(sy as usize + 1) * img_w * 3];
+            let (sc, b) = (scale[c], bias[c]);
+            for (x, d) in dst.iter_mut().enumerate() {
+                let sx = src_x(x);
+                *d = if sx >= 0 && (sx as usize) < img_w {
+                    row[sx as usize * 3 + c] as f32 * sc + b
+                } else {
+                    b
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_sum_to_one_and_stay_in_range() {
+        for (i, o) in [
+            (32, 224),
+            (224, 32),
+            (10, 7),
+            (7, 10),
+            (5, 5),
+            (1, 9),
+            (9, 1),
+        ] {
+            for aa in [true, false] {
+                let c = coeffs(i, o, aa, 0..o);
+                for j in 0..o {
+                    let s: f32 = c.weights[j * c.k..j * c.k + c.len[j]].iter().sum();
+                    assert!((s - 1.0).abs() < 1e-5, "{i}->{o} aa={aa} j={j} sum {s}");
+                    assert!(c.start[j] + c.len[j] <= i);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn same_size_is_identity() {
+        let c = coeffs(6, 6, true, 0..6);
+        for j in 0..6 {
+            let w = &c.weights[j * c.k..j * c.k + c.len[j]];
+            let idx = (0..w.len()).max_by(|&a, &b| w[a].total_cmp(&w[b])).unwrap();
+            assert_eq!(c.start[j] + idx, j);
+            assert!((w[idx] - 1.0).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn halving_with_antialias_averages_pairs() {
+        // PIL: 4 -> 2 with the widened triangle gives weights 1/8, 3/8, 3/8, 1/8 over 4 pixels,
+        // clipped at the border and renormalised.
+        let c = coeffs(4, 2, true, 0..2);
+        let w0 = &c.weights[..c.len[0]];
+        assert_eq!(c.start[0], 0);
+        let expect = [3.0 / 7.0, 3.0 / 7.0, 1.0 / 7.0];
+        for (a, b) in w0.iter().zip(expect) {
+            assert!((a - b).abs() < 1e-6, "{w0:?}");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Which network, by name, and one type over both.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{ModuleT, Result as CResult, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::cnn::{self, simple_cnn, SimpleCnn};
+use crate::error::{ModelError, Result};
+use crate::resnet::{self, resnet18, ResNet};
+
+/// The networks this crate builds. Serde, `FromStr` and `Display` use `"cnn"` / `"resnet18"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Architecture {
+    /// The PyTorch CIFAR-10 tutorial's `Net` (32x32 input only).
+    #[serde(rename = "cnn")]
+    SimpleCnn,
+    /// torchvision's ResNet-18 (any input from 32x32 up).
+    #[serde(rename = "resnet18")]
+    ResNet18,
+}
+
+impl Architecture {
+    /// The name used in configs and on the command line.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Architecture::SimpleCnn => "cnn",
+            Architecture::ResNet18 => "resnet18",
+        }
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Architecture {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cnn" => Ok(Architecture::SimpleCnn),
+            "resnet18" | "resnet-18" => Ok(Architecture::ResNet18),
+            _ => Err(ModelError::UnknownArchitecture(s.to_string())),
+        }
+    }
+}
+
+/// Either network, so callers can pick one at run time.
+#[derive(Clone, Debug)]
+pub enum Model {
+    /// The small CNN.
+    SimpleCnn(SimpleCnn),
+    /// ResNet-18.
+    ResNet18(ResNet),
+}
+
+impl Model {
+    /// Builds `arch` with `num_classes` outputs from `vb` (torchvision key names).
+    pub fn new(arch: Architecture, num_classes: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(match arch {
+            Architecture::SimpleCnn => Model::SimpleCnn(simple_cnn(num_classes, vb)?),
+            Architecture::ResNet18 => Model::ResNet18(resnet18(num_classes, vb)?),
+        })
+    }
+
+    /// Which network this is.
+    pub fn architecture(&self) -> Architecture {
+        match self {
+            Model::SimpleCnn(_) => Architecture::SimpleCnn,
+            Model::ResNet18(_) => Architecture::ResNet18,
+        }
+    }
+
+    /// Logits `[N, num_classes]`; `train` selects BatchNorm's batch statistics (and updates
+    /// its running statistics). A refused input shape is [`ModelError::InputShape`].
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Model::SimpleCnn(m) => m.forward(x),
+            Model::ResNet18(m) => m.forward(x, train),
+        }
+    }
+
+    /// Penultimate features, the input of [`Model::head`]: 512-wide pooled features for
+    /// ResNet-18, the 84-wide fc2 activations (after ReLU) for the small CNN.
+    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Model::SimpleCnn(m) => m.features(x, train),
+            Model::ResNet18(m) => m.features(x, train),
+        }
+    }
+
+    /// Width of [`Model::features`].
+    pub fn feature_dim(&self) -> usize {
+        match self {
+            Model::SimpleCnn(_) => cnn::FEATURE_DIM,
+            Model::ResNet18(_) => resnet::FEATURE_DIM,
+        }
+    }
+
+    /// The classifier head (`fc3` / `fc`): `logits = head(features)`.
+    pub fn head(&self) -> &Linear {
+        match self {
+            Model::SimpleCnn(m) => m.fc(),
+            Model::ResNet18(m) => m.fc(),
+        }
+    }
+
+    /// Number of outputs.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            Model::SimpleCnn(m) => m.num_classes(),
+            Model::ResNet18(m) => m.num_classes(),
+        }
+    }
+
+    /// The same model over detached weights that share storage with this one: evaluating it
+    /// records no autograd graph (candle has no no-grad mode and `Var`s always record), and it
+    /// sees every later optimizer step or load, so build it once. Eval mode only.
+    pub fn detached(&self) -> Self {
+        match self {
+            Model::SimpleCnn(m) => Model::SimpleCnn(m.detached()),
+            Model::ResNet18(m) => Model::ResNet18(m.detached()),
+        }
+    }
+}
+
+impl ModuleT for Model {
+    fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
+        Model::forward_t(self, x, train).map_err(ModelError::into_candle)
+    }
+}

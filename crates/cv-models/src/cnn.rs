@@ -1,0 +1,104 @@
+//! The PyTorch CIFAR-10 tutorial's small CNN (`Net`), with its state-dict names.
+
+use candle_core::{Module, ModuleT, Result as CResult, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::conv::{conv2d, detach_linear, Conv2d};
+use crate::error::{ModelError, Result};
+use crate::ops::{max_pool2d, MaxPool2dConfig};
+
+/// Input side the network is built for: the fc1 width (16*5*5 = 400) fixes it.
+pub const INPUT_SIZE: usize = 32;
+/// Width of the penultimate layer (`fc2`), what [`SimpleCnn::features`] returns.
+pub const FEATURE_DIM: usize = 84;
+
+/// conv1 3->6 k5, pool 2, conv2 6->16 k5, pool 2, flatten (C,H,W: 400), fc1 400->120,
+/// fc2 120->84, fc3 84->classes, ReLU between. Input must be `[N, 3, 32, 32]`.
+#[derive(Clone, Debug)]
+pub struct SimpleCnn {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    fc1: Linear,
+    fc2: Linear,
+    fc3: Linear,
+    num_classes: usize,
+}
+
+/// Builds the small CNN with `num_classes` outputs from `vb` (keys `conv1.weight`, ...,
+/// `fc3.bias`). With a `VarMap`-backed `vb`, call [`crate::init::initialise`] for PyTorch's
+/// initialisation.
+pub fn simple_cnn(num_classes: usize, vb: VarBuilder) -> Result<SimpleCnn> {
+    if num_classes == 0 {
+        return Err(ModelError::Config("num_classes must be at least 1".into()));
+    }
+    Ok(SimpleCnn {
+        conv1: conv2d(3, 6, 5, vb.pp("conv1"))?,
+        conv2: conv2d(6, 16, 5, vb.pp("conv2"))?,
+        fc1: candle_nn::linear(16 * 5 * 5, 120, vb.pp("fc1"))?,
+        fc2: candle_nn::linear(120, 84, vb.pp("fc2"))?,
+        fc3: candle_nn::linear(FEATURE_DIM, num_classes, vb.pp("fc3"))?,
+        num_classes,
+    })
+}
+
+impl SimpleCnn {
+    /// Refuses anything but `[N, 3, 32, 32]` with N >= 1.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        let d = x.dims();
+        if d.len() != 4 || d[0] == 0 || d[1] != 3 || d[2] != INPUT_SIZE || d[3] != INPUT_SIZE {
+            return Err(ModelError::InputShape {
+                model: "cnn",
+                expected: format!("[N, 3, {INPUT_SIZE}, {INPUT_SIZE}] with N >= 1"),
+                found: d.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The 84-wide penultimate activations (after fc2 + ReLU): what a linear probe on this
+    /// network trains on. `train` is unused (no BatchNorm or dropout) but kept for symmetry.
+    pub fn features(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        self.check_input(x)?;
+        let pool = MaxPool2dConfig::default();
+        let x = max_pool2d(&self.conv1.forward(x)?.relu()?, pool)?;
+        let x = max_pool2d(&self.conv2.forward(&x)?.relu()?, pool)?;
+        let x = x.flatten_from(1)?;
+        let x = self.fc1.forward(&x)?.relu()?;
+        Ok(self.fc2.forward(&x)?.relu()?)
+    }
+
+    /// Logits `[N, num_classes]`, with this crate's error type.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let f = self.features(x, false)?;
+        Ok(self.fc3.forward(&f)?)
+    }
+
+    /// The classifier head, `fc3`.
+    pub fn fc(&self) -> &Linear {
+        &self.fc3
+    }
+
+    /// Number of outputs.
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// The same network over detached weights sharing storage with this one: evaluating it
+    /// records no graph, and it sees every later optimizer step. Use it for eval/predict.
+    pub fn detached(&self) -> Self {
+        Self {
+            conv1: self.conv1.detached(),
+            conv2: self.conv2.detached(),
+            fc1: detach_linear(&self.fc1),
+            fc2: detach_linear(&self.fc2),
+            fc3: detach_linear(&self.fc3),
+            num_classes: self.num_classes,
+        }
+    }
+}
+
+impl ModuleT for SimpleCnn {
+    fn forward_t(&self, x: &Tensor, _train: bool) -> CResult<Tensor> {
+        self.forward(x).map_err(ModelError::into_candle)
+    }
+}

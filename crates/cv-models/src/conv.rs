@@ -1,0 +1,73 @@
+//! The 2-D convolution every model here uses: one place where a faster kernel (the `cv-ops`
+//! crate) can later replace candle's without touching the networks.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+/// A 2-D convolution with torchvision names (`weight` `[out, in, k, k]`, optional `bias`).
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    inner: candle_nn::Conv2d,
+}
+
+/// Square-kernel conv without bias (ResNet); weights are filled later by [`crate::init`].
+pub fn conv2d_no_bias(
+    in_c: usize,
+    out_c: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    Ok(Conv2d {
+        inner: candle_nn::conv2d_no_bias(in_c, out_c, kernel, cfg, vb)?,
+    })
+}
+
+/// Square-kernel, stride-1, unpadded conv with bias (the small CNN).
+pub fn conv2d(in_c: usize, out_c: usize, kernel: usize, vb: VarBuilder) -> Result<Conv2d> {
+    Ok(Conv2d {
+        inner: candle_nn::conv2d(in_c, out_c, kernel, Conv2dConfig::default(), vb)?,
+    })
+}
+
+impl Conv2d {
+    /// The kernel, `[out, in, k, k]`.
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+    /// The bias, `[out]`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+    /// Stride, padding, dilation, groups.
+    pub fn config(&self) -> &Conv2dConfig {
+        self.inner.config()
+    }
+    /// The same conv over detached tensors sharing storage (records no graph; eval only).
+    pub fn detached(&self) -> Self {
+        Self {
+            inner: candle_nn::Conv2d::new(
+                self.inner.weight().detach(),
+                self.inner.bias().map(|b| b.detach()),
+                *self.inner.config(),
+            ),
+        }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.inner.forward(x)
+    }
+}
+
+/// A `Linear` over detached tensors sharing storage with `l` (eval only).
+pub(crate) fn detach_linear(l: &candle_nn::Linear) -> candle_nn::Linear {
+    candle_nn::Linear::new(l.weight().detach(), l.bias().map(|b| b.detach()))
+}

@@ -1,0 +1,183 @@
+//! Throughput of our conv kernels against candle's, per direction, as JSON lines.
+//!
+//! `cargo bench -p cv-ops --bench conv [-- FILTER]`; env `REPS` (default 3, best-of),
+//! `CV_OPS_TILE_ELEMS` (im2col tile budget override), `SKIP_CANDLE=1`.
+//! Not a test: the numbers depend on the machine and its load.
+
+use candle_core::{Device, Result, Tensor};
+use std::time::Instant;
+
+struct Case {
+    name: &'static str,
+    n: usize,
+    c: usize,
+    hw: usize,
+    co: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "3x3 64->64 56x56 b16",
+        n: 16,
+        c: 64,
+        hw: 56,
+        co: 64,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    },
+    Case {
+        name: "3x3 256->256 8x8 b64",
+        n: 64,
+        c: 256,
+        hw: 8,
+        co: 256,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    },
+    Case {
+        name: "7x7/2 3->64 224x224 b16",
+        n: 16,
+        c: 3,
+        hw: 224,
+        co: 64,
+        k: 7,
+        stride: 2,
+        pad: 3,
+    },
+    Case {
+        name: "3x3/2 128->256 16x16 b64",
+        n: 64,
+        c: 128,
+        hw: 16,
+        co: 256,
+        k: 3,
+        stride: 2,
+        pad: 1,
+    },
+    Case {
+        name: "1x1/2 64->128 56x56 b16",
+        n: 16,
+        c: 64,
+        hw: 56,
+        co: 128,
+        k: 1,
+        stride: 2,
+        pad: 0,
+    },
+    Case {
+        name: "5x5 6->16 14x14 b100",
+        n: 100,
+        c: 6,
+        hw: 14,
+        co: 16,
+        k: 5,
+        stride: 1,
+        pad: 0,
+    },
+];
+
+fn best_ms(reps: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<(f64, Tensor)> {
+    let mut out = f()?; // warm-up
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = Instant::now();
+        out = f()?;
+        best = best.min(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((best, out))
+}
+
+fn max_rel_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-30);
+    Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()? / scale)
+}
+
+fn main() -> Result<()> {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let skip_candle = std::env::var("SKIP_CANDLE").is_ok_and(|s| s == "1");
+    if let Some(e) = std::env::var("CV_OPS_TILE_ELEMS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        cv_ops::set_tile_elems(e);
+    }
+    let dev = Device::Cpu;
+    for case in CASES {
+        if filter.as_deref().is_some_and(|f| !case.name.contains(f)) {
+            continue;
+        }
+        let Case {
+            n,
+            c,
+            hw,
+            co,
+            k,
+            stride,
+            pad,
+            ..
+        } = *case;
+        let x = Tensor::randn(0f32, 1.0, (n, c, hw, hw), &dev)?;
+        let w = Tensor::randn(0f32, 0.1, (co, c, k, k), &dev)?;
+        let o = (hw + 2 * pad - k) / stride + 1;
+        let dy = Tensor::randn(0f32, 1.0, (n, co, o, o), &dev)?;
+        let gflop = 2.0 * (n * co * o * o * c * k * k) as f64 / 1e9;
+        let report = |imp: &str, dir: &str, ms: f64, diff: Option<f32>| {
+            let diff = diff.map_or("null".to_string(), |d| format!("{d:.2e}"));
+            println!(
+                "{{\"impl\":\"{imp}\",\"shape\":\"{}\",\"dir\":\"{dir}\",\"ms\":{ms:.2},\"gflops\":{:.1},\"max_rel_diff_vs_candle\":{diff}}}",
+                case.name,
+                gflop / (ms / 1e3)
+            );
+        };
+        let (f_ms, f_out) = best_ms(reps, || cv_ops::conv2d(&x, &w, stride, pad))?;
+        let (d_ms, d_out) = best_ms(reps, || {
+            cv_ops::conv2d_input_grad(&dy, &w, (hw, hw), stride, pad)
+        })?;
+        let (w_ms, w_out) = best_ms(reps, || {
+            cv_ops::conv2d_weight_grad(&x, &dy, (k, k), stride, pad)
+        })?;
+        if skip_candle {
+            report("cv-ops", "fwd", f_ms, None);
+            report("cv-ops", "input_grad", d_ms, None);
+            report("cv-ops", "weight_grad", w_ms, None);
+            continue;
+        }
+        // candle's paths, exactly as its backprop.rs runs them.
+        let (cf_ms, cf) = best_ms(reps, || x.conv2d(&w, pad, stride, 1, 1))?;
+        let out_pad = hw - ((o - 1) * stride + k - 2 * pad);
+        let (cd_ms, cd) = best_ms(reps, || dy.conv_transpose2d(&w, pad, out_pad, stride, 1))?;
+        let (cw_ms, cw) = best_ms(reps, || {
+            x.transpose(0, 1)?
+                .conv2d(&dy.transpose(0, 1)?, pad, 1, stride, 1)?
+                .transpose(0, 1)?
+                .narrow(2, 0, k)?
+                .narrow(3, 0, k)
+        })?;
+        report("cv-ops", "fwd", f_ms, Some(max_rel_diff(&f_out, &cf)?));
+        report(
+            "cv-ops",
+            "input_grad",
+            d_ms,
+            Some(max_rel_diff(&d_out, &cd)?),
+        );
+        report(
+            "cv-ops",
+            "weight_grad",
+            w_ms,
+            Some(max_rel_diff(&w_out, &cw)?),
+        );
+        report("candle", "fwd", cf_ms, None);
+        report("candle", "input_grad", cd_ms, None);
+        report("candle", "weight_grad", cw_ms, None);
+    }
+    Ok(())
+}

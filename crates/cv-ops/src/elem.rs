@@ -1,0 +1,19 @@
+//! The element types the kernels are written for: f32 (training) and f64 (exact gradient checks).
+
+/// A float the gemm crate multiplies.
+pub(crate) trait Elem:
+    Copy + Send + Sync + 'static + PartialEq + std::ops::Add<Output = Self> + std::ops::AddAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+}
+
+impl Elem for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl Elem for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}

@@ -1,0 +1,100 @@
+//! The one error type of this crate; every variant names the file, key or step at fault.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while training, evaluating or checkpointing.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A tensor operation failed (shape mismatch, device error, ...).
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder at fault.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    /// A JSON file could not be written or read.
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        /// The file at fault.
+        path: PathBuf,
+        /// The underlying error.
+        source: serde_json::Error,
+    },
+
+    /// The loss became NaN or infinite; training stopped and the last checkpoint was kept.
+    #[error("loss is {value} at epoch {epoch}, batch {batch} (global step {step}); training stopped, the checkpoint of the last completed epoch is intact")]
+    NonFiniteLoss {
+        /// The offending value (NaN, inf or -inf).
+        value: f32,
+        /// 1-based epoch.
+        epoch: usize,
+        /// 0-based batch within the epoch.
+        batch: usize,
+        /// 0-based optimizer step over the whole run.
+        step: usize,
+    },
+
+    /// A label is not a valid class index.
+    #[error("label {label} at batch position {index} is out of range for {num_classes} classes")]
+    LabelOutOfRange {
+        /// The label value.
+        label: u32,
+        /// Its position in the batch.
+        index: usize,
+        /// The number of classes (logit columns).
+        num_classes: usize,
+    },
+
+    /// Saved optimizer or training state does not match the current run.
+    #[error("training state {path}: {message}")]
+    State {
+        /// The state file (or `<memory>` when importing tensors directly).
+        path: PathBuf,
+        /// What does not match.
+        message: String,
+    },
+
+    /// A configuration value is invalid.
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+
+    /// The data crate reported an error.
+    #[error(transparent)]
+    Data(#[from] cv_data::DataError),
+
+    /// The models crate reported an error.
+    #[error(transparent)]
+    Model(#[from] cv_models::ModelError),
+
+    /// The weights crate reported an error.
+    #[error(transparent)]
+    Weights(#[from] cv_weights::WeightsError),
+
+    /// Drawing the curves failed.
+    #[error("{path}: cannot draw the curves: {message}")]
+    Plot {
+        /// The PNG file.
+        path: PathBuf,
+        /// The plotting library's message.
+        message: String,
+    },
+}
+
+/// Result with [`TrainError`].
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+impl TrainError {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Top-1 / top-k accuracy, per-class accuracy and the confusion matrix, accumulated over
+//! batches; [`EvalReport`] is exactly the JSON `cv eval --json` prints.
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::loss::cross_entropy;
+
+/// Accuracy of one class on the evaluated split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassAccuracy {
+    /// Class name.
+    pub class: String,
+    /// Fraction of this class's images predicted correctly (0 when it has none).
+    pub accuracy: f64,
+    /// Number of images of this class.
+    pub count: u64,
+}
+
+/// Result of evaluating a model on a split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Number of images evaluated.
+    pub images: u64,
+    /// Mean cross-entropy (no label smoothing).
+    pub loss: f64,
+    /// Top-1 accuracy.
+    pub accuracy: f64,
+    /// Top-5 accuracy (top-k with k clipped to the number of classes).
+    pub top5: f64,
+    /// Accuracy per class, in class-index order.
+    pub per_class: Vec<ClassAccuracy>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// Rank of the true class among the logits: how many classes beat it (ties broken towards
+/// the lower index, as `argmax` does). Top-k is correct when the rank is below k.
+fn rank_of(row: &[f32], label: usize) -> usize {
+    let target = row[label];
+    row.iter()
+        .enumerate()
+        .filter(|&(c, &v)| v > target || (v == target && c < label))
+        .count()
+}
+
+/// Index of the largest logit (first on ties).
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (c, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = c;
+        }
+    }
+    best
+}
+
+/// Running sums over batches.
+#[derive(Debug, Clone)]
+pub struct MetricsAccumulator {
+    num_classes: usize,
+    images: u64,
+    loss_sum: f64,
+    top1: u64,
+    top5: u64,
+    confusion: Vec<Vec<u64>>,
+}
+
+impl MetricsAccumulator {
+    /// Starts empty for `num_classes` classes.
+    pub fn new(num_classes: usize) -> Self {
+        MetricsAccumulator {
+            num_classes,
+            images: 0,
+            loss_sum: 0.0,
+            top1: 0,
+            top5: 0,
+            confusion: vec![vec![0; num_classes]; num_classes],
+        }
+    }
+
+    /// Adds a batch: `logits` [B, C], its labels, and the batch's mean loss.
+    pub fn update(&mut self, logits: &Tensor, labels: &[u32], mean_loss: f64) -> Result<()> {
+        let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        if rows.len() != labels.len() {
+            return Err(TrainError::Config(format!(
+                "{} logit rows for {} labels",
+                rows.len(),
+                labels.len()
+            )));
+        }
+        let k = 5.min(self.num_classes);
+        for (index, (row, &label)) in rows.iter().zip(labels).enumerate() {
+            if row.len() != self.num_classes || label as usize >= self.num_classes {
+                return Err(TrainError::LabelOutOfRange {
+                    label,
+                    index,
+                    num_classes: row.len().min(self.num_classes),
+                });
+            }
+            let rank = rank_of(row, label as usize);
+            if rank == 0 {
+                self.top1 += 1;
+            }
+            if rank < k {
+                self.top5 += 1;
+            }
+            self.confusion[label as usize][argmax(row)] += 1;
+        }
+        self.loss_sum += mean_loss * labels.len() as f64;
+        self.images += labels.len() as u64;
+        Ok(())
+    }
+
+    /// Images seen so far.
+    pub fn images(&self) -> u64 {
+        self.images
+    }
+
+    /// Mean loss so far.
+    pub fn mean_loss(&self) -> f64 {
+        ratio(self.loss_sum, self.images)
+    }
+
+    /// Top-1 accuracy so far.
+    pub fn accuracy(&self) -> f64 {
+        ratio(self.top1 as f64, self.images)
+    }
+
+    /// The report, naming classes with `classes` (indices when names are missing).
+    pub fn finish(self, classes: &[String]) -> EvalReport {
+        let per_class = self
+            .confusion
+            .iter()
+            .enumerate()
+            .map(|(c, row)| {
+                let count: u64 = row.iter().sum();
+                ClassAccuracy {
+                    class: classes.get(c).cloned().unwrap_or_else(|| c.to_string()),
+                    accuracy: ratio(row[c] as f64, count),
+                    count,
+                }
+            })
+            .collect();
+        EvalReport {
+            images: self.images,
+            loss: ratio(self.loss_sum, self.images),
+            accuracy: ratio(self.top1 as f64, self.images),
+            top5: ratio(self.top5 as f64, self.images),
+            per_class,
+            confusion: self.confusion,
+        }
+    }
+}
+
+/// Evaluates `model` on every batch of `loader` (its epoch 0; use an unshuffled loader with
+/// eval transforms): eval-mode BatchNorm, no label smoothing, and no autograd graph (the
+/// forward runs on `model.detached()`, since candle has no no-grad mode).
+pub fn evaluate(model: &cv_models::Model, loader: &cv_data::Loader) -> Result<EvalReport> {
+    let frozen = model.detached();
+    let mut acc = MetricsAccumulator::new(model.num_classes());
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let logits = frozen.forward_t(&batch.images, false)?;
+        let loss = cross_entropy(&logits, &batch.labels, 0.0)?.to_scalar::<f32>()?;
+        let labels = batch.labels.to_vec1::<u32>()?;
+        acc.update(&logits, &labels, loss as f64)?;
+    }
+    Ok(acc.finish(&loader.dataset().classes))
+}
+
+fn ratio(num: f64, den: u64) -> f64 {
+    if den == 0 {
+        0.0
+    } else {
+        num / den as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn top1_top5_per_class_and_confusion() {
+        // 6 classes; rows are logits.
+        let logits = Tensor::new(
+            &[
+                [9f32, 1., 2., 3., 4., 5.], // label 0: rank 0
+                [9., 1., 2., 3., 4., 5.],   // label 1: rank 5 (worst)
+                [0., 0., 0., 0., 0., 0.],   // label 3: ties -> rank 3 (argmax 0)
+                [1., 2., 3., 4., 5., 6.],   // label 1: rank 4 -> top5
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut acc = MetricsAccumulator::new(6);
+        acc.update(&logits, &[0, 1, 3, 1], 2.0).unwrap();
+        let classes: Vec<String> = (0..6).map(|c| format!("c{c}")).collect();
+        let r = acc.finish(&classes);
+        assert_eq!(r.images, 4);
+        assert!((r.loss - 2.0).abs() < 1e-12);
+        assert!((r.accuracy - 0.25).abs() < 1e-12);
+        assert!((r.top5 - 0.75).abs() < 1e-12);
+        assert_eq!(r.confusion[0][0], 1);
+        assert_eq!(r.confusion[1][0], 1);
+        assert_eq!(r.confusion[1][5], 1);
+        assert_eq!(r.confusion[3][0], 1);
+        assert_eq!(r.per_class[0].accuracy, 1.0);
+        assert_eq!(r.per_class[1].count, 2);
+        assert_eq!(r.per_class[1].accuracy, 0.0);
+        assert_eq!(r.per_class[2].count, 0);
+        assert_eq!(r.per_class[2].class, "c2");
+    }
+
+    #[test]
+    fn top_k_is_clipped_to_class_count() {
+        let logits = Tensor::new(&[[0f32, 1., 2.], [2., 1., 0.]], &Device::Cpu).unwrap();
+        let mut acc = MetricsAccumulator::new(3);
+        acc.update(&logits, &[0, 0], 1.0).unwrap();
+        let r = acc.finish(&[]);
+        assert_eq!(r.top5, 1.0);
+        assert_eq!(r.accuracy, 0.5);
+    }
+
+    #[test]
+    fn json_shape_is_the_cli_contract() {
+        let r = EvalReport {
+            images: 2,
+            loss: 0.5,
+            accuracy: 1.0,
+            top5: 1.0,
+            per_class: vec![ClassAccuracy {
+                class: "cat".into(),
+                accuracy: 1.0,
+                count: 2,
+            }],
+            confusion: vec![vec![2]],
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"images": 2, "loss": 0.5, "accuracy": 1.0, "top5": 1.0,
+                "per_class": [{"class": "cat", "accuracy": 1.0, "count": 2}],
+                "confusion": [[2]]})
+        );
+    }
+
+    #[test]
+    fn bad_label_is_an_error() {
+        let logits = Tensor::new(&[[0f32, 1.]], &Device::Cpu).unwrap();
+        let mut acc = MetricsAccumulator::new(2);
+        assert!(acc.update(&logits, &[2], 0.0).is_err());
+    }
+}

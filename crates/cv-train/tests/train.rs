@@ -1,0 +1,511 @@
+//! The training loop end to end on small learnable data made here: learning, output files,
+//! exact resume, NaN handling, and what each fine-tuning mode may change.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use cv_data::{DataFormat, Dataset, Splits};
+use cv_models::{Architecture, Model};
+use cv_testkit::cifar::SplitMix;
+use cv_train::checkpoint::{
+    CheckpointConfig, TrainState, CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE,
+};
+use cv_train::config::{Augment, OptimizerKind, TrainConfig, TrainMode};
+use cv_train::schedule::Schedule;
+use cv_train::trainer::{run, run_with, Init, TrainJob};
+use cv_train::TrainError;
+
+const CLASSES: usize = 4;
+
+fn dataset(n: usize, seed: u64) -> Dataset {
+    let mut rng = SplitMix(seed);
+    let labels: Vec<u32> = (0..n).map(|i| (i % CLASSES) as u32).collect();
+    Dataset {
+        images: labels
+            .iter()
+            .map(|&l| cv_testkit::folder::class_image(l as usize, 32, 32, &mut rng))
+            .collect(),
+        labels,
+        classes: (0..CLASSES).map(|c| format!("class{c}")).collect(),
+    }
+}
+
+fn splits(train: usize, test: usize) -> Splits {
+    let train = dataset(train, 1);
+    Splits {
+        format: DataFormat::Folder,
+        classes: train.classes.clone(),
+        train,
+        test: dataset(test, 2),
+        skipped: vec![],
+    }
+}
+
+fn config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 16,
+        lr: 0.02,
+        weight_decay: 5e-4,
+        schedule: Schedule::Cosine {
+            warmup_steps: 2,
+            min_lr: 0.0,
+        },
+        quiet: true,
+        prefetch: 1,
+        ..Default::default()
+    }
+}
+
+fn job(arch: Architecture, config: TrainConfig, out: &Path, train: usize, test: usize) -> TrainJob {
+    TrainJob {
+        splits: splits(train, test),
+        architecture: arch,
+        init: Init::Scratch { seed: 7 },
+        config,
+        out_dir: out.to_path_buf(),
+        resume: false,
+        device: Device::Cpu,
+    }
+}
+
+fn weights(dir: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join(MODEL_FILE), &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// The freshly initialised weights of `Init::Scratch { seed }`.
+fn initial(arch: Architecture, seed: u64) -> HashMap<String, Tensor> {
+    let varmap = VarMap::new();
+    let _model = Model::new(
+        arch,
+        CLASSES,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    cv_models::init::initialise(&varmap, arch, seed).unwrap();
+    cv_models::state::state_dict(&varmap).unwrap()
+}
+
+#[test]
+fn small_cnn_learns_and_writes_the_checkpoint_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let summary = run(&job(Architecture::SimpleCnn, config(4), &out, 192, 64)).unwrap();
+    let eval = summary.final_eval.unwrap();
+    eprintln!("cnn: {:?}", summary.records);
+    assert_eq!(eval.images, 64);
+    assert!(
+        eval.accuracy >= 0.7,
+        "test accuracy {} (chance 0.25)",
+        eval.accuracy
+    );
+    assert_eq!(eval.per_class.len(), CLASSES);
+    assert_eq!(eval.confusion.iter().flatten().sum::<u64>(), 64);
+
+    // metrics.jsonl: one object per epoch with the documented keys.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join(METRICS_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[3]["epoch"], 4);
+    assert!(lines[3]["images_per_s"].as_f64().unwrap() > 0.0);
+    assert!(lines[3]["test_top5"].as_f64().unwrap() >= eval.accuracy);
+
+    // config.json: a model card plus every hyper-parameter.
+    let card = cv_weights::ModelCard::read(&out).unwrap();
+    assert_eq!(card.architecture, Architecture::SimpleCnn);
+    assert_eq!(card.classes.len(), CLASSES);
+    assert_eq!(card.eval_transforms.mean, cv_data::transforms::CIFAR10_MEAN);
+    let cfg = CheckpointConfig::read(&out).unwrap();
+    assert_eq!(cfg.train, config(4));
+    assert_eq!(cfg.epochs_completed, 4);
+    assert!(
+        !cfg.train_transforms.transforms.is_empty(),
+        "augmented training"
+    );
+    // model.safetensors has exactly the torchvision keys and loads back strictly.
+    let w = weights(&out);
+    let mut keys: Vec<_> = w.keys().cloned().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            "conv1.bias",
+            "conv1.weight",
+            "conv2.bias",
+            "conv2.weight",
+            "fc1.bias",
+            "fc1.weight",
+            "fc2.bias",
+            "fc2.weight",
+            "fc3.bias",
+            "fc3.weight"
+        ]
+    );
+    for f in ["curves.png", "curves.txt", STATE_FILE, CONFIG_FILE] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // No temporary file left behind.
+    assert!(std::fs::read_dir(&out).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with('.')));
+
+    // A second run into the same folder without resume is refused, and changes nothing.
+    let err = run(&job(Architecture::SimpleCnn, config(4), &out, 192, 64)).unwrap_err();
+    assert!(err.to_string().contains("resume"), "{err}");
+    assert_eq!(
+        max_diff(&weights(&out)["fc3.weight"], &w["fc3.weight"]),
+        0.0
+    );
+    // Resuming with other hyper-parameters is refused, naming the state file.
+    let mut other = job(
+        Architecture::SimpleCnn,
+        TrainConfig {
+            lr: 0.5,
+            ..config(5)
+        },
+        &out,
+        192,
+        64,
+    );
+    other.resume = true;
+    let err = run(&other).unwrap_err().to_string();
+    assert!(
+        err.contains(STATE_FILE) && err.contains("hyper-parameters"),
+        "{err}"
+    );
+    // Resuming a finished run with the same epochs trains nothing more.
+    let mut same = job(Architecture::SimpleCnn, config(4), &out, 192, 64);
+    same.resume = true;
+    let again = run(&same).unwrap();
+    assert_eq!(again.epochs_completed, 4);
+    assert_eq!(
+        max_diff(&weights(&out)["fc3.weight"], &w["fc3.weight"]),
+        0.0
+    );
+}
+
+#[test]
+fn resnet18_learns_from_scratch() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TrainConfig {
+        lr: 0.01,
+        batch_size: 8,
+        augment: Augment::None,
+        ..config(2)
+    };
+    let summary = run(&job(Architecture::ResNet18, c, dir.path(), 96, 32)).unwrap();
+    eprintln!("resnet: {:?}", summary.records);
+    let acc = summary.final_eval.unwrap().accuracy;
+    assert!(acc >= 0.6, "test accuracy {acc} (chance 0.25)");
+    // Strict torchvision state dict: buffers and num_batches_tracked included.
+    let w = weights(dir.path());
+    assert_eq!(w.len(), 122);
+    assert_eq!(w["bn1.num_batches_tracked"].dtype(), DType::I64);
+    assert_eq!(w["bn1.num_batches_tracked"].to_scalar::<i64>().unwrap(), 24);
+    assert_eq!(w["fc.weight"].dims(), &[CLASSES, 512]);
+}
+
+fn assert_same_weights(a: &Path, b: &Path) {
+    let (wa, wb) = (weights(a), weights(b));
+    assert_eq!(wa.len(), wb.len());
+    for (k, t) in &wa {
+        let d = max_diff(t, &wb[k]);
+        assert!(d <= 1e-6, "{k} differs by {d}");
+    }
+}
+
+#[test]
+fn resume_equals_uninterrupted_training_sgd_cosine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let c = TrainConfig {
+        nesterov: true,
+        label_smoothing: 0.1,
+        ..config(2)
+    };
+    let full = run(&job(Architecture::SimpleCnn, c.clone(), &a, 64, 16)).unwrap();
+    // Interrupted after the first epoch, then resumed.
+    let first = run_with(
+        &job(Architecture::SimpleCnn, c.clone(), &b, 64, 16),
+        &mut |_| false,
+    )
+    .unwrap();
+    assert_eq!(first.epochs_completed, 1);
+    let mut resumed_job = job(Architecture::SimpleCnn, c, &b, 64, 16);
+    resumed_job.resume = true;
+    let resumed = run(&resumed_job).unwrap();
+    assert_eq!(resumed.resumed_at_epoch, Some(1));
+    assert_eq!(resumed.global_step, full.global_step);
+    assert_eq!(resumed.records.len(), 2);
+    assert_eq!(resumed.records[1].train_loss, full.records[1].train_loss);
+    assert_same_weights(&a, &b);
+    assert_eq!(
+        std::fs::read_to_string(a.join(METRICS_FILE))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.join(METRICS_FILE))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn resume_equals_uninterrupted_training_adamw_with_unfreezing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let c = TrainConfig {
+        optimizer: OptimizerKind::AdamW,
+        lr: 2e-3,
+        weight_decay: 0.01,
+        unfreeze_after: Some(1),
+        backbone_lr_scale: 0.1,
+        ..config(3)
+    };
+    run(&job(Architecture::SimpleCnn, c.clone(), &a, 48, 16)).unwrap();
+    let mut epochs = 0;
+    run_with(
+        &job(Architecture::SimpleCnn, c.clone(), &b, 48, 16),
+        &mut |_| {
+            epochs += 1;
+            epochs < 2
+        },
+    )
+    .unwrap();
+    let mut resumed = job(Architecture::SimpleCnn, c, &b, 48, 16);
+    resumed.resume = true;
+    run(&resumed).unwrap();
+    assert_same_weights(&a, &b);
+}
+
+#[test]
+fn nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 images / 16 = 4 steps per epoch; from step 4 on the rate is 1e28: the weights blow up.
+    let c = TrainConfig {
+        schedule: Schedule::Step {
+            step_size: 4,
+            gamma: 1e30,
+        },
+        ..config(3)
+    };
+    let err = run(&job(Architecture::SimpleCnn, c, dir.path(), 64, 16)).unwrap_err();
+    eprintln!("{err}");
+    let TrainError::NonFiniteLoss {
+        epoch, batch, step, ..
+    } = err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(epoch, 2);
+    assert_eq!(step, 4 + batch);
+    assert!(err_text_names_step(epoch, batch));
+    // The epoch-1 checkpoint is intact, loadable and consistent with the resume state.
+    let cfg = CheckpointConfig::read(dir.path()).unwrap();
+    assert_eq!(cfg.epochs_completed, 1);
+    let w = weights(dir.path());
+    let state = TrainState::read(dir.path(), &Device::Cpu).unwrap().unwrap();
+    assert_eq!(state.meta.epochs_completed, 1);
+    for (k, t) in &w {
+        assert_eq!(max_diff(t, &state.model[k]), 0.0, "{k}");
+        let finite = t
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        assert!(finite.iter().all(|v| v.is_finite()), "{k}");
+    }
+    let varmap = VarMap::new();
+    let _m = Model::new(
+        Architecture::SimpleCnn,
+        CLASSES,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    cv_models::state::load_state_dict(&varmap, &w).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(METRICS_FILE))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+}
+
+fn err_text_names_step(epoch: usize, batch: usize) -> bool {
+    let e = TrainError::NonFiniteLoss {
+        value: f32::NAN,
+        epoch,
+        batch,
+        step: 0,
+    };
+    let s = e.to_string();
+    s.contains(&format!("epoch {epoch}")) && s.contains(&format!("batch {batch}"))
+}
+
+#[test]
+fn head_mode_changes_no_backbone_weight_or_statistic() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TrainConfig {
+        mode: TrainMode::Head,
+        lr: 0.05,
+        ..config(2)
+    };
+    let summary = run(&job(Architecture::ResNet18, c, dir.path(), 32, 16)).unwrap();
+    let before = initial(Architecture::ResNet18, 7);
+    let after = weights(dir.path());
+    for (k, t) in &before {
+        let d = max_diff(t, &after[k]);
+        if k.starts_with("fc.") {
+            assert!(d > 0.0, "{k} did not train");
+        } else {
+            assert_eq!(d, 0.0, "{k} changed in head mode");
+        }
+    }
+    // Every epoch pushes every train and test image through the backbone again.
+    assert_eq!(summary.backbone_images, 2 * (32 + 16));
+}
+
+#[test]
+fn probe_computes_each_feature_once_and_learns() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TrainConfig {
+        mode: TrainMode::Probe,
+        lr: 0.1,
+        ..config(5)
+    };
+    let summary = run(&job(Architecture::ResNet18, c, dir.path(), 64, 32)).unwrap();
+    assert_eq!(
+        summary.backbone_images,
+        64 + 32,
+        "features computed once per image"
+    );
+    let acc = summary.final_eval.unwrap().accuracy;
+    eprintln!("probe: {:?}", summary.records);
+    assert!(acc >= 0.6, "probe accuracy {acc}");
+    let before = initial(Architecture::ResNet18, 7);
+    let after = weights(dir.path());
+    for (k, t) in &before {
+        if !k.starts_with("fc.") {
+            assert_eq!(max_diff(t, &after[k]), 0.0, "{k} changed in probe mode");
+        }
+    }
+    // No augmentation in a probe: the recorded train transforms are the eval ones.
+    let cfg = CheckpointConfig::read(dir.path()).unwrap();
+    assert_eq!(cfg.train_transforms, cfg.card.eval_transforms);
+}
+
+/// Fine-tuning torchvision's ResNet-18 layout from a safetensors file (the parity fixture,
+/// 1000 classes): the head is replaced, images are upscaled to 64 and normalised with the
+/// weights' mean/std, and the checkpoint records where the weights came from.
+#[test]
+fn pretrained_resnet18_fine_tunes_at_64_pixels() {
+    let Some(fixtures) = cv_testkit::fixtures::parity_dir() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let weights_path = fixtures.join("resnet18.safetensors");
+    let c = TrainConfig {
+        mode: TrainMode::Probe,
+        image_size: 64,
+        optimizer: OptimizerKind::AdamW,
+        lr: 0.05,
+        weight_decay: 0.0,
+        ..config(12)
+    };
+    let mut j = job(Architecture::ResNet18, c, dir.path(), 32, 16);
+    j.init = Init::Pretrained {
+        path: weights_path.clone(),
+        origin: "parity-fixture".into(),
+        mean: cv_data::transforms::IMAGENET_MEAN,
+        std: cv_data::transforms::IMAGENET_STD,
+    };
+    let summary = run(&j).unwrap();
+    let accs: Vec<_> = summary
+        .records
+        .iter()
+        .map(|r| r.test_acc.unwrap())
+        .collect();
+    eprintln!("pretrained probe test accuracy per epoch: {accs:?}");
+    let acc = summary.final_eval.unwrap().accuracy;
+    assert!(acc >= 0.6, "fine-tuned accuracy {acc}");
+    let card = cv_weights::ModelCard::read(dir.path()).unwrap();
+    assert_eq!(card.image_size, 64);
+    assert_eq!(card.weights_from.as_deref(), Some("parity-fixture"));
+    assert_eq!(
+        card.eval_transforms.mean,
+        cv_data::transforms::IMAGENET_MEAN
+    );
+    assert!(
+        !card.eval_transforms.transforms.is_empty(),
+        "32 -> 64 resize"
+    );
+    // The backbone is the pretrained one, untouched; the head has 4 outputs.
+    let pretrained = candle_core::safetensors::load(&weights_path, &Device::Cpu).unwrap();
+    let after = weights(dir.path());
+    assert_eq!(
+        max_diff(
+            &pretrained["layer3.1.conv2.weight"],
+            &after["layer3.1.conv2.weight"]
+        ),
+        0.0
+    );
+    assert_eq!(
+        max_diff(&pretrained["bn1.running_var"], &after["bn1.running_var"]),
+        0.0
+    );
+    assert_eq!(after["fc.weight"].dims(), &[CLASSES, 512]);
+}
+
+#[test]
+fn gradual_unfreezing_trains_the_backbone_only_after_n_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TrainConfig {
+        unfreeze_after: Some(1),
+        backbone_lr_scale: 0.1,
+        ..config(2)
+    };
+    let before = initial(Architecture::SimpleCnn, 7);
+    let mut snapshots = Vec::new();
+    let out = dir.path().to_path_buf();
+    run_with(&job(Architecture::SimpleCnn, c, &out, 32, 16), &mut |_| {
+        snapshots.push(weights(&out));
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        max_diff(&before["conv1.weight"], &snapshots[0]["conv1.weight"]),
+        0.0
+    );
+    assert!(max_diff(&before["fc3.weight"], &snapshots[0]["fc3.weight"]) > 0.0);
+    assert!(max_diff(&snapshots[0]["conv1.weight"], &snapshots[1]["conv1.weight"]) > 0.0);
+}

@@ -1,0 +1,42 @@
+//! `cargo xtask fetch-data`: flags only; the work is `cv_data::archive::fetch_cifar10`.
+
+use std::path::PathBuf;
+
+use cv_data::archive::{fetch_cifar10, FetchOptions, CIFAR10_MD5, CIFAR10_URL};
+
+/// Flags of `fetch-data`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Data folder; the dataset lands in DIR/cifar-10-batches-bin.
+    #[arg(long, default_value = "data")]
+    dir: PathBuf,
+    /// Download from this URL instead of the official one (a mirror).
+    #[arg(long, default_value = CIFAR10_URL)]
+    url: String,
+    /// Expected md5 of the archive.
+    #[arg(long, default_value = CIFAR10_MD5)]
+    md5: String,
+    /// Use this local archive instead of downloading (machines without internet).
+    #[arg(long, value_name = "FILE")]
+    archive: Option<PathBuf>,
+    /// Download and extract again even if a verified dataset is present.
+    #[arg(long)]
+    force: bool,
+    /// Do not draw a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let opts = FetchOptions {
+        dir: args.dir,
+        url: args.url,
+        md5: args.md5,
+        archive: args.archive,
+        force: args.force,
+        progress: !args.no_progress,
+    };
+    let outcome = fetch_cifar10(&opts)?;
+    println!("{outcome}");
+    Ok(())
+}
