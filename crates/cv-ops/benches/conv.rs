@@ -2,7 +2,9 @@
 //!
 //! `cargo bench -p cv-ops --bench conv [-- FILTER]`; env `REPS` (default 3, best-of),
 //! `CV_OPS_TILE_ELEMS` (im2col tile budget override), `SKIP_CANDLE=1`.
-//! Not a test: the numbers depend on the machine and its load.
+//! Not a test: the numbers depend on the machine and its load. `gflops` is wall-clock
+//! throughput; `gflops_per_cpu_s` divides by the CPU time all threads used, a figure that
+//! other processes on the same cores disturb much less (ideal 2-core throughput is twice it).
 
 use candle_core::{Device, Result, Tensor};
 use std::time::Instant;
@@ -81,15 +83,28 @@ const CASES: &[Case] = &[
     },
 ];
 
-fn best_ms(reps: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<(f64, Tensor)> {
+/// CPU time of all this process's threads (ns), from Linux's per-thread schedstat: unlike wall
+/// time it barely moves when other processes share the cores.
+fn cpu_ns() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Best wall time and best CPU time (ms) over `reps` runs after a warm-up, and the last output.
+fn best_ms(reps: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<((f64, f64), Tensor)> {
     let mut out = f()?; // warm-up
-    let mut best = f64::INFINITY;
+    let (mut wall, mut cpu) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..reps {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu_ns());
         out = f()?;
-        best = best.min(t.elapsed().as_secs_f64() * 1e3);
+        wall = wall.min(t.elapsed().as_secs_f64() * 1e3);
+        cpu = cpu.min((cpu_ns() - c) as f64 / 1e6);
     }
-    Ok((best, out))
+    Ok(((wall, cpu), out))
 }
 
 fn max_rel_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
@@ -130,12 +145,13 @@ fn main() -> Result<()> {
         let o = (hw + 2 * pad - k) / stride + 1;
         let dy = Tensor::randn(0f32, 1.0, (n, co, o, o), &dev)?;
         let gflop = 2.0 * (n * co * o * o * c * k * k) as f64 / 1e9;
-        let report = |imp: &str, dir: &str, ms: f64, diff: Option<f32>| {
+        let report = |imp: &str, dir: &str, (ms, cpu_ms): (f64, f64), diff: Option<f32>| {
             let diff = diff.map_or("null".to_string(), |d| format!("{d:.2e}"));
             println!(
-                "{{\"impl\":\"{imp}\",\"shape\":\"{}\",\"dir\":\"{dir}\",\"ms\":{ms:.2},\"gflops\":{:.1},\"max_rel_diff_vs_candle\":{diff}}}",
+                "{{\"impl\":\"{imp}\",\"shape\":\"{}\",\"dir\":\"{dir}\",\"ms\":{ms:.2},\"gflops\":{:.1},\"cpu_ms\":{cpu_ms:.2},\"gflops_per_cpu_s\":{:.1},\"max_rel_diff_vs_candle\":{diff}}}",
                 case.name,
-                gflop / (ms / 1e3)
+                gflop / (ms / 1e3),
+                gflop / (cpu_ms / 1e3),
             );
         };
         let (f_ms, f_out) = best_ms(reps, || cv_ops::conv2d(&x, &w, stride, pad))?;

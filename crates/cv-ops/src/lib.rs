@@ -11,12 +11,14 @@
 
 mod elem;
 mod error;
+mod fold;
 mod geom;
 mod im2col;
 mod kernels;
 mod op;
 
 pub use error::OpsError;
+pub use fold::fold_batchnorm;
 
 use candle_core::{DType, Result, Tensor};
 

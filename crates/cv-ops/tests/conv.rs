@@ -172,21 +172,14 @@ fn gradients_match_finite_differences() -> Result<()> {
         };
         let gx = gx.flatten_all()?.to_vec1::<f64>()?;
         let gw = gw.flatten_all()?.to_vec1::<f64>()?;
-        for i in 0..x0.len() {
+        assert_eq!((gx.len(), gw.len()), (x0.len(), w0.len()));
+        for (i, g) in gx.iter().enumerate() {
             let d = fd(&x0, i, &|x| loss(x, &w0))?;
-            assert!(
-                (d - gx[i]).abs() < 1e-8,
-                "{c:?} dx[{i}]: fd {d} vs {}",
-                gx[i]
-            );
+            assert!((d - g).abs() < 1e-8, "{c:?} dx[{i}]: fd {d} vs {g}");
         }
-        for i in 0..w0.len() {
+        for (i, g) in gw.iter().enumerate() {
             let d = fd(&w0, i, &|w| loss(&x0, w))?;
-            assert!(
-                (d - gw[i]).abs() < 1e-8,
-                "{c:?} dw[{i}]: fd {d} vs {}",
-                gw[i]
-            );
+            assert!((d - g).abs() < 1e-8, "{c:?} dw[{i}]: fd {d} vs {g}");
         }
     }
     Ok(())

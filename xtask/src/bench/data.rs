@@ -142,6 +142,7 @@ fn measurement(name: &str, timing: super::Timing, params: serde_json::Value, ref
         items: timing.items,
         iterations: timing.iterations,
         seconds: timing.seconds,
+        cpu_seconds: timing.cpu_seconds,
         params,
         reference,
     }

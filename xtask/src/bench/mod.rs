@@ -77,6 +77,10 @@ pub struct Measurement {
     pub iterations: u64,
     /// Timed seconds.
     pub seconds: f64,
+    /// CPU seconds the whole process used while timed (all threads; Linux only). On a shared
+    /// machine `items / cpu_seconds` is steadier than the wall-clock rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
     /// Parameters of the workload (batch size, input size, pipeline, ...).
     pub params: serde_json::Value,
     /// A reference figure to compare with, if any (e.g. PyTorch on the same machine).
@@ -143,8 +147,13 @@ impl Report {
                 )
             })
             .unwrap_or_default();
+        let per_cpu = m
+            .cpu_seconds
+            .filter(|&c| c > 0.0)
+            .map(|c| format!("  [{:.0} per CPU-second]", m.items as f64 / c))
+            .unwrap_or_default();
         println!(
-            "{:<8} {:<48} {:>12.0} {}{reference}",
+            "{:<6} {:<62} {:>9.0} {}{per_cpu}{reference}",
             m.group, m.name, m.value, m.unit
         );
         self.results.push(m);
@@ -173,6 +182,8 @@ pub struct Timing {
     pub iterations: u64,
     /// Elapsed timed seconds.
     pub seconds: f64,
+    /// Process CPU seconds while timed, where the OS tells.
+    pub cpu_seconds: Option<f64>,
 }
 
 impl Timing {
@@ -191,17 +202,37 @@ pub fn throughput(
     for _ in 0..settings.warmup {
         step()?;
     }
+    let cpu0 = process_cpu_seconds();
     let start = Instant::now();
     let (mut items, mut iterations) = (0u64, 0u64);
     while iterations == 0 || start.elapsed() < settings.min_time {
         items += step()?;
         iterations += 1;
     }
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu_seconds = match (cpu0, process_cpu_seconds()) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
     Ok(Timing {
         items,
         iterations,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds,
+        cpu_seconds,
     })
+}
+
+/// User + system CPU time of this process, from `/proc/self/stat` (Linux).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ')' (0-based).
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // The kernel reports clock ticks; USER_HZ is 100 on every Linux ABI in use.
+    Some((utime + stime) / 100.0)
 }
 
 /// Write `value` as pretty JSON to `path` through a temporary file and a rename.
