@@ -8,26 +8,47 @@ use common::*;
 fn inspect_cifar_json_counts_every_split_and_class() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = cv_testkit::cifar::write_cifar_dir(tmp.path(), 30, 20, 1).unwrap();
-    let out = expect_code(cv(tmp.path()).args(["data", "inspect", "--json"]).arg(&dir), 0);
+    let out = expect_code(
+        cv(tmp.path()).args(["data", "inspect", "--json"]).arg(&dir),
+        0,
+    );
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["format"], "cifar10");
     assert_eq!(v["classes"][0], "airplane");
     assert_eq!(v["classes"].as_array().unwrap().len(), 10);
     assert_eq!(v["splits"]["train"]["total"], 150);
     assert_eq!(v["splits"]["test"]["total"], 20);
-    let per: Vec<u64> = v["splits"]["train"]["per_class"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let per: Vec<u64> = v["splits"]["train"]["per_class"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
     assert_eq!(per, vec![15; 10]);
 }
 
 #[test]
 fn inspect_image_folder_table() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = cv_testkit::folder::make_image_folder(&tmp.path().join("pets"), &["cat", "dog"], 5, 3, 20, 2).unwrap();
+    let root = cv_testkit::folder::make_image_folder(
+        &tmp.path().join("pets"),
+        &["cat", "dog"],
+        5,
+        3,
+        20,
+        2,
+    )
+    .unwrap();
     let out = expect_code(cv(tmp.path()).args(["data", "inspect"]).arg(&root), 0);
     let text = stdout(&out);
     assert!(text.contains("format folder"), "{text}");
     assert!(text.contains("integrity: ok (16 images decoded"), "{text}");
-    let out = expect_code(cv(tmp.path()).args(["data", "inspect", "--json"]).arg(&root), 0);
+    let out = expect_code(
+        cv(tmp.path())
+            .args(["data", "inspect", "--json"])
+            .arg(&root),
+        0,
+    );
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["format"], "folder");
     assert_eq!(v["splits"]["test"]["per_class"], serde_json::json!([3, 3]));

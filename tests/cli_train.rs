@@ -30,38 +30,92 @@ fn train_then_eval_then_predict() {
     let out = tmp.path().join("run");
     let o = expect_code(
         cv(tmp.path())
-            .args(["train", "--model", "cnn", "--epochs", "5", "--batch-size", "25", "--quiet", "--data"])
+            .args([
+                "train",
+                "--model",
+                "cnn",
+                "--epochs",
+                "5",
+                "--batch-size",
+                "25",
+                "--quiet",
+                "--data",
+            ])
             .arg(&data)
             .arg("--out")
             .arg(&out),
         0,
     );
     assert!(stdout(&o).contains("done: 5 epochs"), "{}", stdout(&o));
-    for f in ["model.safetensors", "config.json", "metrics.jsonl", "curves.png", "train_state.safetensors"] {
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "metrics.jsonl",
+        "curves.png",
+        "train_state.safetensors",
+    ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 5);
-    for k in ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_s"] {
-        assert!(lines[4].get(k).is_some(), "metrics.jsonl lacks {k}: {}", lines[4]);
+    for k in [
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "seconds",
+        "images_per_s",
+    ] {
+        assert!(
+            lines[4].get(k).is_some(),
+            "metrics.jsonl lacks {k}: {}",
+            lines[4]
+        );
     }
 
-    let o = expect_code(cv(tmp.path()).args(["eval", "--json", "--checkpoint"]).arg(&out).arg("--data").arg(&data), 0);
+    let o = expect_code(
+        cv(tmp.path())
+            .args(["eval", "--json", "--checkpoint"])
+            .arg(&out)
+            .arg("--data")
+            .arg(&data),
+        0,
+    );
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["images"], 100);
     let acc = v["accuracy"].as_f64().unwrap();
     assert!(acc > 0.5, "accuracy {acc} after 5 epochs on learnable data");
-    assert!((acc - lines[4]["test_acc"].as_f64().unwrap()).abs() < 1e-6, "eval agrees with training's last test accuracy");
+    assert!(
+        (acc - lines[4]["test_acc"].as_f64().unwrap()).abs() < 1e-6,
+        "eval agrees with training's last test accuracy"
+    );
     assert_eq!(v["per_class"].as_array().unwrap().len(), 10);
     assert_eq!(v["per_class"][0]["class"], "airplane");
     assert_eq!(v["confusion"].as_array().unwrap().len(), 10);
-    let total: u64 = v["confusion"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|x| x.as_u64().unwrap()).sum();
+    let total: u64 = v["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|x| x.as_u64().unwrap())
+        .sum();
     assert_eq!(total, 100);
 
     let png = tmp.path().join("ship.png");
     cifar_png(&png, 8);
-    let o = expect_code(cv(tmp.path()).args(["predict", "--json", "--top-k", "3", "--checkpoint"]).arg(&out).arg(&png), 0);
+    let o = expect_code(
+        cv(tmp.path())
+            .args(["predict", "--json", "--top-k", "3", "--checkpoint"])
+            .arg(&out)
+            .arg(&png),
+        0,
+    );
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let preds = v[0]["predictions"].as_array().unwrap();
     assert_eq!(preds.len(), 3);
@@ -75,15 +129,58 @@ fn train_then_eval_then_predict() {
 fn resume_gives_the_same_weights_as_one_run() {
     let tmp = tempfile::tempdir().unwrap();
     let data = cifar(tmp.path(), 20, 20);
-    let base = ["train", "--model", "cnn", "--batch-size", "25", "--schedule", "constant", "--quiet", "--seed", "3"];
+    let base = [
+        "train",
+        "--model",
+        "cnn",
+        "--batch-size",
+        "25",
+        "--schedule",
+        "constant",
+        "--quiet",
+        "--seed",
+        "3",
+    ];
     let whole = tmp.path().join("whole");
-    expect_code(cv(tmp.path()).args(base).args(["--epochs", "2", "--data"]).arg(&data).arg("--out").arg(&whole), 0);
+    expect_code(
+        cv(tmp.path())
+            .args(base)
+            .args(["--epochs", "2", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&whole),
+        0,
+    );
     let split = tmp.path().join("split");
-    expect_code(cv(tmp.path()).args(base).args(["--epochs", "1", "--data"]).arg(&data).arg("--out").arg(&split), 0);
+    expect_code(
+        cv(tmp.path())
+            .args(base)
+            .args(["--epochs", "1", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&split),
+        0,
+    );
     // A second run into the same folder without --resume is refused rather than overwriting it.
-    let o = expect_code(cv(tmp.path()).args(base).args(["--epochs", "2", "--data"]).arg(&data).arg("--out").arg(&split), 1);
+    let o = expect_code(
+        cv(tmp.path())
+            .args(base)
+            .args(["--epochs", "2", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&split),
+        1,
+    );
     assert_clean_error(&o, "resume");
-    expect_code(cv(tmp.path()).args(base).args(["--epochs", "2", "--resume", "--data"]).arg(&data).arg("--out").arg(&split), 0);
+    expect_code(
+        cv(tmp.path())
+            .args(base)
+            .args(["--epochs", "2", "--resume", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&split),
+        0,
+    );
     let a = std::fs::read(whole.join("model.safetensors")).unwrap();
     let b = std::fs::read(split.join("model.safetensors")).unwrap();
     assert!(a == b, "resumed weights differ from uninterrupted training");
@@ -97,7 +194,17 @@ fn sigkill_mid_epoch_leaves_a_loadable_checkpoint() {
     let data = cifar(tmp.path(), 400, 50);
     let out = tmp.path().join("run");
     let mut child = cv(tmp.path())
-        .args(["train", "--model", "cnn", "--epochs", "50", "--batch-size", "50", "--quiet", "--data"])
+        .args([
+            "train",
+            "--model",
+            "cnn",
+            "--epochs",
+            "50",
+            "--batch-size",
+            "50",
+            "--quiet",
+            "--data",
+        ])
         .arg(&data)
         .arg("--out")
         .arg(&out)
@@ -107,7 +214,10 @@ fn sigkill_mid_epoch_leaves_a_loadable_checkpoint() {
         .unwrap();
     let start = Instant::now();
     while !out.join("model.safetensors").exists() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 120 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Well inside a later epoch, maybe during a checkpoint write.
@@ -115,22 +225,46 @@ fn sigkill_mid_epoch_leaves_a_loadable_checkpoint() {
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
 
-    let o = expect_code(cv(tmp.path()).args(["eval", "--json", "--checkpoint"]).arg(&out).arg("--data").arg(&data), 0);
+    let o = expect_code(
+        cv(tmp.path())
+            .args(["eval", "--json", "--checkpoint"])
+            .arg(&out)
+            .arg("--data")
+            .arg(&data),
+        0,
+    );
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["images"], 50);
     // And the run continues from its last completed epoch.
-    let done = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count();
+    let done = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
     assert!(done >= 1);
     let more = (done + 1).to_string();
     expect_code(
         cv(tmp.path())
-            .args(["train", "--model", "cnn", "--batch-size", "50", "--quiet", "--resume", "--epochs", &more, "--data"])
+            .args([
+                "train",
+                "--model",
+                "cnn",
+                "--batch-size",
+                "50",
+                "--quiet",
+                "--resume",
+                "--epochs",
+                &more,
+                "--data",
+            ])
             .arg(&data)
             .arg("--out")
             .arg(&out),
         0,
     );
-    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count();
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
     assert_eq!(lines, done + 1);
 }
 
@@ -138,14 +272,24 @@ fn sigkill_mid_epoch_leaves_a_loadable_checkpoint() {
 fn small_cnn_refuses_other_image_sizes() {
     let tmp = tempfile::tempdir().unwrap();
     let data = cifar(tmp.path(), 2, 2);
-    let o = expect_code(cv(tmp.path()).args(["train", "--model", "cnn", "--image-size", "224", "--data"]).arg(&data), 2);
+    let o = expect_code(
+        cv(tmp.path())
+            .args(["train", "--model", "cnn", "--image-size", "224", "--data"])
+            .arg(&data),
+        2,
+    );
     assert_clean_error(&o, "32x32");
 }
 
 #[test]
 fn missing_data_folder_points_at_fetch_data() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = expect_code(cv(tmp.path()).args(["train", "--data"]).arg(tmp.path().join("nothing")), 1);
+    let o = expect_code(
+        cv(tmp.path())
+            .args(["train", "--data"])
+            .arg(tmp.path().join("nothing")),
+        1,
+    );
     assert_clean_error(&o, "cargo xtask fetch-data");
 }
 
@@ -154,7 +298,12 @@ fn corrupt_batch_file_stops_training_with_its_name() {
     let tmp = tempfile::tempdir().unwrap();
     let data = cifar(tmp.path(), 5, 5);
     std::fs::write(data.join("data_batch_4.bin"), vec![0u8; 5000]).unwrap();
-    let o = expect_code(cv(tmp.path()).args(["train", "--quiet", "--data"]).arg(&data), 1);
+    let o = expect_code(
+        cv(tmp.path())
+            .args(["train", "--quiet", "--data"])
+            .arg(&data),
+        1,
+    );
     assert_clean_error(&o, "data_batch_4.bin");
 }
 
@@ -162,33 +311,72 @@ fn corrupt_batch_file_stops_training_with_its_name() {
 fn finetune_errors_unknown_name_and_offline_empty_cache() {
     let tmp = tempfile::tempdir().unwrap();
     let data = cifar(tmp.path(), 2, 2);
-    let o = expect_code(cv(tmp.path()).args(["finetune", "--weights", "resnet50.nope", "--data"]).arg(&data), 2);
+    let o = expect_code(
+        cv(tmp.path())
+            .args(["finetune", "--weights", "resnet50.nope", "--data"])
+            .arg(&data),
+        2,
+    );
     assert_clean_error(&o, "resnet50.nope");
-    let o = expect_code(cv(tmp.path()).args(["finetune", "--offline", "--quiet", "--data"]).arg(&data), 1);
+    let o = expect_code(
+        cv(tmp.path())
+            .args(["finetune", "--offline", "--quiet", "--data"])
+            .arg(&data),
+        1,
+    );
     assert_clean_error(&o, "resnet18.tv_in1k");
 }
 
 #[test]
 fn finetune_probe_and_full_from_the_hub_stand_in() {
-    let Some(fixtures) = cv_testkit::fixtures::parity_dir() else { return };
+    let Some(fixtures) = cv_testkit::fixtures::parity_dir() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start();
     let bytes = std::fs::read(fixtures.join("resnet18.safetensors")).unwrap();
-    cv_testkit::hub::serve_file(&server, "timm/resnet18.tv_in1k", "model.safetensors", &bytes, None);
-    let root = cv_testkit::folder::make_image_folder(&tmp.path().join("shapes"), &["red", "green", "blue"], 10, 5, 40, 4).unwrap();
+    cv_testkit::hub::serve_file(
+        &server,
+        "timm/resnet18.tv_in1k",
+        "model.safetensors",
+        &bytes,
+        None,
+    );
+    let root = cv_testkit::folder::make_image_folder(
+        &tmp.path().join("shapes"),
+        &["red", "green", "blue"],
+        10,
+        5,
+        40,
+        4,
+    )
+    .unwrap();
 
     let probe = tmp.path().join("probe");
     let o = expect_code(
         cv(tmp.path())
             .env("HF_ENDPOINT", server.url())
-            .args(["finetune", "--mode", "probe", "--epochs", "15", "--image-size", "32", "--batch-size", "10", "--quiet", "--data"])
+            .args([
+                "finetune",
+                "--mode",
+                "probe",
+                "--epochs",
+                "15",
+                "--image-size",
+                "32",
+                "--batch-size",
+                "10",
+                "--quiet",
+                "--data",
+            ])
             .arg(&root)
             .arg("--out")
             .arg(&probe),
         0,
     );
     assert!(stdout(&o).contains("done: 15 epochs"), "{}", stdout(&o));
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(probe.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(probe.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["architecture"], "resnet18");
     assert_eq!(cfg["classes"], serde_json::json!(["blue", "green", "red"]));
 
@@ -200,13 +388,32 @@ fn finetune_probe_and_full_from_the_hub_stand_in() {
     expect_code(
         cv(tmp.path())
             .env("HF_HUB_OFFLINE", "1")
-            .args(["finetune", "--mode", "full", "--epochs", "1", "--image-size", "32", "--batch-size", "10", "--quiet", "--data"])
+            .args([
+                "finetune",
+                "--mode",
+                "full",
+                "--epochs",
+                "1",
+                "--image-size",
+                "32",
+                "--batch-size",
+                "10",
+                "--quiet",
+                "--data",
+            ])
             .arg(&root)
             .arg("--out")
             .arg(&full),
         0,
     );
-    let o = expect_code(cv(tmp.path()).args(["eval", "--json", "--checkpoint"]).arg(&full).arg("--data").arg(&root), 0);
+    let o = expect_code(
+        cv(tmp.path())
+            .args(["eval", "--json", "--checkpoint"])
+            .arg(&full)
+            .arg("--data")
+            .arg(&root),
+        0,
+    );
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["images"], 15);
 }

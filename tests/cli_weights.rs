@@ -14,21 +14,42 @@ fn fetch_then_offline_from_cache_and_list_shows_cached() {
     let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     cv_testkit::hub::serve_file(&server, REPO, "model.safetensors", &body, None);
 
-    let out = expect_code(cv(tmp.path()).env("HF_ENDPOINT", server.url()).args(["weights", "fetch", "resnet18.tv_in1k"]), 0);
+    let out = expect_code(
+        cv(tmp.path()).env("HF_ENDPOINT", server.url()).args([
+            "weights",
+            "fetch",
+            "resnet18.tv_in1k",
+        ]),
+        0,
+    );
     let path = stdout(&out).trim().to_string();
-    assert!(path.starts_with(tmp.path().join("hf/hub").to_str().unwrap()), "{path}");
+    assert!(
+        path.starts_with(tmp.path().join("hf/hub").to_str().unwrap()),
+        "{path}"
+    );
     assert_eq!(std::fs::read(&path).unwrap(), body);
 
     server.stop();
-    let out = expect_code(cv(tmp.path()).env("HF_HUB_OFFLINE", "1").args(["weights", "fetch", "resnet18.tv_in1k"]), 0);
+    let out = expect_code(
+        cv(tmp.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .args(["weights", "fetch", "resnet18.tv_in1k"]),
+        0,
+    );
     assert_eq!(stdout(&out).trim(), path);
 
     let out = expect_code(cv(tmp.path()).args(["weights", "list", "--json"]), 0);
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let rows = v.as_array().unwrap();
-    let tv = rows.iter().find(|r| r["name"] == "resnet18.tv_in1k").unwrap();
+    let tv = rows
+        .iter()
+        .find(|r| r["name"] == "resnet18.tv_in1k")
+        .unwrap();
     assert_eq!(tv["cached"], serde_json::json!(path));
-    let a1 = rows.iter().find(|r| r["name"] == "resnet18.a1_in1k").unwrap();
+    let a1 = rows
+        .iter()
+        .find(|r| r["name"] == "resnet18.a1_in1k")
+        .unwrap();
     assert!(a1["cached"].is_null());
     let out = expect_code(cv(tmp.path()).args(["weights", "list"]), 0);
     assert!(stdout(&out).contains("69.76%"), "{}", stdout(&out));
@@ -37,7 +58,10 @@ fn fetch_then_offline_from_cache_and_list_shows_cached() {
 #[test]
 fn offline_with_empty_cache_says_what_is_missing() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = expect_code(cv(tmp.path()).args(["weights", "fetch", "resnet18.a1_in1k", "--offline"]), 1);
+    let out = expect_code(
+        cv(tmp.path()).args(["weights", "fetch", "resnet18.a1_in1k", "--offline"]),
+        1,
+    );
     assert_clean_error(&out, "resnet18.a1_in1k");
 }
 
@@ -47,9 +71,21 @@ fn truncated_download_fails_and_leaves_nothing_usable() {
     let server = TestServer::start();
     let body = vec![5u8; 200_000];
     cv_testkit::hub::serve_file(&server, REPO, "model.safetensors", &body, Some(50_000));
-    let out = expect_code(cv(tmp.path()).env("HF_ENDPOINT", server.url()).args(["weights", "fetch", "resnet18.tv_in1k"]), 1);
+    let out = expect_code(
+        cv(tmp.path()).env("HF_ENDPOINT", server.url()).args([
+            "weights",
+            "fetch",
+            "resnet18.tv_in1k",
+        ]),
+        1,
+    );
     assert!(!stderr(&out).contains("panicked"));
-    let out = expect_code(cv(tmp.path()).env("HF_HUB_OFFLINE", "1").args(["weights", "fetch", "resnet18.tv_in1k"]), 1);
+    let out = expect_code(
+        cv(tmp.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .args(["weights", "fetch", "resnet18.tv_in1k"]),
+        1,
+    );
     assert_clean_error(&out, "resnet18.tv_in1k");
 }
 
@@ -60,29 +96,51 @@ fn unknown_weights_name_is_a_usage_error() {
     assert_clean_error(&out, "resnet999");
     let img = tmp.path().join("x.png");
     image::RgbImage::new(8, 8).save(&img).unwrap();
-    let out = expect_code(cv(tmp.path()).args(["predict", "--weights", "resnet999.nope"]).arg(&img), 2);
+    let out = expect_code(
+        cv(tmp.path())
+            .args(["predict", "--weights", "resnet999.nope"])
+            .arg(&img),
+        2,
+    );
     assert_clean_error(&out, "resnet18.tv_in1k");
 }
 
 #[test]
 fn predict_with_pretrained_weights_from_the_hub_stand_in() {
-    let Some(fixtures) = cv_testkit::fixtures::parity_dir() else { return };
+    let Some(fixtures) = cv_testkit::fixtures::parity_dir() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start();
     let bytes = std::fs::read(fixtures.join("resnet18.safetensors")).unwrap();
     cv_testkit::hub::serve_file(&server, REPO, "model.safetensors", &bytes, None);
     let img = tmp.path().join("photo.png");
     let mut rng = cv_testkit::cifar::SplitMix(9);
-    cv_testkit::folder::class_image(2, 300, 260, &mut rng).save(&img).unwrap();
+    cv_testkit::folder::class_image(2, 300, 260, &mut rng)
+        .save(&img)
+        .unwrap();
 
     let out = expect_code(
-        cv(tmp.path()).env("HF_ENDPOINT", server.url()).args(["predict", "--weights", "resnet18.tv_in1k", "--json", "--top-k", "5"]).arg(&img),
+        cv(tmp.path())
+            .env("HF_ENDPOINT", server.url())
+            .args([
+                "predict",
+                "--weights",
+                "resnet18.tv_in1k",
+                "--json",
+                "--top-k",
+                "5",
+            ])
+            .arg(&img),
         0,
     );
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let preds = v[0]["predictions"].as_array().unwrap();
     assert_eq!(preds.len(), 5);
-    let probs: Vec<f64> = preds.iter().map(|p| p["probability"].as_f64().unwrap()).collect();
+    let probs: Vec<f64> = preds
+        .iter()
+        .map(|p| p["probability"].as_f64().unwrap())
+        .collect();
     assert!(probs.windows(2).all(|w| w[0] >= w[1]), "{probs:?}");
     assert!(probs.iter().sum::<f64>() <= 1.0 + 1e-5);
     let idx = preds[0]["index"].as_u64().unwrap() as usize;
@@ -92,12 +150,22 @@ fn predict_with_pretrained_weights_from_the_hub_stand_in() {
     // are assumed without a config.json).
     let local = tmp.path().join("resnet18.safetensors");
     std::fs::write(&local, &bytes).unwrap();
-    let out2 = expect_code(cv(tmp.path()).args(["predict", "--json", "--weights"]).arg(&local).arg(&img), 0);
+    let out2 = expect_code(
+        cv(tmp.path())
+            .args(["predict", "--json", "--weights"])
+            .arg(&local)
+            .arg(&img),
+        0,
+    );
     let v2: serde_json::Value = serde_json::from_str(&stdout(&out2)).unwrap();
     assert_eq!(v2[0]["predictions"][0]["index"], preds[0]["index"]);
 }
 
 fn cv_weights_class(i: usize) -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../cv-weights/src/imagenet_classes.txt")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../cv-weights/src/imagenet_classes.txt"
+    ))
+    .unwrap();
     text.lines().nth(i).unwrap().to_string()
 }

@@ -51,8 +51,15 @@ pub fn stderr(o: &Output) -> String {
 pub fn assert_clean_error(o: &Output, needle: &str) {
     let err = stderr(o);
     assert!(!err.contains("panicked"), "panic in stderr:\n{err}");
-    assert!(!err.contains("stack backtrace"), "backtrace in stderr:\n{err}");
+    assert!(
+        !err.contains("stack backtrace"),
+        "backtrace in stderr:\n{err}"
+    );
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 1, "want exactly one error line, got:\n{err}");
-    assert!(lines[0].contains(needle), "error line lacks {needle:?}: {}", lines[0]);
+    assert!(
+        lines[0].contains(needle),
+        "error line lacks {needle:?}: {}",
+        lines[0]
+    );
 }

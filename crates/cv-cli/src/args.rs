@@ -25,7 +25,12 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
 /// Transfer learning for computer vision in pure Rust: CIFAR-10, image folders, a small CNN
 /// and ImageNet-pretrained ResNet-18.
 #[derive(Debug, Parser)]
-#[command(name = "cv", version, propagate_version = true, after_help = "Start with:\n  cargo xtask fetch-data\n  cv finetune")]
+#[command(
+    name = "cv",
+    version,
+    propagate_version = true,
+    after_help = "Start with:\n  cargo xtask fetch-data\n  cv finetune"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -51,16 +56,24 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train a model from scratch (the tutorial's first half).
-    #[command(after_help = "Example:\n  cv train --model cnn --data data/cifar-10-batches-bin --epochs 10 --out runs/cnn")]
+    #[command(
+        after_help = "Example:\n  cv train --model cnn --data data/cifar-10-batches-bin --epochs 10 --out runs/cnn"
+    )]
     Train(TrainArgs),
     /// Fine-tune pretrained weights on your data (the tutorial's second half).
-    #[command(after_help = "Examples:\n  cv finetune                                   # resnet18.tv_in1k on CIFAR-10, recipe defaults\n  cv finetune --mode full --epochs 3 --image-size 64\n  cv finetune --weights my.safetensors --data flowers/ --mode head")]
+    #[command(
+        after_help = "Examples:\n  cv finetune                                   # resnet18.tv_in1k on CIFAR-10, recipe defaults\n  cv finetune --mode full --epochs 3 --image-size 64\n  cv finetune --weights my.safetensors --data flowers/ --mode head"
+    )]
     Finetune(FinetuneArgs),
     /// Evaluate a checkpoint: loss, top-1, top-5, per-class accuracy, confusion matrix.
-    #[command(after_help = "Example:\n  cv eval --checkpoint runs/finetune --data data/cifar-10-batches-bin --json")]
+    #[command(
+        after_help = "Example:\n  cv eval --checkpoint runs/finetune --data data/cifar-10-batches-bin --json"
+    )]
     Eval(EvalArgs),
     /// Classify image files with a checkpoint or pretrained weights.
-    #[command(after_help = "Examples:\n  cv predict --checkpoint runs/finetune cat.png dog.jpg\n  cv predict --weights resnet18.tv_in1k --top-k 5 --json photo.jpg")]
+    #[command(
+        after_help = "Examples:\n  cv predict --checkpoint runs/finetune cat.png dog.jpg\n  cv predict --weights resnet18.tv_in1k --top-k 5 --json photo.jpg"
+    )]
     Predict(PredictArgs),
     /// Look at datasets.
     #[command(subcommand)]
@@ -336,6 +349,9 @@ pub fn rgb(v: &Option<Vec<f32>>, flag: &str) -> anyhow::Result<Option<[f32; 3]>>
     match v {
         None => Ok(None),
         Some(v) if v.len() == 3 => Ok(Some([v[0], v[1], v[2]])),
-        Some(v) => Err(usage(format!("--{flag} takes 3 numbers (R,G,B), got {}", v.len()))),
+        Some(v) => Err(usage(format!(
+            "--{flag} takes 3 numbers (R,G,B), got {}",
+            v.len()
+        ))),
     }
 }

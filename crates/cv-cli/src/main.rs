@@ -16,7 +16,11 @@ fn main() {
         // One line: the whole anyhow chain, outermost context first.
         let msg = format!("{e:#}").replace('\n', " ");
         eprintln!("error: {msg}");
-        std::process::exit(if e.downcast_ref::<args::UsageError>().is_some() { 2 } else { 1 });
+        std::process::exit(if e.downcast_ref::<args::UsageError>().is_some() {
+            2
+        } else {
+            1
+        });
     }
 }
 
@@ -26,7 +30,12 @@ fn init_logging(quiet: bool) {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
         .format(|buf, record| {
             use std::io::Write;
-            writeln!(buf, "{}: {}", record.level().as_str().to_ascii_lowercase(), record.args())
+            writeln!(
+                buf,
+                "{}: {}",
+                record.level().as_str().to_ascii_lowercase(),
+                record.args()
+            )
         })
         .init();
 }

@@ -31,7 +31,11 @@ fn advise_huge(v: &[f32]) {
     // SAFETY: the range [aligned, end) lies inside the live allocation `v`; MADV_HUGEPAGE is
     // only advice about how to back it and never changes its contents or validity.
     unsafe {
-        libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
+        libc::madvise(
+            aligned as *mut libc::c_void,
+            end - aligned,
+            libc::MADV_HUGEPAGE,
+        );
     }
 }
 

@@ -276,3 +276,30 @@ fn bad_shapes_are_errors_not_panics() -> Result<()> {
     assert!(cv_ops::conv2d(&x, &mixed, 1, 1).is_err());
     Ok(())
 }
+
+/// Gradients pass through a chain (conv -> relu -> strided conv) to every variable.
+#[test]
+fn gradients_flow_through_a_chain_of_convs() -> Result<()> {
+    let x = Var::from_tensor(&tensor(&[2, 3, 12, 12], 7, DType::F32)?)?;
+    let w1 = Var::from_tensor(&tensor(&[8, 3, 3, 3], 8, DType::F32)?)?;
+    let w2 = Var::from_tensor(&tensor(&[4, 8, 3, 3], 9, DType::F32)?)?;
+    let r = tensor(&[2, 4, 6, 6], 10, DType::F32)?;
+    let ours = {
+        let h = cv_ops::conv2d(x.as_tensor(), w1.as_tensor(), 1, 1)?.relu()?;
+        cv_ops::conv2d(&h, w2.as_tensor(), 2, 1)?
+    };
+    let theirs = {
+        let h = x.as_tensor().conv2d(w1.as_tensor(), 1, 1, 1, 1)?.relu()?;
+        h.conv2d(w2.as_tensor(), 1, 2, 1, 1)?
+    };
+    let g1 = (ours * &r)?.sum_all()?.backward()?;
+    let g2 = (theirs * &r)?.sum_all()?.backward()?;
+    for v in [&x, &w1, &w2] {
+        let e = rel_err(
+            g1.get(v.as_tensor()).unwrap(),
+            g2.get(v.as_tensor()).unwrap(),
+        )?;
+        assert!(e < 1e-4, "{:?}: {e}", v.dims());
+    }
+    Ok(())
+}

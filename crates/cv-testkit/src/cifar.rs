@@ -60,9 +60,17 @@ pub fn synthetic_image(class: u8, rng: &mut SplitMix) -> Vec<u8> {
     let mut out = vec![0u8; IMAGE_BYTES];
     for y in 0..32 {
         for x in 0..32 {
-            let stripe = if vertical { x / 4 % 2 == 0 } else { y / 4 % 2 == 0 };
+            let stripe = if vertical {
+                x / 4 % 2 == 0
+            } else {
+                y / 4 % 2 == 0
+            };
             for c in 0..3 {
-                let base = if stripe { colour[c] as i32 } else { colour[c] as i32 / 3 };
+                let base = if stripe {
+                    colour[c] as i32
+                } else {
+                    colour[c] as i32 / 3
+                };
                 let noise = rng.below(41) as i32 - 20;
                 out[c * 1024 + y * 32 + x] = (base + noise).clamp(0, 255) as u8;
             }
@@ -95,14 +103,22 @@ pub fn write_batch(path: &Path, records: &[(u8, Vec<u8>)]) -> std::io::Result<()
 
 /// Make `root/cifar-10-batches-bin/` with `data_batch_1..5.bin` (`per_batch` records each),
 /// `test_batch.bin` (`test` records) and `batches.meta.txt`; returns the batches folder.
-pub fn write_cifar_dir(root: &Path, per_batch: usize, test: usize, seed: u64) -> std::io::Result<PathBuf> {
+pub fn write_cifar_dir(
+    root: &Path,
+    per_batch: usize,
+    test: usize,
+    seed: u64,
+) -> std::io::Result<PathBuf> {
     let dir = root.join("cifar-10-batches-bin");
     std::fs::create_dir_all(&dir)?;
     for b in 1..=5u64 {
         let recs = synthetic_records(per_batch, 10, seed.wrapping_mul(31).wrapping_add(b));
         write_batch(&dir.join(format!("data_batch_{b}.bin")), &recs)?;
     }
-    write_batch(&dir.join("test_batch.bin"), &synthetic_records(test, 10, seed ^ 0xABCD))?;
+    write_batch(
+        &dir.join("test_batch.bin"),
+        &synthetic_records(test, 10, seed ^ 0xABCD),
+    )?;
     let mut meta = String::new();
     for c in CLASSES {
         meta.push_str(c);
@@ -139,18 +155,27 @@ pub fn tar_gz(members: &[TarMember]) -> Vec<u8> {
         {
             let gnu = header.as_gnu_mut().expect("gnu header");
             let bytes = name.as_bytes();
-            assert!(bytes.len() < 100, "test member names must fit the tar header");
+            assert!(
+                bytes.len() < 100,
+                "test member names must fit the tar header"
+            );
             gnu.name[..bytes.len()].copy_from_slice(bytes);
         }
         header.set_entry_type(kind);
         header.set_size(data.len() as u64);
-        header.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        header.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
         if let Some(t) = link {
             let gnu = header.as_gnu_mut().expect("gnu header");
             gnu.linkname[..t.len()].copy_from_slice(t.as_bytes());
         }
         header.set_cksum();
-        builder.append(&header, data).expect("append to in-memory tar");
+        builder
+            .append(&header, data)
+            .expect("append to in-memory tar");
     }
     let gz = builder.into_inner().expect("finish tar");
     gz.finish().expect("finish gzip")

@@ -16,10 +16,18 @@ pub fn class_image(class: usize, width: u32, height: u32, rng: &mut SplitMix) ->
     ];
     let colour = palette[class % palette.len()];
     image::RgbImage::from_fn(width, height, |x, y| {
-        let stripe = if class % 2 == 0 { (x / 4) % 2 == 0 } else { (y / 4) % 2 == 0 };
+        let stripe = if class % 2 == 0 {
+            (x / 4) % 2 == 0
+        } else {
+            (y / 4) % 2 == 0
+        };
         let mut px = [0u8; 3];
         for c in 0..3 {
-            let base = if stripe { colour[c] as i32 } else { colour[c] as i32 / 3 };
+            let base = if stripe {
+                colour[c] as i32
+            } else {
+                colour[c] as i32 / 3
+            };
             px[c] = (base + rng.below(31) as i32 - 15).clamp(0, 255) as u8;
         }
         image::Rgb(px)
@@ -46,7 +54,8 @@ pub fn make_image_folder(
                 let img = class_image(ci, size, size, &mut rng);
                 match i % 5 {
                     0 => img.save(dir.join(format!("{i}.png")))?,
-                    1 => img.save_with_format(dir.join(format!("{i}.JPG")), image::ImageFormat::Jpeg)?,
+                    1 => img
+                        .save_with_format(dir.join(format!("{i}.JPG")), image::ImageFormat::Jpeg)?,
                     2 => img.save(dir.join(format!("{i}.bmp")))?,
                     3 => image::DynamicImage::ImageRgb8(img)
                         .to_luma8()

@@ -27,11 +27,21 @@ pub struct Response {
 impl Response {
     /// `200 OK` with `body`.
     pub fn ok(body: impl Into<Vec<u8>>) -> Self {
-        Response { status: 200, headers: Vec::new(), body: body.into(), truncate_at: None }
+        Response {
+            status: 200,
+            headers: Vec::new(),
+            body: body.into(),
+            truncate_at: None,
+        }
     }
     /// A bodiless answer with `status` (e.g. 404).
     pub fn status(status: u16) -> Self {
-        Response { status, headers: Vec::new(), body: Vec::new(), truncate_at: None }
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            truncate_at: None,
+        }
     }
     /// Add a header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -91,12 +101,21 @@ impl TestServer {
                 }
             })
         };
-        TestServer { addr, routes, log, stop, thread: Some(thread) }
+        TestServer {
+            addr,
+            routes,
+            log,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Answer `path` (e.g. `/files/a.tar.gz`) with `response` from now on.
     pub fn route(&self, path: &str, response: Response) -> &Self {
-        self.routes.lock().expect("routes").insert(path.to_string(), response);
+        self.routes
+            .lock()
+            .expect("routes")
+            .insert(path.to_string(), response);
         self
     }
 
@@ -151,22 +170,30 @@ fn serve(stream: TcpStream, routes: &Routes, log: &Mutex<Vec<Request>>) -> std::
         }
     }
     let range = headers.get("range").cloned();
-    log.lock().expect("log").push(Request { method: method.clone(), path: path.clone(), headers });
+    log.lock().expect("log").push(Request {
+        method: method.clone(),
+        path: path.clone(),
+        headers,
+    });
 
     let route = routes.lock().expect("routes").get(&path).cloned();
     let resp = route.unwrap_or_else(|| Response::status(404));
     let total = resp.body.len();
-    let (status, start, end, content_range) = match (resp.status, range.as_deref().and_then(parse_range)) {
-        (200, Some((a, b))) if a < total => {
-            let b = b.unwrap_or(total - 1).min(total - 1);
-            (206, a, b + 1, Some(format!("bytes {a}-{b}/{total}")))
-        }
-        (200, Some(_)) => (416, 0, 0, Some(format!("bytes */{total}"))),
-        _ => (resp.status, 0, total, None),
-    };
+    let (status, start, end, content_range) =
+        match (resp.status, range.as_deref().and_then(parse_range)) {
+            (200, Some((a, b))) if a < total => {
+                let b = b.unwrap_or(total - 1).min(total - 1);
+                (206, a, b + 1, Some(format!("bytes {a}-{b}/{total}")))
+            }
+            (200, Some(_)) => (416, 0, 0, Some(format!("bytes */{total}"))),
+            _ => (resp.status, 0, total, None),
+        };
     let mut out = stream;
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
-    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\nAccept-Ranges: bytes\r\n", end - start));
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\nAccept-Ranges: bytes\r\n",
+        end - start
+    ));
     if let Some(cr) = content_range {
         head.push_str(&format!("Content-Range: {cr}\r\n"));
     }
@@ -192,7 +219,11 @@ fn parse_range(v: &str) -> Option<(usize, Option<usize>)> {
     let spec = v.strip_prefix("bytes=")?;
     let (a, b) = spec.split_once('-')?;
     let a = a.trim().parse().ok()?;
-    let b = if b.trim().is_empty() { None } else { Some(b.trim().parse().ok()?) };
+    let b = if b.trim().is_empty() {
+        None
+    } else {
+        Some(b.trim().parse().ok()?)
+    };
     Some((a, b))
 }
 
@@ -226,7 +257,10 @@ mod tests {
     #[test]
     fn serves_routes_ranges_and_404() {
         let server = TestServer::start();
-        server.route("/a", Response::ok(b"hello world".to_vec()).header("ETag", "\"x\""));
+        server.route(
+            "/a",
+            Response::ok(b"hello world".to_vec()).header("ETag", "\"x\""),
+        );
         let full = String::from_utf8(get(server.addr(), "/a", "")).unwrap();
         assert!(full.starts_with("HTTP/1.1 200"));
         assert!(full.ends_with("hello world"));
@@ -238,7 +272,10 @@ mod tests {
         let missing = String::from_utf8(get(server.addr(), "/b", "")).unwrap();
         assert!(missing.starts_with("HTTP/1.1 404"));
         assert_eq!(server.requests().len(), 3);
-        assert_eq!(server.requests()[1].headers.get("range").unwrap(), "bytes=0-0");
+        assert_eq!(
+            server.requests()[1].headers.get("range").unwrap(),
+            "bytes=0-0"
+        );
     }
 
     #[test]
@@ -265,7 +302,9 @@ mod tests {
     fn tar_and_cifar_helpers_make_real_files() {
         let dir = tempfile_dir();
         let batches = crate::cifar::write_cifar_dir(&dir, 20, 10, 1).unwrap();
-        let len = std::fs::metadata(batches.join("data_batch_3.bin")).unwrap().len();
+        let len = std::fs::metadata(batches.join("data_batch_3.bin"))
+            .unwrap()
+            .len();
         assert_eq!(len as usize, 20 * crate::cifar::RECORD_BYTES);
         let gz = crate::cifar::cifar_tar_gz(&batches).unwrap();
         let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
@@ -275,7 +314,8 @@ mod tests {
             .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
             .collect();
         assert!(names.contains(&"cifar-10-batches-bin/test_batch.bin".to_string()));
-        let root = crate::folder::make_image_folder(&dir.join("f"), &["a", "b"], 5, 2, 12, 3).unwrap();
+        let root =
+            crate::folder::make_image_folder(&dir.join("f"), &["a", "b"], 5, 2, 12, 3).unwrap();
         let n = std::fs::read_dir(root.join("train/a")).unwrap().count();
         assert_eq!(n, 5);
         std::fs::remove_dir_all(&dir).unwrap();

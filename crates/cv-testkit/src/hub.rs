@@ -10,9 +10,17 @@ pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// Serve `bytes` as `file` of `repo` at revision `main`. `truncate_at` cuts the body short
 /// (while announcing all of it), to test interrupted downloads.
-pub fn serve_file(server: &TestServer, repo: &str, file: &str, bytes: &[u8], truncate_at: Option<usize>) {
+pub fn serve_file(
+    server: &TestServer,
+    repo: &str,
+    file: &str,
+    bytes: &[u8],
+    truncate_at: Option<usize>,
+) {
     let etag = format!("\"{}\"", crate::md5_hex(bytes));
-    let mut r = Response::ok(bytes.to_vec()).header("ETag", &etag).header("X-Repo-Commit", COMMIT);
+    let mut r = Response::ok(bytes.to_vec())
+        .header("ETag", &etag)
+        .header("X-Repo-Commit", COMMIT);
     if let Some(n) = truncate_at {
         r = r.truncated(n);
     }

@@ -65,7 +65,11 @@ fn workloads() -> Vec<(&'static str, Pipeline, [f64; 2])> {
 }
 
 pub fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
-    let n = if settings.quick { 2 * BATCH } else { 20 * BATCH };
+    let n = if settings.quick {
+        2 * BATCH
+    } else {
+        20 * BATCH
+    };
     let ds = Arc::new(dataset(n));
     for (name, pipeline, reference) in workloads() {
         let reference = Reference {
@@ -105,7 +109,12 @@ pub fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
                 };
                 Ok(batch.indices.len() as u64)
             })?;
-            report.push(measurement(&loader_name, timing, params.clone(), Some(reference.clone())));
+            report.push(measurement(
+                &loader_name,
+                timing,
+                params.clone(),
+                Some(reference.clone()),
+            ));
         }
 
         // Augmentation alone into a reused buffer: the ceiling without allocation and tensors.
@@ -118,7 +127,9 @@ pub fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
             let mut round = 0u64;
             let timing = throughput(settings, || {
                 let batch = &images[pos..pos + BATCH];
-                let seeds: Vec<u64> = (0..BATCH as u64).map(|i| cv_data::seed::sample_seed(0, round, pos as u64 + i)).collect();
+                let seeds: Vec<u64> = (0..BATCH as u64)
+                    .map(|i| cv_data::seed::sample_seed(0, round, pos as u64 + i))
+                    .collect();
                 pipeline.apply_batch_into(batch, &seeds, &mut buf)?;
                 pos += BATCH;
                 if pos + BATCH > images.len() {
@@ -133,7 +144,12 @@ pub fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measurement(name: &str, timing: super::Timing, params: serde_json::Value, reference: Option<Reference>) -> Measurement {
+fn measurement(
+    name: &str,
+    timing: super::Timing,
+    params: serde_json::Value,
+    reference: Option<Reference>,
+) -> Measurement {
     Measurement {
         group: "data".into(),
         name: name.into(),

@@ -6,6 +6,7 @@
 //! Benchmarks are meant for release builds (`cargo run --release -p xtask -- bench data`).
 
 pub mod data;
+pub mod models;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,6 +19,8 @@ use serde::Serialize;
 pub enum Group {
     /// Data pipelines: augmentation + batching on 32x32 input.
     Data,
+    /// Model workloads: CNN / ResNet-18 train steps, ResNet-18 eval, a 2048^3 matmul.
+    Models,
 }
 
 /// Flags of `bench`.
@@ -38,6 +41,9 @@ pub struct Args {
     /// A very short run that only checks the benchmarks work (figures are not meaningful).
     #[arg(long)]
     quick: bool,
+    /// Also run scripts/bench_pytorch.py (needs torch) and print ours vs PyTorch (models group).
+    #[arg(long)]
+    compare_pytorch: bool,
 }
 
 /// How long each benchmark runs.
@@ -273,7 +279,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         filter: args.filter,
     };
     let groups = if args.groups.is_empty() {
-        vec![Group::Data]
+        vec![Group::Data, Group::Models]
     } else {
         args.groups
     };
@@ -281,6 +287,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for g in groups {
         match g {
             Group::Data => data::run(&settings, &mut report)?,
+            Group::Models => models::run(&settings, &mut report, args.compare_pytorch)?,
         }
     }
     if let Some(path) = &args.json {

@@ -14,15 +14,27 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
         return Ok(());
     }
     let format = serde_json::to_value(found.format)?;
-    println!("{}: format {}", a.dir.display(), format.as_str().unwrap_or("?"));
+    println!(
+        "{}: format {}",
+        a.dir.display(),
+        format.as_str().unwrap_or("?")
+    );
     println!("{:<20} {:>8} {:>8}", "class", "train", "test");
     for (i, c) in found.classes.iter().enumerate() {
         let tr = found.splits.train.per_class.get(i).copied().unwrap_or(0);
         let te = found.splits.test.per_class.get(i).copied().unwrap_or(0);
         println!("{c:<20} {tr:>8} {te:>8}");
     }
-    println!("{:<20} {:>8} {:>8}", "total", found.splits.train.total, found.splits.test.total);
-    let (w, h) = splits.train.images.first().map(|i| i.dimensions()).unwrap_or((0, 0));
+    println!(
+        "{:<20} {:>8} {:>8}",
+        "total", found.splits.train.total, found.splits.test.total
+    );
+    let (w, h) = splits
+        .train
+        .images
+        .first()
+        .map(|i| i.dimensions())
+        .unwrap_or((0, 0));
     println!(
         "integrity: ok ({} images decoded; first image {w}x{h})",
         splits.train.len() + splits.test.len()

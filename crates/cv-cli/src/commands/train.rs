@@ -12,8 +12,8 @@ use cv_weights::predict::Classifier;
 use cv_weights::source::{resolve, ResolveOptions, WeightsSource};
 
 use crate::args::{
-    rgb, usage, AugmentArg, CommonTrainArgs, EvalArgs, FinetuneArgs, ModeArg, ModelArg, OptimizerArg, ScheduleArg,
-    TrainArgs,
+    rgb, usage, AugmentArg, CommonTrainArgs, EvalArgs, FinetuneArgs, ModeArg, ModelArg,
+    OptimizerArg, ScheduleArg, TrainArgs,
 };
 
 /// Training from scratch.
@@ -27,9 +27,21 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     check_image_size(arch, &config)?;
     let splits = open_data(&a.data, &a.common)?;
     let init = Init::Scratch { seed: config.seed };
-    let out = a.common.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/train-{arch}")));
+    let out = a
+        .common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/train-{arch}")));
     finish_config(&mut config, &a.common, splits.train.len());
-    execute(TrainJob { splits, architecture: arch, init, config, out_dir: out, resume: a.common.resume, device: device(&a.common.device)? })
+    execute(TrainJob {
+        splits,
+        architecture: arch,
+        init,
+        config,
+        out_dir: out,
+        resume: a.common.resume,
+        device: device(&a.common.device)?,
+    })
 }
 
 /// Fine-tuning pretrained weights.
@@ -67,9 +79,18 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     }
     check_image_size(weights.architecture, &config)?;
     let init = Init::from_resolved(&weights);
-    let out = a.common.out.clone().unwrap_or_else(|| PathBuf::from("runs/finetune"));
+    let out = a
+        .common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/finetune"));
     finish_config(&mut config, &a.common, splits.train.len());
-    log::info!("fine-tuning {} ({} mode) on {} classes", weights.origin, mode_name(config.mode), splits.classes.len());
+    log::info!(
+        "fine-tuning {} ({} mode) on {} classes",
+        weights.origin,
+        mode_name(config.mode),
+        splits.classes.len()
+    );
     execute(TrainJob {
         splits,
         architecture: weights.architecture,
@@ -86,10 +107,18 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     if !a.checkpoint.is_dir() {
         anyhow::bail!("--checkpoint {}: no such folder", a.checkpoint.display());
     }
-    let weights = resolve(&WeightsSource::Folder(a.checkpoint.clone()), &ResolveOptions::default())?;
+    let weights = resolve(
+        &WeightsSource::Folder(a.checkpoint.clone()),
+        &ResolveOptions::default(),
+    )?;
     let device = device(&a.device)?;
     let classifier = Classifier::load(&weights, &device)?;
-    let splits = cv_data::open(&a.data, &cv_data::OpenOptions { skip_bad: a.skip_bad })?;
+    let splits = cv_data::open(
+        &a.data,
+        &cv_data::OpenOptions {
+            skip_bad: a.skip_bad,
+        },
+    )?;
     report_skipped(&splits);
     if splits.classes != weights.classes {
         anyhow::bail!(
@@ -103,7 +132,11 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     let loader = cv_data::Loader::new(
         Arc::new(splits.test),
         classifier.transforms().clone(),
-        cv_data::LoaderConfig { batch_size: a.batch_size, shuffle: false, ..Default::default() },
+        cv_data::LoaderConfig {
+            batch_size: a.batch_size,
+            shuffle: false,
+            ..Default::default()
+        },
         device,
     )?;
     let report = cv_train::metrics::evaluate(classifier.model(), &loader)?;
@@ -119,11 +152,19 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         report.top5 * 100.0
     );
     for c in &report.per_class {
-        println!("  {:<20} {:>6.2}%  ({} images)", c.class, c.accuracy * 100.0, c.count);
+        println!(
+            "  {:<20} {:>6.2}%  ({} images)",
+            c.class,
+            c.accuracy * 100.0,
+            c.count
+        );
     }
     println!("confusion (rows: true class, columns: predicted):");
     for row in &report.confusion {
-        println!("  {}", row.iter().map(|n| format!("{n:>5}")).collect::<String>());
+        println!(
+            "  {}",
+            row.iter().map(|n| format!("{n:>5}")).collect::<String>()
+        );
     }
     Ok(())
 }
@@ -131,7 +172,11 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
 fn execute(job: TrainJob) -> Result<()> {
     let out = job.out_dir.clone();
     let summary = run(&job).with_context(|| format!("training into {}", out.display()))?;
-    let acc = summary.final_eval.as_ref().map(|r| format!("{:.2}%", r.accuracy * 100.0)).unwrap_or_else(|| "n/a".into());
+    let acc = summary
+        .final_eval
+        .as_ref()
+        .map(|r| format!("{:.2}%", r.accuracy * 100.0))
+        .unwrap_or_else(|| "n/a".into());
     println!(
         "done: {} epochs, test accuracy {acc}; wrote {}/{{model.safetensors, config.json, metrics.jsonl, curves.png}}",
         summary.epochs_completed,
@@ -141,14 +186,19 @@ fn execute(job: TrainJob) -> Result<()> {
 }
 
 fn open_data(path: &std::path::Path, c: &CommonTrainArgs) -> Result<cv_data::Splits> {
-    let mut splits = cv_data::open(path, &cv_data::OpenOptions { skip_bad: c.skip_bad })
-        .map_err(|e| match e {
-            cv_data::DataError::Missing { .. } => anyhow::Error::new(e).context(format!(
-                "no dataset at {} (run `cargo xtask fetch-data` for CIFAR-10, or pass --data DIR)",
-                path.display()
-            )),
-            other => other.into(),
-        })?;
+    let mut splits = cv_data::open(
+        path,
+        &cv_data::OpenOptions {
+            skip_bad: c.skip_bad,
+        },
+    )
+    .map_err(|e| match e {
+        cv_data::DataError::Missing { .. } => anyhow::Error::new(e).context(format!(
+            "no dataset at {} (run `cargo xtask fetch-data` for CIFAR-10, or pass --data DIR)",
+            path.display()
+        )),
+        other => other.into(),
+    })?;
     report_skipped(&splits);
     let seed = c.seed.unwrap_or(0);
     if let Some(n) = c.limit_train {
@@ -162,7 +212,11 @@ fn open_data(path: &std::path::Path, c: &CommonTrainArgs) -> Result<cv_data::Spl
 
 fn report_skipped(splits: &cv_data::Splits) {
     if !splits.skipped.is_empty() {
-        log::warn!("skipped {} unreadable images (first: {})", splits.skipped.len(), splits.skipped[0].path.display());
+        log::warn!(
+            "skipped {} unreadable images (first: {})",
+            splits.skipped.len(),
+            splits.skipped[0].path.display()
+        );
     }
 }
 
@@ -240,8 +294,14 @@ fn finish_config(config: &mut TrainConfig, c: &CommonTrainArgs, train_images: us
     if let Some(s) = c.schedule {
         config.schedule = match s {
             ScheduleArg::Constant => Schedule::Constant,
-            ScheduleArg::Step => Schedule::Step { step_size: steps_per_epoch * (config.epochs / 3).max(1), gamma: 0.1 },
-            ScheduleArg::Cosine => Schedule::Cosine { warmup_steps: steps_per_epoch.min(500), min_lr: 0.0 },
+            ScheduleArg::Step => Schedule::Step {
+                step_size: steps_per_epoch * (config.epochs / 3).max(1),
+                gamma: 0.1,
+            },
+            ScheduleArg::Cosine => Schedule::Cosine {
+                warmup_steps: steps_per_epoch.min(500),
+                min_lr: 0.0,
+            },
             ScheduleArg::Onecycle => Schedule::one_cycle(None),
         };
     }

@@ -26,7 +26,10 @@ pub fn list(a: &ListArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
     }
-    println!("{:<20} {:<10} {:>7} {:>9}  {:<8} description", "name", "arch", "top-1", "size", "cached");
+    println!(
+        "{:<20} {:<10} {:>7} {:>9}  {:<8} description",
+        "name", "arch", "top-1", "size", "cached"
+    );
     for p in registry::registry() {
         println!(
             "{:<20} {:<10} {:>6.2}% {:>6.1} MB  {:<8} {}",
@@ -34,7 +37,11 @@ pub fn list(a: &ListArgs) -> Result<()> {
             p.architecture.to_string(),
             p.top1,
             p.approx_bytes as f64 / 1e6,
-            if hub::cached(p).is_some() { "yes" } else { "no" },
+            if hub::cached(p).is_some() {
+                "yes"
+            } else {
+                "no"
+            },
             p.description
         );
     }

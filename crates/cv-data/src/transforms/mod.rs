@@ -317,11 +317,12 @@ impl<'a> View<'a> {
             wh: h,
             antialias,
             flip: false,
+            stream: false,
         });
     }
 
     /// Render with `v * scale + bias` into planar `out`.
-    fn render(&self, flip: bool, scale: [f32; 3], bias: [f32; 3], out: &mut [f32]) {
+    fn render(&self, flip: bool, stream: bool, scale: [f32; 3], bias: [f32; 3], out: &mut [f32]) {
         let img = &*self.img;
         match self.resize {
             Some(plan) => {
@@ -333,7 +334,17 @@ impl<'a> View<'a> {
                     w: self.w,
                     h: self.h,
                 };
-                resize_into(region, ResizePlan { flip, ..plan }, scale, bias, out);
+                resize_into(
+                    region,
+                    ResizePlan {
+                        flip,
+                        stream,
+                        ..plan
+                    },
+                    scale,
+                    bias,
+                    out,
+                );
             }
             None => crop_into(
                 img.as_raw(),
@@ -369,7 +380,7 @@ impl<'a> View<'a> {
     fn to_image(&self, flip: bool) -> RgbImage {
         let (w, h) = self.size();
         let mut planar = vec![0f32; 3 * w * h];
-        self.render(flip, [1.0; 3], [0.0; 3], &mut planar);
+        self.render(flip, false, [1.0; 3], [0.0; 3], &mut planar);
         let plane = w * h;
         let mut buf = Vec::with_capacity(3 * plane);
         for i in 0..plane {
@@ -569,7 +580,7 @@ impl Pipeline {
         }
         let view = self.plan(img, seed);
         let (scale, bias) = self.scale_bias();
-        view.render(view.flip, scale, bias, out);
+        view.render(view.flip, false, scale, bias, out);
         Ok(())
     }
 
@@ -591,10 +602,14 @@ impl Pipeline {
     /// Augment many images in parallel (rayon) into one NCHW buffer; `seeds[i]` drives
     /// `images[i]`. All outputs must have the same size, otherwise the error names the first
     /// sample that differs. Returns the buffer and the (width, height) of each sample.
-    pub fn apply_batch(&self, images: &[&RgbImage], seeds: &[u64]) -> Result<(Vec<f32>, (usize, usize))> {
+    pub fn apply_batch(
+        &self,
+        images: &[&RgbImage],
+        seeds: &[u64],
+    ) -> Result<(Vec<f32>, (usize, usize))> {
         let size = self.batch_output_size(images, seeds)?;
         let mut out = crate::buffer::zeroed_f32(3 * size.0 * size.1 * images.len());
-        self.apply_batch_into(images, seeds, &mut out)?;
+        self.render_batch(images, seeds, size, &mut out, false);
         Ok((out, size))
     }
 
@@ -635,22 +650,43 @@ impl Pipeline {
 
     /// Like [`Pipeline::apply_batch`] but into a caller-owned buffer (reused across batches,
     /// e.g. before a copy to a GPU), which must hold exactly `N x 3 x H x W` values.
-    pub fn apply_batch_into(&self, images: &[&RgbImage], seeds: &[u64], out: &mut [f32]) -> Result<(usize, usize)> {
+    pub fn apply_batch_into(
+        &self,
+        images: &[&RgbImage],
+        seeds: &[u64],
+        out: &mut [f32],
+    ) -> Result<(usize, usize)> {
         let size = self.batch_output_size(images, seeds)?;
         let per = 3 * size.0 * size.1;
         if out.len() != per * images.len() {
             return Err(DataError::Batch {
-                message: format!("output buffer holds {} values, the batch needs {}", out.len(), per * images.len()),
+                message: format!(
+                    "output buffer holds {} values, the batch needs {}",
+                    out.len(),
+                    per * images.len()
+                ),
             });
         }
+        self.render_batch(images, seeds, size, out, true);
+        Ok(size)
+    }
+
+    /// Render a checked batch in parallel, one sample per rayon task.
+    fn render_batch(
+        &self,
+        images: &[&RgbImage],
+        seeds: &[u64],
+        size: (usize, usize),
+        out: &mut [f32],
+        stream: bool,
+    ) {
         let (scale, bias) = self.scale_bias();
-        out.par_chunks_mut(per)
+        out.par_chunks_mut(3 * size.0 * size.1)
             .zip(images.par_iter().zip(seeds.par_iter()))
             .for_each(|(dst, (img, &seed))| {
                 let view = self.plan(img, seed);
-                view.render(view.flip, scale, bias, dst);
+                view.render(view.flip, stream, scale, bias, dst);
             });
-        Ok(size)
     }
 }
 

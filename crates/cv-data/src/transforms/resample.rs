@@ -96,6 +96,8 @@ pub(crate) struct ResizePlan {
     pub wh: usize,
     pub antialias: bool,
     pub flip: bool,
+    /// Write with non-temporal stores (large buffers that are not in the cache).
+    pub stream: bool,
 }
 
 thread_local! {
@@ -106,10 +108,21 @@ thread_local! {
 
 /// Resize `src` by `plan` into planar `out` (`3 * wh * ww`), each value `v * scale[c] + bias[c]`
 /// where `v` is on the 0..255 scale.
-pub(crate) fn resize_into(src: Region<'_>, plan: ResizePlan, scale: [f32; 3], bias: [f32; 3], out: &mut [f32]) {
+pub(crate) fn resize_into(
+    src: Region<'_>,
+    plan: ResizePlan,
+    scale: [f32; 3],
+    bias: [f32; 3],
+    out: &mut [f32],
+) {
     let (ww, wh) = (plan.ww, plan.wh);
     let hc = if plan.flip {
-        coeffs(src.w, plan.out_w, plan.antialias, (plan.wx..plan.wx + ww).rev())
+        coeffs(
+            src.w,
+            plan.out_w,
+            plan.antialias,
+            (plan.wx..plan.wx + ww).rev(),
+        )
     } else {
         coeffs(src.w, plan.out_w, plan.antialias, plan.wx..plan.wx + ww)
     };
@@ -124,10 +137,12 @@ pub(crate) fn resize_into(src: Region<'_>, plan: ResizePlan, scale: [f32; 3], bi
         .unwrap_or(0);
     let nrows = ymax - ymin;
     let plane = nrows * ww;
-    let k = hc.k;
-    // One source row as f32, padded with k zero pixels so every output reads exactly k taps
-    // (weights past an output's own taps are zero), which lets the tap loop be fixed-length.
-    let row_len = (src.w + k) * 3;
+    // Taps actually used (2 when enlarging, about 2x the shrink factor when reducing).
+    let taps = hc.len.iter().copied().max().unwrap_or(1);
+    // One source row as f32, padded with zero pixels so every output reads exactly `taps`
+    // pixels (weights past an output's own taps are zero), which lets the tap loop be
+    // fixed-length.
+    let row_len = (src.w + taps) * 3;
 
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
@@ -146,19 +161,17 @@ pub(crate) fn resize_into(src: Region<'_>, plan: ResizePlan, scale: [f32; 3], bi
             }
             let (t0, rest) = tmp.split_at_mut(plane);
             let (t1, t2) = rest.split_at_mut(plane);
-            let (t0, t1, t2) = (&mut t0[r * ww..][..ww], &mut t1[r * ww..][..ww], &mut t2[r * ww..][..ww]);
-            for j in 0..ww {
-                let wts = &hc.weights[j * k..(j + 1) * k];
-                let px = &rowf[hc.start[j] * 3..(hc.start[j] + k) * 3];
-                let (mut a, mut b, mut c) = (0f32, 0f32, 0f32);
-                for (p, &wt) in px.chunks_exact(3).zip(wts) {
-                    a += wt * p[0];
-                    b += wt * p[1];
-                    c += wt * p[2];
-                }
-                t0[j] = a;
-                t1[j] = b;
-                t2[j] = c;
+            let rows = [
+                &mut t0[r * ww..][..ww],
+                &mut t1[r * ww..][..ww],
+                &mut t2[r * ww..][..ww],
+            ];
+            match taps {
+                1 => horizontal_row::<1>(rows, rowf, &hc),
+                2 => horizontal_row::<2>(rows, rowf, &hc),
+                3 => horizontal_row::<3>(rows, rowf, &hc),
+                4 => horizontal_row::<4>(rows, rowf, &hc),
+                _ => horizontal_row_any(rows, rowf, &hc, taps),
             }
         }
 
@@ -173,29 +186,83 @@ pub(crate) fn resize_into(src: Region<'_>, plan: ResizePlan, scale: [f32; 3], bi
                     *d = s * scale[c];
                 }
                 let s = (vc.start[i] - ymin) * ww;
-                vertical_row(&mut oplane[i * ww..(i + 1) * ww], &tplane[s..s + n * ww], ww, &w[..n], bias[c]);
+                vertical_row(
+                    &mut oplane[i * ww..(i + 1) * ww],
+                    &tplane[s..s + n * ww],
+                    ww,
+                    &w[..n],
+                    bias[c],
+                    plan.stream,
+                );
             }
         }
-        flush_streams();
+        if plan.stream {
+            flush_streams();
+        }
     });
+}
+
+/// One row of the horizontal pass with a compile-time tap count (unrolled).
+#[inline]
+fn horizontal_row<const T: usize>(rows: [&mut [f32]; 3], rowf: &[f32], hc: &Coeffs) {
+    let [t0, t1, t2] = rows;
+    for j in 0..t0.len() {
+        let wts = &hc.weights[j * hc.k..j * hc.k + T];
+        let px = &rowf[hc.start[j] * 3..(hc.start[j] + T) * 3];
+        let (mut a, mut b, mut c) = (0f32, 0f32, 0f32);
+        for t in 0..T {
+            a += wts[t] * px[3 * t];
+            b += wts[t] * px[3 * t + 1];
+            c += wts[t] * px[3 * t + 2];
+        }
+        t0[j] = a;
+        t1[j] = b;
+        t2[j] = c;
+    }
+}
+
+/// The horizontal pass for wide filters (strong shrinking).
+fn horizontal_row_any(rows: [&mut [f32]; 3], rowf: &[f32], hc: &Coeffs, taps: usize) {
+    let [t0, t1, t2] = rows;
+    for j in 0..t0.len() {
+        let wts = &hc.weights[j * hc.k..j * hc.k + taps];
+        let px = &rowf[hc.start[j] * 3..(hc.start[j] + taps) * 3];
+        let (mut a, mut b, mut c) = (0f32, 0f32, 0f32);
+        for (p, &wt) in px.chunks_exact(3).zip(wts) {
+            a += wt * p[0];
+            b += wt * p[1];
+            c += wt * p[2];
+        }
+        t0[j] = a;
+        t1[j] = b;
+        t2[j] = c;
+    }
 }
 
 /// `dst[x] = ((src[x]*w[0] + b) + src[ww+x]*w[1]) + ...`, the same association in every code
 /// path so results never depend on alignment or thread placement.
 #[inline]
-fn vertical_row(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b: f32) {
+fn vertical_row(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b: f32, stream: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        vertical_row_sse(dst, src, stride, w, b);
+        vertical_row_sse(dst, src, stride, w, b, stream);
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = stream;
         vertical_row_scalar(dst, src, stride, w, b, 0..dst.len());
     }
 }
 
 #[inline]
-fn vertical_row_scalar(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b: f32, range: std::ops::Range<usize>) {
+fn vertical_row_scalar(
+    dst: &mut [f32],
+    src: &[f32],
+    stride: usize,
+    w: &[f32],
+    b: f32,
+    range: std::ops::Range<usize>,
+) {
     for x in range {
         let mut acc = src[x] * w[0] + b;
         for (t, &wt) in w.iter().enumerate().skip(1) {
@@ -205,12 +272,13 @@ fn vertical_row_scalar(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b
     }
 }
 
-/// SSE (part of the x86-64 baseline, so no run-time detection) with non-temporal stores: the
-/// batch is far larger than the caches and is written once, so streaming it out avoids reading
-/// every destination line first.
+/// SSE (part of the x86-64 baseline, so no run-time detection). With `stream`, non-temporal
+/// stores: a reused batch buffer is far larger than the caches and written once, so streaming
+/// avoids reading every destination line first. Fresh memory was just zeroed by the kernel and
+/// is still cached, so plain stores are cheaper there.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn vertical_row_sse(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b: f32) {
+fn vertical_row_sse(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b: f32, stream: bool) {
     use std::arch::x86_64::*;
     let len = dst.len();
     assert!(!w.is_empty() && src.len() >= (w.len() - 1) * stride + len);
@@ -229,9 +297,16 @@ fn vertical_row_sse(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b: f
         while x < body_end {
             let mut acc = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(sp.add(x)), _mm_set1_ps(w[0])), bv);
             for (t, &wt) in w.iter().enumerate().skip(1) {
-                acc = _mm_add_ps(acc, _mm_mul_ps(_mm_loadu_ps(sp.add(t * stride + x)), _mm_set1_ps(wt)));
+                acc = _mm_add_ps(
+                    acc,
+                    _mm_mul_ps(_mm_loadu_ps(sp.add(t * stride + x)), _mm_set1_ps(wt)),
+                );
             }
-            _mm_stream_ps(dp.add(x), acc);
+            if stream {
+                _mm_stream_ps(dp.add(x), acc);
+            } else {
+                _mm_store_ps(dp.add(x), acc);
+            }
             x += 4;
         }
     }
