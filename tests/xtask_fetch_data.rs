@@ -267,3 +267,42 @@ fn local_archive_is_ingested_and_checked() {
     );
     assert!(tree(&other).is_empty());
 }
+
+/// A write failure while downloading (here the file-size limit, standing in for a full disk):
+/// one message naming the file, nothing left behind.
+#[cfg(target_os = "linux")]
+#[test]
+fn write_failure_fails_cleanly() {
+    use std::os::unix::process::CommandExt;
+    let s = Setup::new();
+    assert!(s.bytes.len() > 20_000, "archive must exceed the limit");
+    let data = s.data();
+    let url = s.url("/cifar.tgz");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.args([
+        "fetch-data",
+        "--dir",
+        data.to_str().unwrap(),
+        "--url",
+        &url,
+        "--md5",
+        &s.md5,
+        "--no-progress",
+    ]);
+    // SAFETY: only async-signal-safe libc calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: 20_000,
+                rlim_max: 20_000,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert_fails_cleanly(&o, &data, &["cifar-10-binary.tar.gz", "too large"]);
+}

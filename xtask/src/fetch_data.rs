@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, default_value = CIFAR10_MD5)]
     md5: String,
     /// Use this local archive instead of downloading (machines without internet).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "url")]
     archive: Option<PathBuf>,
     /// Download and extract again even if a verified dataset is present.
     #[arg(long)]

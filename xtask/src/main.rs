@@ -2,6 +2,7 @@
 //! only parses flags and calls the library crates, which hold the logic.
 
 mod bench;
+mod build_cuda;
 mod fetch_data;
 
 use std::process::ExitCode;
@@ -21,6 +22,9 @@ enum Command {
     FetchData(fetch_data::Args),
     /// Run benchmarks (build with --release) and optionally write the figures as JSON.
     Bench(bench::Args),
+    /// Build `cv` with `--features cuda` here, without a GPU (pinned CUDA 13.0 compiler from
+    /// PyPI + link stubs under target/; binary in target/cuda/release/cv). See docs/gpu.md.
+    BuildCuda(build_cuda::Args),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::FetchData(args) => fetch_data::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::BuildCuda(args) => build_cuda::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

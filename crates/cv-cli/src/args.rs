@@ -136,6 +136,15 @@ pub enum AugmentArg {
     None,
 }
 
+/// `--precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// Everything in f32.
+    F32,
+    /// bf16 compute with f32 master weights (CUDA only).
+    Bf16,
+}
+
 /// Flags shared by `train` and `finetune`. A flag left out takes the recipe's default.
 #[derive(Debug, Args)]
 pub struct CommonTrainArgs {
@@ -178,6 +187,10 @@ pub struct CommonTrainArgs {
     /// Device: cpu, cuda, cuda:N or metal (falls back to cpu with a warning).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Training arithmetic: f32, or bf16 mixed precision (bf16 convolutions, f32 master
+    /// weights, BatchNorm and loss; CUDA only).
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
     /// Output folder for model.safetensors, config.json, metrics.jsonl, curves.png.
     #[arg(long)]
     pub out: Option<PathBuf>,

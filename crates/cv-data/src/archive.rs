@@ -198,7 +198,6 @@ pub fn download(
         .suffix(".part")
         .tempfile_in(dir)
         .map_err(io_err(dir))?;
-    let tmp_path = tmp.path().to_path_buf();
     let bar = progress_bar(expected, progress, name);
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; BUF];
@@ -221,7 +220,8 @@ pub fn download(
             }
         };
         hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n]).map_err(io_err(&tmp_path))?;
+        // Name the destination (the temporary name means nothing to a user and is removed).
+        tmp.write_all(&buf[..n]).map_err(io_err(dir.join(name)))?;
         received += n as u64;
         bar.set_position(received);
     }
@@ -235,7 +235,7 @@ pub fn download(
             });
         }
     }
-    tmp.as_file().sync_all().map_err(io_err(&tmp_path))?;
+    tmp.as_file().sync_all().map_err(io_err(dir.join(name)))?;
     check_md5(url, hex::encode(hasher.finalize()), md5)?;
     let dest = dir.join(name);
     tmp.persist(&dest).map_err(|e| DataError::Io {
@@ -443,16 +443,56 @@ fn replace_dir(staged: &Path, target: &Path, parent: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Prefixes of the temporary files and folders this module creates in the data folder.
+const TEMP_PREFIXES: [&str; 3] = [".download-", ".extract-", ".old-cifar-"];
+/// Temporaries untouched for this long belong to a run that was killed (no destructor ran).
+const STALE_AFTER: Duration = Duration::from_secs(6 * 3600);
+
+/// Remove temporaries left by killed runs. Recent ones are kept: another fetch may own them.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !TEMP_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        if stale {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
 /// Make sure `opts.dir/cifar-10-batches-bin` holds the verified CIFAR-10 binary dataset:
 /// do nothing if it already does (unless `force`), otherwise obtain the archive (`archive`,
 /// a verified earlier download, or `url`), check its md5, extract it safely and install it.
 pub fn fetch_cifar10(opts: &FetchOptions) -> Result<FetchOutcome> {
+    let md5 = opts.md5.trim();
+    if md5.len() != 32 || !md5.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(DataError::InvalidOption {
+            option: "md5".into(),
+            message: format!("{md5:?} is not 32 hexadecimal digits"),
+        });
+    }
     let dir = &opts.dir;
     let target = dir.join(cifar::DIR_NAME);
     if !opts.force && is_complete(&target) {
         return Ok(FetchOutcome::AlreadyPresent { dataset: target });
     }
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    remove_stale_temps(dir);
 
     let (archive, source) = match &opts.archive {
         Some(path) => {

@@ -129,6 +129,14 @@ pub enum DataError {
         /// What went wrong.
         message: String,
     },
+    /// An option with an unusable value (names the option).
+    #[error("{option}: {message}")]
+    InvalidOption {
+        /// The option, e.g. `md5`.
+        option: String,
+        /// What is wrong with its value.
+        message: String,
+    },
     /// Creating the batch tensors failed.
     #[error("creating batch tensors: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -17,6 +17,11 @@ use crate::error::{DataError, Result};
 use crate::seed;
 use crate::{Dataset, Pipeline};
 
+thread_local! {
+    /// Host buffer reused for batches bound for a GPU (copied, so never handed out).
+    static STAGING: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// How batches are formed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -208,6 +208,10 @@ fn wrong_md5_of_local_archive_leaves_nothing() {
     let err = fetch_cifar10(&o).unwrap_err();
     assert!(matches!(err, DataError::Checksum { .. }), "{err}");
     assert!(err.to_string().contains("cifar.tar.gz"), "{err}");
+    o.md5 = "not-a-checksum".into();
+    let err = fetch_cifar10(&o).unwrap_err();
+    assert!(matches!(err, DataError::InvalidOption { .. }), "{err}");
+    assert!(err.to_string().starts_with("md5: "), "{err}");
     assert!(!f.data.join("cifar-10-batches-bin").exists());
     assert!(tree(&f.data).is_empty());
 }
@@ -314,4 +318,37 @@ fn unreachable_host_names_the_url() {
     assert!(matches!(err, DataError::Network { .. }), "{err}");
     assert!(err.to_string().contains(&url), "{err}");
     assert!(tree(&tmp.path().join("d")).is_empty());
+}
+
+#[test]
+fn leftovers_of_a_killed_run_are_ignored_and_cleaned() {
+    let f = fixture();
+    // What a killed run leaves: a half extraction and a partial download, hours old.
+    let half = f.data.join(".extract-dead/cifar-10-batches-bin");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::write(half.join("data_batch_1.bin"), [1u8; 3073]).unwrap();
+    std::fs::write(f.data.join(".download-dead.part"), [0u8; 100]).unwrap();
+    std::fs::write(f.data.join(".download-live.part"), [0u8; 100]).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7 * 3600);
+    for p in [
+        f.data.join(".extract-dead"),
+        f.data.join(".download-dead.part"),
+    ] {
+        std::fs::File::open(&p).unwrap().set_modified(old).unwrap();
+    }
+    assert!(!archive::is_complete(&f.data.join("cifar-10-batches-bin")));
+    let out = fetch_cifar10(&opts(&f)).unwrap();
+    assert!(matches!(out, FetchOutcome::Installed { .. }));
+    let top: Vec<PathBuf> = tree(&f.data)
+        .into_iter()
+        .filter(|p| p.components().count() == 1)
+        .collect();
+    // The recent temporary may belong to a concurrent run and is kept.
+    assert_eq!(
+        top,
+        [
+            PathBuf::from(".download-live.part"),
+            PathBuf::from("cifar-10-batches-bin")
+        ]
+    );
 }

@@ -160,15 +160,22 @@ impl BatchNorm2d {
         let new_rv = ((rv * (1.0 - m))? + (unbiased * m)?)?;
         Var::from_tensor(&self.running_mean)?.set(&new_rm)?;
         Var::from_tensor(&self.running_var)?.set(&new_rv)?;
-        let tracked = self.num_batches_tracked.to_scalar::<i64>()?;
-        let next = Tensor::new(tracked + 1, self.num_batches_tracked.device())?;
+        // Counted on the device: reading the count back would synchronise a GPU every layer.
+        let next = self.num_batches_tracked.detach().affine(1.0, 1.0)?;
         Var::from_tensor(&self.num_batches_tracked)?.set(&next)?;
         Ok(y)
     }
 }
 
 impl ModuleT for BatchNorm2d {
+    /// An input in another dtype than the parameters (bf16 activations, f32 master weights)
+    /// is normalised in the parameters' dtype and cast back, as PyTorch's autocast runs
+    /// BatchNorm in f32.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if x.dtype() != self.weight.dtype() {
+            let y = self.forward_t(&x.to_dtype(self.weight.dtype())?, train)?;
+            return y.to_dtype(x.dtype());
+        }
         if train {
             self.forward_train(x)
         } else {

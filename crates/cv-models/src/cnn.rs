@@ -62,7 +62,8 @@ impl SimpleCnn {
         let pool = MaxPool2dConfig::default();
         let x = max_pool2d(&self.conv1.forward(x)?.relu()?, pool)?;
         let x = max_pool2d(&self.conv2.forward(&x)?.relu()?, pool)?;
-        let x = x.flatten_from(1)?;
+        // The linear layers run in their weights' dtype (f32 under bf16 mixed precision).
+        let x = x.flatten_from(1)?.to_dtype(self.fc1.weight().dtype())?;
         let x = self.fc1.forward(&x)?.relu()?;
         Ok(self.fc2.forward(&x)?.relu()?)
     }

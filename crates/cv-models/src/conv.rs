@@ -65,11 +65,15 @@ impl Module for Conv2d {
     /// On the CPU in f32/f64, `cv_ops::conv2d` (GEMM-lowered forward, input and weight
     /// gradients: candle 0.11's CPU conv is 2-13x slower, its input gradient goes through a
     /// scalar `conv_transpose2d`); elsewhere candle's own conv, which `cv_ops` falls back to.
+    ///
+    /// Mixed precision (bf16 input, f32 master weights): the weights are cast to the input's
+    /// dtype, differentiably, so gradients reach the f32 `Var`s; a no-op when dtypes agree.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let cfg = self.inner.config();
-        let y = cv_ops::conv2d(x, self.inner.weight(), cfg.stride, cfg.padding)?;
+        let w = self.inner.weight().to_dtype(x.dtype())?;
+        let y = cv_ops::conv2d(x, &w, cfg.stride, cfg.padding)?;
         match self.inner.bias() {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?.reshape((1, b.dim(0)?, 1, 1))?),
             None => Ok(y),
         }
     }

@@ -155,14 +155,15 @@ impl ResNet {
         Ok(y)
     }
 
-    /// Pooled 512-wide features (before `fc`): what a linear probe trains on.
+    /// Pooled 512-wide features (before `fc`): what a linear probe trains on. They come out
+    /// in the head's dtype (f32) even for a bf16 input, so the head and loss stay in f32.
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
         let mut y = self.stem(x, train)?;
         for i in 0..4 {
             y = self.layer(i, &y, train)?;
         }
-        Ok(y.mean((2, 3))?)
+        Ok(y.to_dtype(self.fc.weight().dtype())?.mean((2, 3))?)
     }
 
     /// Logits `[N, num_classes]`, with this crate's error type.
@@ -179,7 +180,7 @@ impl ResNet {
         let l2 = self.layer(1, &l1, train)?;
         let l3 = self.layer(2, &l2, train)?;
         let l4 = self.layer(3, &l3, train)?;
-        let features = l4.mean((2, 3))?;
+        let features = l4.to_dtype(self.fc.weight().dtype())?.mean((2, 3))?;
         let logits = self.fc.forward(&features)?;
         Ok(Stages {
             stem,

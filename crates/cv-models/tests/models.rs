@@ -350,3 +350,66 @@ fn architecture_names() {
     let a: Architecture = serde_json::from_str("\"resnet18\"").unwrap();
     assert_eq!(a, Architecture::ResNet18);
 }
+
+/// Mixed precision (what `--precision bf16` does on CUDA): a half-precision input through f32
+/// weights gives f32 logits close to the f32 forward, and gradients reach the f32 weights of
+/// every kind of layer (conv, BatchNorm, head). Run on the CPU with f16, the same code path:
+/// candle 0.11's CPU matmul has no bf16 (CUDA has both).
+#[test]
+fn half_precision_input_through_f32_weights_matches_f32_and_trains() {
+    for arch in [Architecture::SimpleCnn, Architecture::ResNet18] {
+        let (varmap, model) = build(arch, 10, 3);
+        let x = randn(&[2, 3, 32, 32]);
+        let half = x.to_dtype(DType::F16).unwrap();
+        // Values in eval mode: train-mode BatchNorm over 2 images at layer4's 1x1 maps
+        // normalises pairs of nearly equal values, which amplifies any rounding.
+        let reference = model.forward_t(&x, false).unwrap();
+        let mixed = model.forward_t(&half, false).unwrap();
+        assert_eq!(mixed.dtype(), DType::F32, "{arch:?}: logits stay f32");
+        let scale = reference.abs().unwrap().max_all().unwrap();
+        let scale = scale.to_scalar::<f32>().unwrap();
+        let diff = (&mixed - &reference).unwrap().abs().unwrap();
+        let diff = diff.max_all().unwrap().to_scalar::<f32>().unwrap();
+        // f16 keeps 11 bits of mantissa (~5e-4 relative per rounding); 2% allows for depth.
+        assert!(
+            diff <= 0.02 * scale,
+            "{arch:?}: f16 logits off by {diff} (scale {scale})"
+        );
+        assert!(
+            diff > 0.0,
+            "{arch:?}: the f16 path must really compute in f16"
+        );
+
+        // Gradients through the train-mode pass (BatchNorm's batch statistics, cast to f32).
+        let train = model.forward_t(&half, true).unwrap();
+        assert_eq!(train.dtype(), DType::F32);
+        let grads = train.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let vars = varmap.data().lock().unwrap();
+        let keys = match arch {
+            Architecture::SimpleCnn => ["conv1.weight", "conv2.bias", "fc3.weight"],
+            Architecture::ResNet18 => ["conv1.weight", "layer4.1.bn2.weight", "fc.weight"],
+        };
+        for key in keys {
+            let v = &vars[key];
+            let g = grads
+                .get(v)
+                .unwrap_or_else(|| panic!("{arch:?}: no gradient for {key}"));
+            assert_eq!(
+                g.dtype(),
+                DType::F32,
+                "{key}: gradient of the f32 master weight"
+            );
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                norm.is_finite() && norm > 0.0,
+                "{arch:?}: {key} gradient {norm}"
+            );
+        }
+    }
+}

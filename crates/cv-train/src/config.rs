@@ -42,6 +42,20 @@ pub enum Augment {
     None,
 }
 
+/// Arithmetic of the training forward/backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision as PyTorch's autocast: convolutions in bf16 on bf16 activations, with
+    /// f32 master weights (cast per layer, differentiably), BatchNorm, head and loss in f32.
+    /// CUDA only (candle's CPU bf16 is slow and the CPU kernels here are f32/f64); the
+    /// evaluation passes stay f32.
+    Bf16,
+}
+
 /// Hyper-parameters of one training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -97,6 +111,8 @@ pub struct TrainConfig {
     pub drop_last: bool,
     /// Batches prepared ahead by the loader's background thread.
     pub prefetch: usize,
+    /// `f32` or `bf16` (mixed precision, CUDA only) for the training passes.
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -128,6 +144,7 @@ impl Default for TrainConfig {
             device: "cpu".into(),
             drop_last: false,
             prefetch: 2,
+            precision: Precision::F32,
         }
     }
 }

@@ -36,7 +36,7 @@ pub mod report;
 pub mod schedule;
 pub mod trainer;
 
-pub use config::{Augment, OptimizerKind, TrainConfig, TrainMode};
+pub use config::{Augment, OptimizerKind, Precision, TrainConfig, TrainMode};
 pub use error::{Result, TrainError};
 pub use metrics::{evaluate, ClassAccuracy, EvalReport};
 pub use optim::{AdamW, AdamWConfig, ParamGroup, Sgd, SgdConfig};

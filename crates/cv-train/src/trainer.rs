@@ -22,7 +22,7 @@ use crate::checkpoint::{
     CheckpointConfig, InitRecord, StateMeta, TrainState, CURVES_FILE, METRICS_FILE, MODEL_FILE,
     STATE_FILE, STATE_VERSION,
 };
-use crate::config::{Augment, OptimizerKind, TrainConfig, TrainMode};
+use crate::config::{Augment, OptimizerKind, Precision, TrainConfig, TrainMode};
 use crate::error::{Result, TrainError};
 use crate::loss::cross_entropy;
 use crate::metrics::{evaluate, EvalReport, MetricsAccumulator};
@@ -239,6 +239,8 @@ fn resumable_view(c: &TrainConfig) -> TrainConfig {
         device: String::new(),
         eval_every: 1,
         prefetch: 0,
+        // Arithmetic, like the device, may change on resume (the weights are f32 either way).
+        precision: Precision::F32,
         ..c.clone()
     }
 }
@@ -315,6 +317,13 @@ pub fn run_with(
             c.image_size
         )));
     }
+    if c.precision == Precision::Bf16 && !job.device.is_cuda() {
+        return Err(TrainError::Config(format!(
+            "precision bf16 needs a CUDA device (got {:?}): build with --features cuda and \
+             pass --device cuda, or use --precision f32",
+            job.device
+        )));
+    }
     let out = job.out_dir.as_path();
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     atomic::remove_stale_temps(out)?;
@@ -387,8 +396,7 @@ pub fn run_with(
         }
         None => {
             if let Init::Pretrained { path, .. } = &job.init {
-                let report = cv_weights::load_into(&varmap, arch, path, num_classes, device)?;
-                log::info!("loaded {} tensors from {}", report.loaded, path.display());
+                cv_weights::load_into(&varmap, arch, path, num_classes, device)?;
             }
         }
     }
@@ -508,6 +516,8 @@ pub fn run_with(
             lr = c.schedule.lr_at(c.lr, global_step, total_steps);
             opt.set_learning_rate(lr);
             let (logits, labels) = logits_of()?;
+            // f32 loss whatever the compute dtype (a no-op in f32).
+            let logits = logits.to_dtype(DType::F32)?;
             let loss = cross_entropy(&logits, &labels, c.label_smoothing)?;
             let value = loss.to_scalar::<f32>()?;
             if !value.is_finite() {
@@ -556,7 +566,11 @@ pub fn run_with(
             _ => {
                 for (b, batch) in train_loader.epoch(epoch as u64).enumerate() {
                     let batch = batch?;
-                    let images = batch.images;
+                    // Mixed precision: bf16 activations; the layers cast their f32 weights.
+                    let images = match c.precision {
+                        Precision::F32 => batch.images,
+                        Precision::Bf16 => batch.images.to_dtype(DType::BF16)?,
+                    };
                     let labels = batch.labels;
                     if mode == TrainMode::Head {
                         train_one(

@@ -509,3 +509,18 @@ fn gradual_unfreezing_trains_the_backbone_only_after_n_epochs() {
     assert!(max_diff(&before["fc3.weight"], &snapshots[0]["fc3.weight"]) > 0.0);
     assert!(max_diff(&snapshots[0]["conv1.weight"], &snapshots[1]["conv1.weight"]) > 0.0);
 }
+
+#[test]
+fn bf16_precision_is_refused_on_the_cpu_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let c = TrainConfig {
+        precision: cv_train::Precision::Bf16,
+        ..config(1)
+    };
+    let err = run(&job(Architecture::SimpleCnn, c, &out, 32, 16)).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, TrainError::Config(_)), "{text}");
+    assert!(text.contains("bf16") && text.contains("CUDA"), "{text}");
+    assert!(!out.join(MODEL_FILE).exists());
+}

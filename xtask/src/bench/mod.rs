@@ -296,3 +296,69 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_data_bench_measures_and_writes_json() {
+        let settings = Settings {
+            min_time: Duration::from_millis(1),
+            warmup: 0,
+            quick: true,
+            filter: None,
+        };
+        let mut report = Report::new();
+        data::run(&settings, &mut report).unwrap();
+        assert_eq!(report.results.len(), 6);
+        assert!(report
+            .results
+            .iter()
+            .all(|m| m.value > 0.0 && m.items >= 100 && m.unit == "images/s"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/bench.json");
+        write_json(&path, &report).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["results"][0]["group"], "data");
+        assert_eq!(v["results"][0]["params"]["batch_size"], 100);
+        assert_eq!(
+            v["results"][0]["params"]["pipeline"]["transforms"][0]["type"],
+            "random_resized_crop"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("sub")).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+
+        let only = Settings {
+            filter: Some("random_crop_32".into()),
+            ..settings
+        };
+        let mut report = Report::new();
+        data::run(&only, &mut report).unwrap();
+        assert_eq!(report.results.len(), 2);
+    }
+
+    #[test]
+    fn throughput_counts_items_and_iterations() {
+        let settings = Settings {
+            min_time: Duration::from_millis(5),
+            warmup: 2,
+            quick: true,
+            filter: None,
+        };
+        let mut calls = 0u64;
+        let t = throughput(&settings, || {
+            calls += 1;
+            std::thread::sleep(Duration::from_millis(1));
+            Ok(3)
+        })
+        .unwrap();
+        assert_eq!(calls, t.iterations + 2);
+        assert_eq!(t.items, 3 * t.iterations);
+        assert!(t.seconds >= 0.005);
+        assert!(throughput(&settings, || anyhow::bail!("boom")).is_err());
+    }
+}

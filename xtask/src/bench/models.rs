@@ -253,10 +253,8 @@ fn measure(w: &Workload, settings: &Settings) -> anyhow::Result<Measurement> {
         name: w.name.into(),
         unit: w.unit().into(),
         value: w.work_per_iteration() / med.max(1e-12),
-        items: match w.kind {
-            Kind::Matmul => times.len() as u64,
-            _ => (w.batch * times.len()) as u64,
-        },
+        // Images, or whole GFLOP for the matmul (so the harness's per-CPU-second rate fits).
+        items: (w.work_per_iteration() * times.len() as f64).round() as u64,
         iterations: times.len() as u64,
         seconds,
         cpu_seconds,
@@ -451,10 +449,9 @@ fn run_pytorch(settings: &Settings, names: &[&str], threads: usize) -> anyhow::R
 }
 
 /// One row of the comparison table: name, unit, ours, PyTorch, ours/PyTorch.
-fn comparison_rows(
-    ours: &[Measurement],
-    torch: &Pytorch,
-) -> Vec<(String, String, f64, Option<f64>, Option<f64>)> {
+type Row = (String, String, f64, Option<f64>, Option<f64>);
+
+fn comparison_rows(ours: &[Measurement], torch: &Pytorch) -> Vec<Row> {
     ours.iter()
         .map(|m| {
             let t = torch.values.get(&m.name).copied();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use cv_models::Architecture;
-use cv_train::config::{Augment, OptimizerKind, TrainConfig, TrainMode};
+use cv_train::config::{Augment, OptimizerKind, Precision, TrainConfig, TrainMode};
 use cv_train::schedule::Schedule;
 use cv_train::trainer::{run, Init, TrainJob};
 use cv_weights::predict::Classifier;
@@ -13,7 +13,7 @@ use cv_weights::source::{resolve, ResolveOptions, WeightsSource};
 
 use crate::args::{
     rgb, usage, AugmentArg, CommonTrainArgs, EvalArgs, FinetuneArgs, ModeArg, ModelArg,
-    OptimizerArg, ScheduleArg, TrainArgs,
+    OptimizerArg, PrecisionArg, ScheduleArg, TrainArgs,
 };
 
 /// Training from scratch.
@@ -275,6 +275,12 @@ fn apply_common(config: &mut TrainConfig, c: &CommonTrainArgs) -> Result<()> {
             AugmentArg::Cifar => Augment::Cifar,
             AugmentArg::Imagenet => Augment::Imagenet,
             AugmentArg::None => Augment::None,
+        };
+    }
+    if let Some(p) = c.precision {
+        config.precision = match p {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Bf16 => Precision::Bf16,
         };
     }
     config.quiet = c.quiet;

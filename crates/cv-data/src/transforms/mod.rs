@@ -626,9 +626,22 @@ impl Pipeline {
                 message: "empty batch".into(),
             });
         };
-        let size = self.output_size(first.width(), first.height())?;
+        let sample = |i: usize, img: &RgbImage| {
+            self.output_size(img.width(), img.height())
+                .map_err(|e| match e {
+                    DataError::Transform { message } => DataError::Transform {
+                        message: format!(
+                            "sample {i} ({}x{}): {message}",
+                            img.width(),
+                            img.height()
+                        ),
+                    },
+                    other => other,
+                })
+        };
+        let size = sample(0, first)?;
         for (i, img) in images.iter().enumerate().skip(1) {
-            let s = self.output_size(img.width(), img.height())?;
+            let s = sample(i, img)?;
             if s != size {
                 return Err(DataError::Batch {
                     message: format!(
