@@ -9,7 +9,7 @@ use candle_core::{DType, ModuleT, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::error::ModelError;
-use crate::ops::batch_norm_train;
+use crate::ops::{batch_norm_eval, batch_norm_train, BatchNormEvalParams};
 
 /// BatchNorm hyper-parameters (PyTorch's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -127,14 +127,30 @@ impl BatchNorm2d {
         Ok(c)
     }
 
-    fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
-        let c = self.channels_of(x)?;
-        let rm = self.running_mean.detach();
-        let rv = self.running_var.detach();
-        let scale = self.weight.div(&(rv + self.config.eps)?.sqrt()?)?;
-        let shift = self.bias.sub(&rm.mul(&scale)?)?;
-        x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&shift.reshape((1, c, 1, 1))?)
+    /// Eval mode (running statistics), then `+ residual` when given, then ReLU when `relu`,
+    /// in one pass where nothing records a graph (see [`batch_norm_eval`]). The residual add
+    /// and ReLU are here so that a ResNet block's "bn2, add, ReLU" is one pass.
+    pub fn forward_eval_fused(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let dtype = self.weight.dtype();
+        if x.dtype() != dtype {
+            let r = residual.map(|r| r.to_dtype(dtype)).transpose()?;
+            let y = self.forward_eval_fused(&x.to_dtype(dtype)?, r.as_ref(), relu)?;
+            return y.to_dtype(x.dtype());
+        }
+        self.channels_of(x)?;
+        let params = BatchNormEvalParams {
+            weight: &self.weight,
+            bias: &self.bias,
+            running_mean: &self.running_mean,
+            running_var: &self.running_var,
+            eps: self.config.eps,
+        };
+        batch_norm_eval(x, &params, residual, relu)
     }
 
     fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
@@ -179,7 +195,7 @@ impl ModuleT for BatchNorm2d {
         if train {
             self.forward_train(x)
         } else {
-            self.forward_eval(x)
+            self.forward_eval_fused(x, None, false)
         }
     }
 }

@@ -68,6 +68,19 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
+        if !train {
+            // Eval: each BN fused with what follows it (ReLU; residual add + ReLU).
+            let y = self
+                .bn1
+                .forward_eval_fused(&self.conv1.forward(x)?, None, true)?;
+            let shortcut = match &self.downsample {
+                Some((conv, bn)) => bn.forward_eval_fused(&conv.forward(x)?, None, false)?,
+                None => x.clone(),
+            };
+            return self
+                .bn2
+                .forward_eval_fused(&self.conv2.forward(&y)?, Some(&shortcut), true);
+        }
         let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
         let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train)?;
         let shortcut = match &self.downsample {
@@ -143,7 +156,12 @@ impl ResNet {
     }
 
     fn stem(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
-        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let c = self.conv1.forward(x)?;
+        let y = if train {
+            self.bn1.forward_t(&c, true)?.relu()?
+        } else {
+            self.bn1.forward_eval_fused(&c, None, true)?
+        };
         max_pool2d(&y, STEM_POOL)
     }
 

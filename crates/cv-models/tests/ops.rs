@@ -2,7 +2,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use cv_models::ops::{
-    batch_norm_train, batch_norm_train_composed, max_pool2d, max_pool2d_composed, MaxPool2dConfig,
+    batch_norm_eval, batch_norm_eval_composed, batch_norm_train, batch_norm_train_composed,
+    max_pool2d, max_pool2d_composed, BatchNormEvalParams, MaxPool2dConfig,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -322,4 +323,185 @@ fn batch_norm_kernel_agrees_with_composed_path() {
         all
     };
     assert!(max_abs_diff(&run(false), &run(true)) < 1e-10);
+}
+
+/// Random eval-BN inputs: x, residual and (weight, bias, mean, var) with var > 0.
+fn eval_bn_inputs(shape: &[usize], dtype: DType) -> (Tensor, Tensor, [Tensor; 4]) {
+    let c = shape[1];
+    let t = |v: Vec<f64>, s: &[usize]| tensor(&v, s).to_dtype(dtype).unwrap();
+    let var: Vec<f64> = random(&[c], 24).iter().map(|v| v + 1.5).collect();
+    (
+        t(random(shape, 20), shape),
+        t(random(shape, 21), shape),
+        [
+            t(random(&[c], 22), &[c]),
+            t(random(&[c], 23), &[c]),
+            t(random(&[c], 25), &[c]),
+            t(var, &[c]),
+        ],
+    )
+}
+
+#[test]
+fn batch_norm_eval_kernel_agrees_with_composed_path() {
+    // 1x1 planes (ResNet layer4 at 32x32) and larger ones, f32 and f64.
+    for (shape, dtype, tol) in [
+        ([3usize, 5, 7, 9], DType::F32, 1e-6),
+        ([2, 700, 1, 1], DType::F32, 1e-6),
+        ([3, 5, 7, 9], DType::F64, 1e-12),
+        ([1, 3, 200, 200], DType::F32, 1e-6),
+    ] {
+        let (x, r, [w, b, m, v]) = eval_bn_inputs(&shape, dtype);
+        let p = BatchNormEvalParams {
+            weight: &w,
+            bias: &b,
+            running_mean: &m,
+            running_var: &v,
+            eps: 1e-5,
+        };
+        for residual in [None, Some(&r)] {
+            for relu in [false, true] {
+                let fused = batch_norm_eval(&x, &p, residual, relu).unwrap();
+                let composed = batch_norm_eval_composed(&x, &p, residual, relu).unwrap();
+                assert_eq!(fused.dtype(), dtype);
+                assert_eq!(fused.dims(), &shape);
+                let (f, c) = (to_vec(&fused), to_vec(&composed));
+                // Same roundings as the composed ops: the same bits.
+                assert_eq!(f, c, "{shape:?} {dtype:?}");
+                let d = max_abs_diff(&f, &c);
+                assert!(
+                    d < tol,
+                    "{shape:?} {dtype:?} residual {} relu {relu}: {d}",
+                    residual.is_some()
+                );
+                if relu {
+                    assert!(f.iter().all(|&v| v >= 0.0));
+                    assert!(f.iter().any(|&v| v > 0.0));
+                } else {
+                    assert!(f.iter().any(|&v| v < 0.0));
+                }
+            }
+        }
+        // Hand-computed element: (x - m) / sqrt(v + eps) * w + b + r.
+        let hw = shape[2] * shape[3];
+        let i = hw + 1;
+        let at = |t: &Tensor| to_vec(t)[i];
+        let ch = |t: &Tensor| to_vec(t)[(i / hw) % shape[1]];
+        let want = (at(&x) - ch(&m)) / (ch(&v) + 1e-5).sqrt() * ch(&w) + ch(&b) + at(&r);
+        let got = at(&batch_norm_eval(&x, &p, Some(&r), false).unwrap());
+        assert!((got - want).abs() < tol * 10.0, "{got} vs {want}");
+    }
+}
+
+#[test]
+fn batch_norm_eval_rejects_mismatched_shapes_and_keeps_gradients() {
+    let (x, r, [w, b, m, v]) = eval_bn_inputs(&[2, 3, 4, 4], DType::F64);
+    let short = tensor(&[1.0, 2.0], &[2]);
+    let p = BatchNormEvalParams {
+        weight: &w,
+        bias: &b,
+        running_mean: &m,
+        running_var: &v,
+        eps: 1e-5,
+    };
+    let bad_w = BatchNormEvalParams {
+        weight: &short,
+        ..p
+    };
+    assert!(batch_norm_eval(&x, &bad_w, None, true).is_err());
+    let bad_r = r.narrow(3, 0, 2).unwrap();
+    assert!(batch_norm_eval(&x, &p, Some(&bad_r), true).is_err());
+
+    // Inputs that record a graph take the differentiable path: gradients reach x, the
+    // weight, the bias and the residual, and equal those of the composed ops.
+    let grads = |f: fn(
+        &Tensor,
+        &BatchNormEvalParams,
+        Option<&Tensor>,
+        bool,
+    ) -> candle_core::Result<Tensor>| {
+        let (xv, wv, bv, rv) = (
+            Var::from_tensor(&x).unwrap(),
+            Var::from_tensor(&w).unwrap(),
+            Var::from_tensor(&b).unwrap(),
+            Var::from_tensor(&r).unwrap(),
+        );
+        let p = BatchNormEvalParams {
+            weight: wv.as_tensor(),
+            bias: bv.as_tensor(),
+            ..p
+        };
+        let y = f(xv.as_tensor(), &p, Some(rv.as_tensor()), true).unwrap();
+        let g = (&y * &x).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut all = to_vec(&y);
+        for v in [&xv, &wv, &bv, &rv] {
+            all.extend(to_vec(g.get(v.as_tensor()).expect("a gradient")));
+        }
+        all
+    };
+    let (fused, composed) = (grads(batch_norm_eval), grads(batch_norm_eval_composed));
+    assert!(max_abs_diff(&fused, &composed) < 1e-12);
+}
+
+#[test]
+fn max_pool_forward_matches_naive_on_odd_sizes_and_propagates_nan() {
+    // Odd and uneven sides (partial windows at the right and bottom), a 1x1 output plane,
+    // and 3x4 planes grouped many to a task.
+    for (shape, cfg) in [
+        ([2usize, 3, 17, 19], POOLS[0]),
+        ([2, 3, 17, 19], POOLS[1]),
+        ([1, 2, 9, 10], POOLS[2]),
+        (
+            [1, 2, 3, 3],
+            MaxPool2dConfig {
+                kernel: 3,
+                stride: 3,
+                padding: 0,
+            },
+        ),
+        ([2, 2, 3, 3], POOLS[0]),
+        ([4, 600, 3, 4], POOLS[0]),
+    ] {
+        let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+        let clean = random(&shape, 30);
+        let (oh, ow) = cfg.output_size(h, w).unwrap();
+        let (mut want, _) = naive_pool(&clean, (n, c, h, w), cfg, &vec![0.0; n * c * oh * ow]);
+        // A NaN at (plane 0, row 1, column 2) wins every window of plane 0 that holds it.
+        let mut x = clean.clone();
+        x[w + 2] = f64::NAN;
+        let covers = |o: usize, at: usize| {
+            let start = (o * cfg.stride) as isize - cfg.padding as isize;
+            (start..start + cfg.kernel as isize).contains(&(at as isize))
+        };
+        for oy in 0..oh {
+            for ox in 0..ow {
+                if covers(oy, 1) && covers(ox, 2) {
+                    want[oy * ow + ox] = f64::NAN;
+                }
+            }
+        }
+        for dtype in [DType::F64, DType::F32] {
+            let got =
+                to_vec(&max_pool2d(&tensor(&x, &shape).to_dtype(dtype).unwrap(), cfg).unwrap());
+            assert_eq!(got.len(), want.len());
+            let mut nans = 0;
+            for (i, (g, v)) in got.iter().zip(&want).enumerate() {
+                if v.is_nan() {
+                    nans += 1;
+                    assert!(
+                        g.is_nan(),
+                        "{shape:?} {cfg:?} {dtype:?} at {i}: {g}, want NaN"
+                    );
+                } else {
+                    let v = if dtype == DType::F32 {
+                        *v as f32 as f64
+                    } else {
+                        *v
+                    };
+                    assert_eq!(*g, v, "{shape:?} {cfg:?} {dtype:?} at {i}");
+                }
+            }
+            assert!(nans > 0, "{shape:?} {cfg:?}: the NaN reached no window");
+        }
+    }
 }

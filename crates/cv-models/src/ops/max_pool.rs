@@ -159,6 +159,24 @@ fn window_argmax<T: Float>(
     Some(best_i)
 }
 
+/// `max(a, b)` where a NaN in either wins (PyTorch's forward) and, between equal values, the
+/// earlier `a`; branch-free enough to vectorise.
+#[inline(always)]
+fn nan_max<T: Float>(a: T, b: T) -> T {
+    if b > a || b.is_nan_() {
+        b
+    } else {
+        a
+    }
+}
+
+/// Planes handed to one rayon task at least (small planes at 32x32 input).
+const MIN_ELEMS_PER_TASK: usize = 16 * 1024;
+
+/// Forward values only, separably: each input row's max over every window's columns, then
+/// the max over each window's rows, a vectorisable pass over whole output rows. Why not
+/// [`window_argmax`] per output: it rescans k*k elements with a NaN branch each (it was 8% of
+/// a ResNet-18 eval forward at 224). The values are the same: a NaN wins, ties are equal.
 fn pool_fwd<T: Float>(
     x: &[T],
     (n, c, h, w): (usize, usize, usize, usize),
@@ -166,19 +184,40 @@ fn pool_fwd<T: Float>(
 ) -> Result<(Vec<T>, Shape)> {
     let (oh, ow) = cfg.output_size(h, w)?;
     let mut out = vec![T::ZERO; n * c * oh * ow];
+    // The window of output `o` clamped to [0, len): padding is -inf, so it never wins, and
+    // padding <= kernel/2 keeps every clamped window non-empty.
+    let span = |o: usize, len: usize| {
+        let a = (o * cfg.stride).saturating_sub(cfg.padding);
+        let b = (o * cfg.stride + cfg.kernel)
+            .saturating_sub(cfg.padding)
+            .min(len);
+        (a, b.max(a + 1).min(len))
+    };
+    let cols: Vec<(usize, usize)> = (0..ow).map(|o| span(o, w)).collect();
+    let rows: Vec<(usize, usize)> = (0..oh).map(|o| span(o, h)).collect();
     if oh * ow > 0 && h * w > 0 {
         out.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
-            .for_each(|(o, plane)| {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        // The window always holds a real element (padding <= kernel/2).
-                        if let Some(i) = window_argmax(plane, h, w, cfg, oy, ox) {
-                            o[oy * ow + ox] = plane[i];
+            .with_min_len((MIN_ELEMS_PER_TASK / (h * w)).max(1))
+            .for_each_init(
+                || vec![T::ZERO; h * ow],
+                |rowmax, (o, plane)| {
+                    for (y, rm) in rowmax.chunks_mut(ow).enumerate() {
+                        let row = &plane[y * w..(y + 1) * w];
+                        for (m, &(a, b)) in rm.iter_mut().zip(&cols) {
+                            *m = row[a + 1..b].iter().fold(row[a], |m, &v| nan_max(m, v));
                         }
                     }
-                }
-            });
+                    for (orow, &(a, b)) in o.chunks_mut(ow).zip(&rows) {
+                        orow.copy_from_slice(&rowmax[a * ow..(a + 1) * ow]);
+                        for src in rowmax[(a + 1) * ow..b * ow].chunks(ow) {
+                            for (m, &v) in orow.iter_mut().zip(src) {
+                                *m = nan_max(*m, v);
+                            }
+                        }
+                    }
+                },
+            );
     }
     Ok((out, Shape::from((n, c, oh, ow))))
 }

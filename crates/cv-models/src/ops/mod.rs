@@ -1,12 +1,16 @@
 //! Custom candle ops with their backward passes, where candle 0.11's are wrong, missing or
 //! not precise enough: max-pooling (wrong gradient, no kernel != stride) and train-mode
 //! BatchNorm (f32 statistics and an autograd-composed backward lose ~1e-4 of a ResNet-18 SGD
-//! loss after two steps; PyTorch accumulates in f64).
+//! loss after two steps; PyTorch accumulates in f64) — and eval-mode BatchNorm fused with
+//! its residual add and ReLU (the composed candle ops are single-threaded passes that cost
+//! more than the convs of an eval forward).
 
 mod batch_norm;
+mod batch_norm_eval;
 mod max_pool;
 
 pub use batch_norm::{batch_norm_train, batch_norm_train_composed, BatchStats};
+pub use batch_norm_eval::{batch_norm_eval, batch_norm_eval_composed, BatchNormEvalParams};
 pub use max_pool::{max_pool2d, max_pool2d_composed, MaxPool2dConfig};
 
 use candle_core::{bail, Layout, Result};
