@@ -290,19 +290,29 @@ impl Sgd {
     }
 }
 
+/// `candle_nn::Optimizer` speaks candle's error type: a candle error passes through, ours
+/// becomes its message.
+impl From<TrainError> for candle_core::Error {
+    fn from(e: TrainError) -> Self {
+        match e {
+            TrainError::Candle(e) => e,
+            other => candle_core::Error::Msg(other.to_string()),
+        }
+    }
+}
+
 impl candle_nn::Optimizer for Sgd {
     type Config = SgdConfig;
 
     fn new(vars: Vec<Var>, config: SgdConfig) -> candle_core::Result<Self> {
-        Sgd::with_groups(unnamed(vars, config.weight_decay), config)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        Ok(Sgd::with_groups(
+            unnamed(vars, config.weight_decay),
+            config,
+        )?)
     }
 
     fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        self.update(grads).map_err(|e| match e {
-            TrainError::Candle(e) => e,
-            other => candle_core::Error::Msg(other.to_string()),
-        })
+        Ok(self.update(grads)?)
     }
 
     fn learning_rate(&self) -> f64 {
@@ -470,15 +480,14 @@ impl candle_nn::Optimizer for AdamW {
     type Config = AdamWConfig;
 
     fn new(vars: Vec<Var>, config: AdamWConfig) -> candle_core::Result<Self> {
-        AdamW::with_groups(unnamed(vars, config.weight_decay), config)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        Ok(AdamW::with_groups(
+            unnamed(vars, config.weight_decay),
+            config,
+        )?)
     }
 
     fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        self.update(grads).map_err(|e| match e {
-            TrainError::Candle(e) => e,
-            other => candle_core::Error::Msg(other.to_string()),
-        })
+        Ok(self.update(grads)?)
     }
 
     fn learning_rate(&self) -> f64 {
