@@ -190,35 +190,26 @@ trait Mul: Sized + std::ops::Add<Output = Self> {
     fn finish(self, relu: bool) -> Self;
 }
 
-impl Mul for f32 {
-    #[inline(always)]
-    fn mul_add_(self, s: Self, b: Self) -> Self {
-        self * s + b
-    }
-    #[inline(always)]
-    fn finish(self, relu: bool) -> Self {
-        if relu && self < 0.0 {
-            0.0
-        } else {
-            self
+macro_rules! impl_mul {
+    ($($t:ty),*) => {$(
+        impl Mul for $t {
+            #[inline(always)]
+            fn mul_add_(self, s: Self, b: Self) -> Self {
+                self * s + b
+            }
+            #[inline(always)]
+            fn finish(self, relu: bool) -> Self {
+                if relu && self < 0.0 {
+                    0.0
+                } else {
+                    self
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl Mul for f64 {
-    #[inline(always)]
-    fn mul_add_(self, s: Self, b: Self) -> Self {
-        self * s + b
-    }
-    #[inline(always)]
-    fn finish(self, relu: bool) -> Self {
-        if relu && self < 0.0 {
-            0.0
-        } else {
-            self
-        }
-    }
-}
+impl_mul!(f32, f64);
 
 impl CustomOp1 for BatchNormEval {
     fn name(&self) -> &'static str {
