@@ -10,6 +10,8 @@ mod commands;
 use clap::Parser;
 
 fn main() {
+    // Before any thread starts: one malloc arena that keeps freed batches for reuse.
+    cv_data::keep_freed_memory();
     let cli = args::Cli::parse();
     init_logging(cli.quiet_logs());
     if let Err(e) = commands::run(cli) {

@@ -18,6 +18,7 @@ pub mod transforms;
 
 use std::path::{Path, PathBuf};
 
+pub use buffer::keep_freed_memory;
 pub use error::{DataError, Result};
 pub use image::RgbImage;
 pub use loader::{Batch, Loader, LoaderConfig};

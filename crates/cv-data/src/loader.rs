@@ -71,13 +71,15 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// A loader over `dataset`; checks the configuration and the pipeline up front.
+    /// A loader over `dataset`; checks the configuration and the pipeline up front. Also calls
+    /// [`crate::keep_freed_memory`], so that each batch reuses the memory of one freed earlier.
     pub fn new(
         dataset: Arc<Dataset>,
         pipeline: Pipeline,
         config: LoaderConfig,
         device: Device,
     ) -> Result<Self> {
+        crate::keep_freed_memory();
         if config.batch_size == 0 {
             return Err(DataError::Batch {
                 message: "batch_size must be positive".into(),

@@ -345,6 +345,44 @@ fn batches_are_identical_across_thread_counts() {
     }
 }
 
+/// A batch is written into memory that is never zeroed first: every value of it must equal
+/// the sample rendered alone (into a zeroed buffer), for each kind of transform, including
+/// crops that reach into the padding and flips. Batch sizes and outputs are large enough for
+/// the allocator to hand back memory that held other values.
+#[test]
+fn batch_values_equal_single_samples_in_reused_memory() {
+    let images: Vec<RgbImage> = (0..40).map(|i| noise(32, 32, 50 + i)).collect();
+    let refs: Vec<&RgbImage> = images.iter().collect();
+    let seeds: Vec<u64> = (0..40).map(|i| 77 + i).collect();
+    let pipelines = [
+        Pipeline::cifar_train(),
+        Pipeline::imagenet_train(96),
+        Pipeline::eval(112, 100),
+        plain(vec![Transform::center_crop(40), Transform::flip(0.5)]),
+        plain(vec![Transform::random_crop(36, 6), Transform::flip(0.5)]),
+    ];
+    for _ in 0..2 {
+        for p in &pipelines {
+            // Leave non-zero garbage in freed memory of the batch's size.
+            let size = p.output_size(32, 32).unwrap();
+            drop(vec![f32::NAN; refs.len() * 3 * size.0 * size.1]);
+            let (batch, bsize) = p.apply_batch(&refs, &seeds).unwrap();
+            assert_eq!(bsize, size);
+            let per = 3 * size.0 * size.1;
+            for (i, (img, &seed)) in refs.iter().zip(&seeds).enumerate() {
+                let (one, _) = p.apply(img, seed).unwrap();
+                let got = &batch[i * per..(i + 1) * per];
+                assert!(
+                    got.iter()
+                        .zip(&one)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "sample {i} of {p:?}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn mixed_sizes_without_fixed_size_transform_is_an_error() {
     let a = noise(32, 32, 1);

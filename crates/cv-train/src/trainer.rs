@@ -296,6 +296,8 @@ pub fn run_with(
     job: &TrainJob,
     on_epoch: &mut dyn FnMut(&EpochRecord) -> bool,
 ) -> Result<RunSummary> {
+    // Every step frees and reallocates the same large buffers: keep them (see the function).
+    cv_data::keep_freed_memory();
     let c = &job.config;
     c.validate()?;
     let arch = job.architecture;

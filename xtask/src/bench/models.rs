@@ -398,11 +398,19 @@ fn parse_pytorch(text: &str) -> anyhow::Result<Pytorch> {
     Ok(Pytorch { version, values })
 }
 
+/// `scripts/bench_pytorch.py` of the checkout this xtask was built from, or, for a copied
+/// binary run elsewhere (a benchmark machine without a Rust toolchain), of the current directory.
 fn script_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join("scripts")
-        .join("bench_pytorch.py")
+        .join("bench_pytorch.py");
+    let here = Path::new("scripts").join("bench_pytorch.py");
+    if !built.is_file() && here.is_file() {
+        here
+    } else {
+        built
+    }
 }
 
 /// Fails with the install command when `python3` cannot import torch and torchvision.

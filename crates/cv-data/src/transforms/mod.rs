@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 use resample::{crop_into, resize_into, Region, ResizePlan};
+use std::mem::MaybeUninit;
+
+use crate::buffer::as_uninit;
 
 /// CIFAR-10 per-channel mean (training set, 0..1 scale).
 pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
@@ -321,8 +324,17 @@ impl<'a> View<'a> {
         });
     }
 
-    /// Render with `v * scale + bias` into planar `out`.
-    fn render(&self, flip: bool, stream: bool, scale: [f32; 3], bias: [f32; 3], out: &mut [f32]) {
+    /// Render with `v * scale + bias` into planar `out`, writing every element of it.
+    fn render(
+        &self,
+        flip: bool,
+        stream: bool,
+        scale: [f32; 3],
+        bias: [f32; 3],
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let (w, h) = self.size();
+        assert_eq!(out.len(), 3 * w * h, "render buffer size");
         let img = &*self.img;
         match self.resize {
             Some(plan) => {
@@ -380,7 +392,7 @@ impl<'a> View<'a> {
     fn to_image(&self, flip: bool) -> RgbImage {
         let (w, h) = self.size();
         let mut planar = vec![0f32; 3 * w * h];
-        self.render(flip, false, [1.0; 3], [0.0; 3], &mut planar);
+        self.render(flip, false, [1.0; 3], [0.0; 3], as_uninit(&mut planar));
         let plane = w * h;
         let mut buf = Vec::with_capacity(3 * plane);
         for i in 0..plane {
@@ -580,7 +592,7 @@ impl Pipeline {
         }
         let view = self.plan(img, seed);
         let (scale, bias) = self.scale_bias();
-        view.render(view.flip, false, scale, bias, out);
+        view.render(view.flip, false, scale, bias, as_uninit(out));
         Ok(())
     }
 
@@ -608,8 +620,15 @@ impl Pipeline {
         seeds: &[u64],
     ) -> Result<(Vec<f32>, (usize, usize))> {
         let size = self.batch_output_size(images, seeds)?;
-        let mut out = crate::buffer::zeroed_f32(3 * size.0 * size.1 * images.len());
-        self.render_batch(images, seeds, size, &mut out, false);
+        let (scale, bias) = self.scale_bias();
+        // Streaming stores: the buffer is reused memory far larger than the caches.
+        // SAFETY: `render` writes every element of its sample's piece (it asserts the size).
+        let out = unsafe {
+            crate::buffer::par_filled_f32(images.len(), 3 * size.0 * size.1, |i, dst| {
+                let view = self.plan(images[i], seeds[i]);
+                view.render(view.flip, true, scale, bias, dst);
+            })
+        };
         Ok((out, size))
     }
 
@@ -698,7 +717,7 @@ impl Pipeline {
             .zip(images.par_iter().zip(seeds.par_iter()))
             .for_each(|(dst, (img, &seed))| {
                 let view = self.plan(img, seed);
-                view.render(view.flip, stream, scale, bias, dst);
+                view.render(view.flip, stream, scale, bias, as_uninit(dst));
             });
     }
 }

@@ -3,6 +3,8 @@
 //! resize neither antialiases like PIL when shrinking nor writes f32 NCHW, and this is the hot
 //! path of every training step.
 
+use std::mem::MaybeUninit;
+
 /// Resampling weights along one axis for a run of output indices.
 #[derive(Debug, Clone)]
 pub(crate) struct Coeffs {
@@ -107,15 +109,16 @@ thread_local! {
 }
 
 /// Resize `src` by `plan` into planar `out` (`3 * wh * ww`), each value `v * scale[c] + bias[c]`
-/// where `v` is on the 0..255 scale.
+/// where `v` is on the 0..255 scale. Writes every element of `out` (which may be uninitialised).
 pub(crate) fn resize_into(
     src: Region<'_>,
     plan: ResizePlan,
     scale: [f32; 3],
     bias: [f32; 3],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let (ww, wh) = (plan.ww, plan.wh);
+    assert_eq!(out.len(), 3 * wh * ww, "resize output size");
     let hc = if plan.flip {
         coeffs(
             src.w,
@@ -242,7 +245,14 @@ fn horizontal_row_any(rows: [&mut [f32]; 3], rowf: &[f32], hc: &Coeffs, taps: us
 /// `dst[x] = ((src[x]*w[0] + b) + src[ww+x]*w[1]) + ...`, the same association in every code
 /// path so results never depend on alignment or thread placement.
 #[inline]
-fn vertical_row(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b: f32, stream: bool) {
+fn vertical_row(
+    dst: &mut [MaybeUninit<f32>],
+    src: &[f32],
+    stride: usize,
+    w: &[f32],
+    b: f32,
+    stream: bool,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         vertical_row_sse(dst, src, stride, w, b, stream);
@@ -256,7 +266,7 @@ fn vertical_row(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b: f32, 
 
 #[inline]
 fn vertical_row_scalar(
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     src: &[f32],
     stride: usize,
     w: &[f32],
@@ -268,17 +278,23 @@ fn vertical_row_scalar(
         for (t, &wt) in w.iter().enumerate().skip(1) {
             acc += src[t * stride + x] * wt;
         }
-        dst[x] = acc;
+        dst[x] = MaybeUninit::new(acc);
     }
 }
 
 /// SSE (part of the x86-64 baseline, so no run-time detection). With `stream`, non-temporal
-/// stores: a reused batch buffer is far larger than the caches and written once, so streaming
-/// avoids reading every destination line first. Fresh memory was just zeroed by the kernel and
-/// is still cached, so plain stores are cheaper there.
+/// stores: a batch buffer is far larger than the caches and written once, so streaming avoids
+/// reading every destination line first.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn vertical_row_sse(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b: f32, stream: bool) {
+fn vertical_row_sse(
+    dst: &mut [MaybeUninit<f32>],
+    src: &[f32],
+    stride: usize,
+    w: &[f32],
+    b: f32,
+    stream: bool,
+) {
     use std::arch::x86_64::*;
     let len = dst.len();
     assert!(!w.is_empty() && src.len() >= (w.len() - 1) * stride + len);
@@ -292,7 +308,7 @@ fn vertical_row_sse(dst: &mut [f32], src: &[f32], stride: usize, w: &[f32], b: f
     unsafe {
         let bv = _mm_set1_ps(b);
         let sp = src.as_ptr();
-        let dp = dst.as_mut_ptr();
+        let dp = dst.as_mut_ptr().cast::<f32>();
         let mut x = head;
         while x < body_end {
             let mut acc = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(sp.add(x)), _mm_set1_ps(w[0])), bv);
@@ -324,7 +340,8 @@ fn flush_streams() {
 }
 
 /// Copy a (possibly out-of-bounds, zero-padded) crop of an image into planar `out`
-/// (`3 * h * w`), optionally mirrored, each value `v * scale[c] + bias[c]`.
+/// (`3 * h * w`), optionally mirrored, each value `v * scale[c] + bias[c]`. Writes every element
+/// of `out` (which may be uninitialised).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn crop_into(
     data: &[u8],
@@ -337,9 +354,10 @@ pub(crate) fn crop_into(
     flip: bool,
     scale: [f32; 3],
     bias: [f32; 3],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let plane = w * h;
+    assert_eq!(out.len(), 3 * plane, "crop output size");
     // Output columns whose source column lies inside the image.
     let src_x = |x: usize| -> i64 {
         if flip {
@@ -354,18 +372,18 @@ pub(crate) fn crop_into(
         for c in 0..3 {
             let dst = &mut out[c * plane + y * w..c * plane + (y + 1) * w];
             if !row_in {
-                dst.fill(bias[c]);
+                dst.fill(MaybeUninit::new(bias[c]));
                 continue;
             }
             let row = &data[sy as usize * img_w * 3..(sy as usize + 1) * img_w * 3];
             let (sc, b) = (scale[c], bias[c]);
             for (x, d) in dst.iter_mut().enumerate() {
                 let sx = src_x(x);
-                *d = if sx >= 0 && (sx as usize) < img_w {
+                *d = MaybeUninit::new(if sx >= 0 && (sx as usize) < img_w {
                     row[sx as usize * 3 + c] as f32 * sc + b
                 } else {
                     b
-                };
+                });
             }
         }
     }
