@@ -1,7 +1,7 @@
 //! Throughput of our conv kernels against candle's, per direction, as JSON lines.
 //!
 //! `cargo bench -p cv-ops --bench conv [-- FILTER]`; env `REPS` (default 3, best-of),
-//! `CV_OPS_TILE_ELEMS` (im2col tile budget override), `SKIP_CANDLE=1`.
+//! `CV_OPS_TILE_ELEMS` (im2col tile budget override), `SKIP_CANDLE=1`, `WINOGRAD=0` (im2col only).
 //! Not a test: the numbers depend on the machine and its load. `gflops` is wall-clock
 //! throughput; `gflops_per_cpu_s` divides by the CPU time all threads used, a figure that
 //! other processes on the same cores disturb much less (ideal 2-core throughput is twice it).
@@ -27,6 +27,16 @@ const CASES: &[Case] = &[
         c: 64,
         hw: 56,
         co: 64,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    },
+    Case {
+        name: "3x3 128->128 28x28 b16",
+        n: 16,
+        c: 128,
+        hw: 28,
+        co: 128,
         k: 3,
         stride: 1,
         pad: 1,
@@ -144,6 +154,9 @@ fn main() -> Result<()> {
         .and_then(|s| s.parse().ok())
     {
         cv_ops::set_tile_elems(e);
+    }
+    if std::env::var("WINOGRAD").is_ok_and(|s| s == "0") {
+        cv_ops::set_winograd_enabled(false);
     }
     let dev = Device::Cpu;
     for case in CASES {

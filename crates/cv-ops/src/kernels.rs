@@ -118,8 +118,17 @@ fn gather_rows<T: Elem>(src: &[T], rows: usize, p: usize, u: &Unit, tmp: &mut [T
     }
 }
 
-/// `y = conv(x, w)`: x `[n, c, h, w]`, w `[co, c*kh*kw]`, y `[n, co, oh, ow]`.
+/// `y = conv(x, w)`: x `[n, c, h, w]`, w `[co, c*kh*kw]`, y `[n, co, oh, ow]`. 3x3 stride-1
+/// layers with enough channels go through Winograd, the rest through im2col.
 pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    if crate::winograd::applies(g) {
+        return crate::winograd::forward(x, w, g);
+    }
+    forward_im2col(x, w, g)
+}
+
+/// [`forward`] through im2col and gemm, for any geometry.
+pub(crate) fn forward_im2col<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
     let (p, k, co) = (g.p(), g.k(), g.co);
     let mut y = vec![T::ZERO; g.n * co * p];
     let nt = threads();

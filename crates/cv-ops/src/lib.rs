@@ -16,9 +16,11 @@ mod geom;
 mod im2col;
 mod kernels;
 mod op;
+mod winograd;
 
 pub use error::OpsError;
 pub use fold::fold_batchnorm;
+pub use winograd::set_winograd_enabled;
 
 use candle_core::{DType, Result, Tensor};
 
