@@ -73,7 +73,7 @@ impl Module for Conv2d {
         let w = self.inner.weight().to_dtype(x.dtype())?;
         let y = cv_ops::conv2d(x, &w, cfg.stride, cfg.padding)?;
         match self.inner.bias() {
-            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?.reshape((1, b.dim(0)?, 1, 1))?),
+            Some(b) => cv_ops::add_channel_bias(&y, &b.to_dtype(x.dtype())?),
             None => Ok(y),
         }
     }

@@ -9,6 +9,7 @@
 //! [`conv2d`] is a drop-in for `x.conv2d(w, padding, stride, 1, 1)` (no groups, no dilation).
 //! On other devices and dtypes it calls candle's own convolution.
 
+mod bias;
 mod elem;
 mod error;
 mod fold;
@@ -44,6 +45,26 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     let x = x.contiguous()?;
     let w = w.contiguous()?;
     x.apply_op2(&w, op::Conv2d { stride, padding })
+}
+
+/// `y + b` for `y` `[n, c, ...]` and a per-channel bias `b` `[c]` (a conv's bias), with both
+/// gradients; the bias gradient is one parallel, contiguous sum per channel instead of
+/// candle's strided reduction. Elsewhere than on the CPU in f32/f64, candle's `broadcast_add`.
+pub fn add_channel_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let fast = y.device().is_cpu()
+        && b.device().is_cpu()
+        && matches!(y.dtype(), DType::F32 | DType::F64)
+        && y.dtype() == b.dtype()
+        && y.rank() >= 2;
+    if !fast {
+        let mut shape = vec![1; y.rank()];
+        if y.rank() >= 2 {
+            shape[1] = b.elem_count();
+        }
+        return y.broadcast_add(&b.reshape(shape)?);
+    }
+    y.contiguous()?
+        .apply_op2(&b.contiguous()?, bias::AddChannelBias)
 }
 
 /// The gradient of [`conv2d`] with respect to its input, for an input of spatial size `hw`:
