@@ -16,7 +16,10 @@ fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
     let b = b.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
-    Ok(a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale)
+    Ok(a.iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale)
 }
 
 #[test]
@@ -50,7 +53,9 @@ fn values_and_gradients_match_broadcast_add() -> Result<()> {
 fn bad_bias_shapes_and_dtypes_are_errors() -> Result<()> {
     let y = tensor(&[2, 3, 4, 4], 1, DType::F32)?;
     let wrong = tensor(&[4], 2, DType::F32)?;
-    let err = cv_ops::add_channel_bias(&y, &wrong).unwrap_err().to_string();
+    let err = cv_ops::add_channel_bias(&y, &wrong)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("bias"), "{err}");
     let f64_bias = tensor(&[3], 2, DType::F64)?;
     assert!(cv_ops::add_channel_bias(&y, &f64_bias).is_err());

@@ -8,7 +8,9 @@ use candle_core::Device;
 use cv_data::transforms::{Transform, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD};
 use cv_data::{Dataset, Loader, LoaderConfig, Pipeline};
 
-use super::{throughput, Measurement, Reference, Report, Settings};
+use anyhow::Context;
+
+use super::{models, throughput, Measurement, Reference, Report, Settings};
 
 const BATCH: usize = 100;
 
@@ -64,7 +66,50 @@ fn workloads() -> Vec<(&'static str, Pipeline, [f64; 2])> {
     ]
 }
 
-pub fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+/// Runs `scripts/bench_torchvision_data.py` on the loader workloads `names`.
+fn run_torchvision(settings: &Settings, names: &[String]) -> anyhow::Result<models::Pytorch> {
+    let script = models::script_path("bench_torchvision_data.py");
+    eprintln!(
+        "running {} (torchvision DataLoader, 2 workers)...",
+        script.display()
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(&script)
+        .args(["--json", "-", "--workers", "2"])
+        .args(["--seconds", &settings.min_time.as_secs_f64().to_string()])
+        .args(["--warmup", &settings.warmup.to_string()])
+        .arg("--only")
+        .arg(names.join(","))
+        .stderr(std::process::Stdio::inherit());
+    if settings.quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running python3 {}", script.display()))?;
+    if !out.status.success() {
+        anyhow::bail!("{} failed ({})", script.display(), out.status);
+    }
+    models::parse_pytorch(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("reading the output of {}", script.display()))
+}
+
+pub fn run(settings: &Settings, report: &mut Report, compare_pytorch: bool) -> anyhow::Result<()> {
+    let torchvision = if compare_pytorch {
+        models::check_torch()?;
+        let names: Vec<String> = workloads()
+            .iter()
+            .map(|(name, _, _)| format!("{name} (loader)"))
+            .filter(|n| settings.selected(n))
+            .collect();
+        if names.is_empty() {
+            None
+        } else {
+            Some(run_torchvision(settings, &names)?)
+        }
+    } else {
+        None
+    };
     // CIFAR-10's training set size, so epoch boundaries (a new prefetch thread, a first batch
     // nobody prefetched) weigh what they weigh in training.
     let n = if settings.quick { 2 * BATCH } else { 50_000 };
@@ -84,6 +129,19 @@ pub fn run(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
 
         // End to end: the Loader as training uses it (shuffle, seeds, prefetch, tensors).
         let loader_name = format!("{name} (loader)");
+        let reference = match torchvision
+            .as_ref()
+            .and_then(|t| Some((t, *t.values.get(&loader_name)?)))
+        {
+            Some((t, v)) => Reference {
+                what: format!(
+                    "torchvision DataLoader (torch {}), 2 workers, same run",
+                    t.version
+                ),
+                range: [v, v],
+            },
+            None => reference,
+        };
         if settings.selected(&loader_name) {
             let config = LoaderConfig {
                 batch_size: BATCH,

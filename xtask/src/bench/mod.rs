@@ -41,7 +41,9 @@ pub struct Args {
     /// A very short run that only checks the benchmarks work (figures are not meaningful).
     #[arg(long)]
     quick: bool,
-    /// Also run scripts/bench_pytorch.py (needs torch) and print ours vs PyTorch (models group).
+    /// Also run the PyTorch side in the same run and compare (needs torch and torchvision):
+    /// scripts/bench_pytorch.py for the models, scripts/bench_torchvision_data.py (a
+    /// torchvision DataLoader with 2 workers) for the data pipelines.
     #[arg(long)]
     compare_pytorch: bool,
 }
@@ -286,7 +288,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut report = Report::new();
     for g in groups {
         match g {
-            Group::Data => data::run(&settings, &mut report)?,
+            Group::Data => data::run(&settings, &mut report, args.compare_pytorch)?,
             Group::Models => models::run(&settings, &mut report, args.compare_pytorch)?,
         }
     }
@@ -310,7 +312,7 @@ mod tests {
             filter: None,
         };
         let mut report = Report::new();
-        data::run(&settings, &mut report).unwrap();
+        data::run(&settings, &mut report, false).unwrap();
         assert_eq!(report.results.len(), 6);
         assert!(report
             .results
@@ -337,7 +339,7 @@ mod tests {
             ..settings
         };
         let mut report = Report::new();
-        data::run(&only, &mut report).unwrap();
+        data::run(&only, &mut report, false).unwrap();
         assert_eq!(report.results.len(), 2);
     }
 

@@ -369,12 +369,12 @@ fn measurement_from_json(v: &serde_json::Value) -> anyhow::Result<Measurement> {
 
 /// Figures from `scripts/bench_pytorch.py --json -`, keyed by name.
 #[derive(Debug, Clone)]
-struct Pytorch {
-    version: String,
-    values: std::collections::HashMap<String, f64>,
+pub(super) struct Pytorch {
+    pub version: String,
+    pub values: std::collections::HashMap<String, f64>,
 }
 
-fn parse_pytorch(text: &str) -> anyhow::Result<Pytorch> {
+pub(super) fn parse_pytorch(text: &str) -> anyhow::Result<Pytorch> {
     let doc: serde_json::Value =
         serde_json::from_str(text).context("bench_pytorch.py printed no valid JSON")?;
     let version = doc
@@ -398,14 +398,14 @@ fn parse_pytorch(text: &str) -> anyhow::Result<Pytorch> {
     Ok(Pytorch { version, values })
 }
 
-/// `scripts/bench_pytorch.py` of the checkout this xtask was built from, or, for a copied
-/// binary run elsewhere (a benchmark machine without a Rust toolchain), of the current directory.
-fn script_path() -> PathBuf {
+/// `scripts/<name>` of the checkout this xtask was built from, or, for a copied binary run
+/// elsewhere (a benchmark machine without a Rust toolchain), of the current directory.
+pub(super) fn script_path(name: &str) -> PathBuf {
     let built = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join("scripts")
-        .join("bench_pytorch.py");
-    let here = Path::new("scripts").join("bench_pytorch.py");
+        .join(name);
+    let here = Path::new("scripts").join(name);
     if !built.is_file() && here.is_file() {
         here
     } else {
@@ -414,7 +414,7 @@ fn script_path() -> PathBuf {
 }
 
 /// Fails with the install command when `python3` cannot import torch and torchvision.
-fn check_torch() -> anyhow::Result<()> {
+pub(super) fn check_torch() -> anyhow::Result<()> {
     let out = Command::new("python3")
         .args(["-c", "import torch, torchvision"])
         .output();
@@ -430,7 +430,7 @@ fn check_torch() -> anyhow::Result<()> {
 
 /// Runs the PyTorch side with the same workloads, thread count and timing settings.
 fn run_pytorch(settings: &Settings, names: &[&str], threads: usize) -> anyhow::Result<Pytorch> {
-    let script = script_path();
+    let script = script_path("bench_pytorch.py");
     eprintln!(
         "running {} (PyTorch, {threads} threads)...",
         script.display()
