@@ -22,9 +22,9 @@ pub fn set_winograd_enabled(on: bool) {
 }
 
 /// Whether `g` runs through Winograd: a 3x3 stride-1 kernel, enough channels for the gemms to
-/// dominate the transforms, and maps of at least 8x8 (below, most of each 4x4 tile is padding).
-/// Measured per CPU-second against im2col on the 2-core machine, batch 16: 64 channels at 56x56
-/// break even, 128 at 28x28 gain 1.2x, 256 at 14x14 1.75x, 256 at 8x8 (batch 64) 1.2x.
+/// dominate the transforms, and maps of at least 7x7. Measured per CPU-second against im2col on
+/// the 2-core machine, batch 16: 64 channels at 56x56 break even, 128 at 28x28 gain 1.2-1.6x,
+/// 256 at 14x14 1.75-2x, 512 at 7x7 1.3-1.5x, 256 at 8x8 (batch 64) 1.2x.
 pub(crate) fn applies(g: &Geom) -> bool {
     !DISABLED.load(Ordering::Relaxed)
         && g.kh == 3
@@ -32,9 +32,17 @@ pub(crate) fn applies(g: &Geom) -> bool {
         && g.stride == 1
         && g.c >= MIN_CHANNELS
         && g.co >= MIN_CHANNELS
-        && g.oh >= 8
-        && g.ow >= 8
+        && g.oh >= MIN_MAP
+        && g.ow >= MIN_MAP
 }
+
+/// Smaller maps stay on im2col: at 4x4 a tile is mostly padding. 7x7 (ResNet's last stage at
+/// 224) still gains 1.3x with 512 channels.
+const MIN_MAP: usize = 7;
+
+/// Tiles per unit at least: fewer make each of the 16 gemms too thin (N = tiles) to amortise
+/// packing the transformed kernel (measured best at 64 for 256 and 512 channels).
+const MIN_UNIT_TILES: usize = 64;
 
 /// Fewer channels than this stay on im2col (no gain measured at 64).
 const MIN_CHANNELS: usize = 128;
@@ -90,7 +98,7 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
     let xp = pad_input(x, g);
     let nt = rayon::current_num_threads().max(1);
     let per_tile = 16 * (c + co) * std::mem::size_of::<T>();
-    let mut tb = (UNIT_BYTES / per_tile).clamp(16, 512);
+    let mut tb = (UNIT_BYTES / per_tile).clamp(MIN_UNIT_TILES, 512);
     // At least two units per thread where the tiles allow, for balance.
     tb = tb.min(tiles.div_ceil(2 * nt)).max(1);
     let units: Vec<(usize, usize)> = (0..tiles)
@@ -375,6 +383,7 @@ mod tests {
             (1, 128, 10, 13, 128, 0),
             (2, 130, 8, 9, 128, 2),
             (5, 128, 14, 14, 136, 1),
+            (4, 128, 7, 7, 128, 1),
         ] {
             let g = Geom::new(n, c, h, w, co, 3, 3, 1, pad, pad).unwrap();
             assert!(applies(&g), "{g:?}");
@@ -395,6 +404,9 @@ mod tests {
     fn small_or_strided_convolutions_stay_on_im2col() {
         assert!(!applies(
             &Geom::new(1, 256, 4, 4, 256, 3, 3, 1, 1, 1).unwrap()
+        ));
+        assert!(!applies(
+            &Geom::new(1, 256, 6, 6, 256, 3, 3, 1, 1, 1).unwrap()
         ));
         assert!(!applies(
             &Geom::new(1, 256, 16, 16, 256, 3, 3, 2, 1, 1).unwrap()
