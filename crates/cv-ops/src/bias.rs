@@ -4,6 +4,7 @@
 //! backward passes the gradient through and sums each channel's planes contiguously.
 
 use crate::error::OpsError;
+use crate::op::slice;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -16,18 +17,6 @@ pub(crate) struct AddChannelBias;
 
 /// `dy [n, c, ..] -> [c]`: the sum of every value of each channel.
 pub(crate) struct ChannelSums;
-
-fn contiguous<'a, T>(
-    data: &'a [T],
-    l: &Layout,
-    op: &'static str,
-    what: &'static str,
-) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => Err(OpsError::Layout { op, what }.into()),
-    }
-}
 
 /// (images, channels, values per channel plane) of an `[n, c, ..]` layout.
 fn nc_plane(l: &Layout, op: &'static str) -> Result<(usize, usize, usize)> {
@@ -106,14 +95,14 @@ impl CustomOp2 for AddChannelBias {
         }
         let out = match (s1, s2) {
             (CpuStorage::F32(y), CpuStorage::F32(b)) => CpuStorage::F32(add(
-                contiguous(y, l1, ADD, "input")?,
-                contiguous(b, l2, ADD, "bias")?,
+                slice(y, l1, ADD, "input")?,
+                slice(b, l2, ADD, "bias")?,
                 c,
                 plane,
             )),
             (CpuStorage::F64(y), CpuStorage::F64(b)) => CpuStorage::F64(add(
-                contiguous(y, l1, ADD, "input")?,
-                contiguous(b, l2, ADD, "bias")?,
+                slice(y, l1, ADD, "input")?,
+                slice(b, l2, ADD, "bias")?,
                 c,
                 plane,
             )),
@@ -157,12 +146,8 @@ impl CustomOp1 for ChannelSums {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, plane) = nc_plane(l, SUM)?;
         let out = match s {
-            CpuStorage::F32(d) => {
-                CpuStorage::F32(sums(contiguous(d, l, SUM, "input")?, n, c, plane))
-            }
-            CpuStorage::F64(d) => {
-                CpuStorage::F64(sums(contiguous(d, l, SUM, "input")?, n, c, plane))
-            }
+            CpuStorage::F32(d) => CpuStorage::F32(sums(slice(d, l, SUM, "input")?, n, c, plane)),
+            CpuStorage::F64(d) => CpuStorage::F64(sums(slice(d, l, SUM, "input")?, n, c, plane)),
             other => {
                 return Err(OpsError::DType {
                     op: SUM,

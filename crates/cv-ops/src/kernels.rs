@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 /// A raw output pointer shared by threads that write disjoint regions.
 #[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 // SAFETY: used only to write regions that no other thread touches (one unit each).
 unsafe impl<T: Send> Send for SendPtr<T> {}
 // SAFETY: as above.
@@ -21,7 +21,7 @@ unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
     /// A method (not field access) so closures capture the whole `Sync` wrapper.
-    fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }

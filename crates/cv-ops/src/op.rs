@@ -8,7 +8,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// The contiguous slice a layout describes.
-fn slice<'a, T>(
+pub(crate) fn slice<'a, T>(
     data: &'a [T],
     l: &Layout,
     op: &'static str,

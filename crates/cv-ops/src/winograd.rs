@@ -10,6 +10,7 @@
 
 use crate::elem::Elem;
 use crate::geom::Geom;
+use crate::kernels::SendPtr;
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -347,21 +348,6 @@ unsafe fn output_tiles<T: Elem>(m: &[T], g: &Geom, t0: usize, t1: usize, y: *mut
                 }
             }
         }
-    }
-}
-
-/// A raw output pointer shared by threads that write disjoint pixels.
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: used only to write pixels that no other thread touches (one unit of tiles each).
-unsafe impl<T: Send> Send for SendPtr<T> {}
-// SAFETY: as above.
-unsafe impl<T: Send> Sync for SendPtr<T> {}
-
-impl<T> SendPtr<T> {
-    /// A method (not field access) so closures capture the whole `Sync` wrapper.
-    fn get(self) -> *mut T {
-        self.0
     }
 }
 

@@ -8,8 +8,6 @@ use candle_core::Device;
 use cv_data::transforms::{Transform, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD};
 use cv_data::{Dataset, Loader, LoaderConfig, Pipeline};
 
-use anyhow::Context;
-
 use super::{models, throughput, Measurement, Reference, Report, Settings};
 
 const BATCH: usize = 100;
@@ -66,34 +64,6 @@ fn workloads() -> Vec<(&'static str, Pipeline, [f64; 2])> {
     ]
 }
 
-/// Runs `scripts/bench_torchvision_data.py` on the loader workloads `names`.
-fn run_torchvision(settings: &Settings, names: &[String]) -> anyhow::Result<models::Pytorch> {
-    let script = models::script_path("bench_torchvision_data.py");
-    eprintln!(
-        "running {} (torchvision DataLoader, 2 workers)...",
-        script.display()
-    );
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg(&script)
-        .args(["--json", "-", "--workers", "2"])
-        .args(["--seconds", &settings.min_time.as_secs_f64().to_string()])
-        .args(["--warmup", &settings.warmup.to_string()])
-        .arg("--only")
-        .arg(names.join(","))
-        .stderr(std::process::Stdio::inherit());
-    if settings.quick {
-        cmd.arg("--quick");
-    }
-    let out = cmd
-        .output()
-        .with_context(|| format!("running python3 {}", script.display()))?;
-    if !out.status.success() {
-        anyhow::bail!("{} failed ({})", script.display(), out.status);
-    }
-    models::parse_pytorch(&String::from_utf8_lossy(&out.stdout))
-        .with_context(|| format!("reading the output of {}", script.display()))
-}
-
 pub fn run(settings: &Settings, report: &mut Report, compare_pytorch: bool) -> anyhow::Result<()> {
     let torchvision = if compare_pytorch {
         models::check_torch()?;
@@ -105,7 +75,13 @@ pub fn run(settings: &Settings, report: &mut Report, compare_pytorch: bool) -> a
         if names.is_empty() {
             None
         } else {
-            Some(run_torchvision(settings, &names)?)
+            Some(models::run_script(
+                "bench_torchvision_data.py",
+                "torchvision DataLoader, 2 workers",
+                &["--workers".into(), "2".into()],
+                settings,
+                &names,
+            )?)
         }
     } else {
         None

@@ -374,7 +374,7 @@ pub(super) struct Pytorch {
     pub values: std::collections::HashMap<String, f64>,
 }
 
-pub(super) fn parse_pytorch(text: &str) -> anyhow::Result<Pytorch> {
+fn parse_pytorch(text: &str) -> anyhow::Result<Pytorch> {
     let doc: serde_json::Value =
         serde_json::from_str(text).context("bench_pytorch.py printed no valid JSON")?;
     let version = doc
@@ -400,7 +400,7 @@ pub(super) fn parse_pytorch(text: &str) -> anyhow::Result<Pytorch> {
 
 /// `scripts/<name>` of the checkout this xtask was built from, or, for a copied binary run
 /// elsewhere (a benchmark machine without a Rust toolchain), of the current directory.
-pub(super) fn script_path(name: &str) -> PathBuf {
+fn script_path(name: &str) -> PathBuf {
     let built = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join("scripts")
@@ -430,14 +430,32 @@ pub(super) fn check_torch() -> anyhow::Result<()> {
 
 /// Runs the PyTorch side with the same workloads, thread count and timing settings.
 fn run_pytorch(settings: &Settings, names: &[&str], threads: usize) -> anyhow::Result<Pytorch> {
-    let script = script_path("bench_pytorch.py");
-    eprintln!(
-        "running {} (PyTorch, {threads} threads)...",
-        script.display()
-    );
+    let what = format!("PyTorch, {threads} threads");
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    run_script(
+        "bench_pytorch.py",
+        &what,
+        &["--threads".into(), threads.to_string()],
+        settings,
+        &names,
+    )
+}
+
+/// Runs `scripts/<name> --json - <extra> --seconds .. --warmup .. --only <names>` with
+/// `python3` and reads the figures it prints.
+pub(super) fn run_script(
+    name: &str,
+    what: &str,
+    extra: &[String],
+    settings: &Settings,
+    names: &[String],
+) -> anyhow::Result<Pytorch> {
+    let script = script_path(name);
+    eprintln!("running {} ({what})...", script.display());
     let mut cmd = Command::new("python3");
     cmd.arg(&script)
-        .args(["--json", "-", "--threads", &threads.to_string()])
+        .args(["--json", "-"])
+        .args(extra)
         .args(["--seconds", &settings.min_time.as_secs_f64().to_string()])
         .args(["--warmup", &settings.warmup.to_string()])
         .arg("--only")
