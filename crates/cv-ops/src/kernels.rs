@@ -41,18 +41,18 @@ impl<T: Elem> Scratch<T> {
     }
 }
 
-fn grow<T: Elem>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+pub(crate) fn grow<T: Elem>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     if v.len() < len {
         v.resize(len, T::ZERO);
     }
     &mut v[..len]
 }
 
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
-fn inner_parallelism(nt: usize) -> Parallelism {
+pub(crate) fn inner_parallelism(nt: usize) -> Parallelism {
     if nt > 1 {
         Parallelism::Rayon(nt)
     } else {

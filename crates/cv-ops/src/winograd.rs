@@ -10,7 +10,7 @@
 
 use crate::elem::Elem;
 use crate::geom::Geom;
-use crate::kernels::SendPtr;
+use crate::kernels::{grow, inner_parallelism, threads, SendPtr};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,7 +97,7 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
     }
     let u = transform_kernel(w, co, c);
     let xp = pad_input(x, g);
-    let nt = rayon::current_num_threads().max(1);
+    let nt = threads();
     let per_tile = 16 * (c + co) * std::mem::size_of::<T>();
     let mut tb = (UNIT_BYTES / per_tile).clamp(MIN_UNIT_TILES, 512);
     // At least two units per thread where the tiles allow, for balance.
@@ -155,22 +155,12 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
             v: Vec::new(),
             m: Vec::new(),
         };
-        let par = if nt > 1 {
-            Parallelism::Rayon(nt)
-        } else {
-            Parallelism::None
-        };
+        let par = inner_parallelism(nt);
         for unit in &units {
             run(unit, &mut s, par);
         }
     }
     y
-}
-
-fn grow<T: Elem>(v: &mut Vec<T>, len: usize) {
-    if v.len() < len {
-        v.resize(len, T::ZERO);
-    }
 }
 
 /// Tiles handled together, one per SIMD lane (the transforms are written lane-wise so the
