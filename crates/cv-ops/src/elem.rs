@@ -7,6 +7,7 @@ pub(crate) trait Elem:
     + Sync
     + 'static
     + PartialEq
+    + PartialOrd
     + std::ops::Add<Output = Self>
     + std::ops::AddAssign
     + std::ops::Sub<Output = Self>

@@ -66,7 +66,7 @@ pub(crate) fn inner_parallelism(nt: usize) -> Parallelism {
 /// Every pointer must be valid for the strided matrix it describes; `dst` must not alias the
 /// inputs and no other thread may access it.
 #[allow(clippy::too_many_arguments)]
-unsafe fn matmul<T: Elem>(
+pub(crate) unsafe fn matmul<T: Elem>(
     m: usize,
     n: usize,
     k: usize,

@@ -10,6 +10,8 @@
 //! On other devices and dtypes it calls candle's own convolution.
 
 mod bias;
+mod conv_pool;
+mod direct;
 mod elem;
 mod error;
 mod fold;
@@ -67,6 +69,31 @@ pub fn add_channel_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
         .apply_op2(&b.contiguous()?, bias::AddChannelBias)
 }
 
+/// `max_pool2d(relu(conv2d(x, w) + b), 2)`: a stride-1, unpadded convolution of `x`
+/// `[n, c, h, w]` with `w` `[co, c, kh, kw]`, the per-channel bias `b` `[co]`, ReLU and a
+/// 2x2/2 max-pool (floor), as one op with its own backward: `[n, co, (h-kh+1)/2, (w-kw+1)/2]`.
+/// One layer of the PyTorch tutorial's CNN. Ties in a window go to its first maximum, as in
+/// PyTorch, and the gradient of `x` is skipped when no variable depends on it.
+///
+/// Elsewhere than on the CPU in f32/f64, the same through candle's ops (whose max-pool
+/// backward treats tied maxima differently).
+pub fn conv_relu_pool2d(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !(uses_fast_path(x, w) && b.device().is_cpu() && b.dtype() == x.dtype()) {
+        let co = b.elem_count();
+        return x
+            .conv2d(w, 0, 1, 1, 1)?
+            .broadcast_add(&b.reshape((1, co, 1, 1))?)?
+            .relu()?
+            .max_pool2d(2);
+    }
+    let op = conv_pool::ConvReluPool {
+        record: x.track_op() || w.track_op() || b.track_op(),
+        mask: std::sync::Mutex::new(None),
+    };
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
+}
+
 /// The gradient of [`conv2d`] with respect to its input, for an input of spatial size `hw`:
 /// `dy` `[n, co, oh, ow]`, `w` `[co, c, kh, kw]` -> `[n, c, h, w]`. CPU, f32/f64 only; it
 /// records no gradient of its own.
@@ -103,6 +130,13 @@ pub fn conv2d_weight_grad(
         padding,
     };
     x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)
+}
+
+/// Turns the direct f32 kernels of [`conv_relu_pool2d`] off (im2col + gemm instead) or back
+/// on, for tests and benchmarks of both paths.
+#[doc(hidden)]
+pub fn set_direct_conv_enabled(on: bool) {
+    conv_pool::set_direct_enabled(on)
 }
 
 /// Tuning knob for benchmarks: the element budget of one im2col tile (0 = the default).
