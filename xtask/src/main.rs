@@ -29,6 +29,7 @@ enum Command {
 
 fn main() -> ExitCode {
     // As the `cv` binary does, so benchmarks measure what users get.
+    cv_ops::leave_threads_to_rayon();
     cv_data::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -10,7 +10,9 @@ mod commands;
 use clap::Parser;
 
 fn main() {
-    // Before any thread starts: one malloc arena that keeps freed batches for reuse.
+    // Before any thread starts: candle leaves the cores to rayon, one malloc arena keeps
+    // freed batches for reuse.
+    cv_ops::leave_threads_to_rayon();
     cv_data::keep_freed_memory();
     let cli = args::Cli::parse();
     init_logging(cli.quiet_logs());

@@ -10,8 +10,18 @@ use std::time::Instant;
 
 /// (name, input dims, weight dims, whether the input needs a gradient as in the network).
 const CASES: [(&str, [usize; 4], [usize; 4], bool); 2] = [
-    ("conv1 3->6 k5 32x32 b100", [100, 3, 32, 32], [6, 3, 5, 5], false),
-    ("conv2 6->16 k5 14x14 b100", [100, 6, 14, 14], [16, 6, 5, 5], true),
+    (
+        "conv1 3->6 k5 32x32 b100",
+        [100, 3, 32, 32],
+        [6, 3, 5, 5],
+        false,
+    ),
+    (
+        "conv2 6->16 k5 14x14 b100",
+        [100, 6, 14, 14],
+        [16, 6, 5, 5],
+        true,
+    ),
 ];
 
 fn cpu_seconds() -> f64 {
@@ -49,7 +59,10 @@ fn keep_freed_memory() {
 }
 
 fn main() -> Result<()> {
-    let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     keep_freed_memory();
     let dev = Device::Cpu;
     for (name, xd, wd, x_grad) in CASES {
@@ -57,7 +70,11 @@ fn main() -> Result<()> {
         let x = Var::from_tensor(&x0)?;
         let w = Var::from_tensor(&(Tensor::randn(0f32, 1.0, &wd, &dev)? * 0.1)?)?;
         let b = Var::from_tensor(&Tensor::zeros(wd[0], DType::F32, &dev)?)?;
-        let xin = if x_grad { x.as_tensor().clone() } else { x0.clone() };
+        let xin = if x_grad {
+            x.as_tensor().clone()
+        } else {
+            x0.clone()
+        };
         let (mut fwd, mut bwd, mut fwd_cpu, mut bwd_cpu) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
         for _ in 0..reps + 2 {
             let (t0, c0) = (Instant::now(), cpu_seconds());

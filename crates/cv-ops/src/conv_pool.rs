@@ -82,9 +82,7 @@ impl Dims {
             .filter(|g| g.oh >= 2 && g.ow >= 2)
             .ok_or_else(|| OpsError::Mismatch {
                 op: OP,
-                message: format!(
-                    "kernel {kh}x{kw} leaves less than 2x2 of input {h}x{wd} to pool"
-                ),
+                message: format!("kernel {kh}x{kw} leaves less than 2x2 of input {h}x{wd} to pool"),
             })?;
         Ok(Self {
             g,
@@ -243,14 +241,7 @@ struct Grads<T> {
 }
 
 /// Backward from the pooled gradient `dy` `[n, co, ph, pw]` and the forward's mask.
-fn backward<T: Elem>(
-    x: &[T],
-    w: &[T],
-    dy: &[T],
-    mask: &[u8],
-    d: &Dims,
-    want_dx: bool,
-) -> Grads<T> {
+fn backward<T: Elem>(x: &[T], w: &[T], dy: &[T], mask: &[u8], d: &Dims, want_dx: bool) -> Grads<T> {
     let (g, q) = (&d.g, d.pooled());
     let (p, k, co) = (g.p(), g.k(), g.co);
     let mut dx = want_dx.then(|| vec![T::ZERO; x.len()]);
@@ -349,11 +340,7 @@ impl FlatSizes {
     fn new(g: &Geom, want_dx: bool) -> Self {
         let lr = ((g.oh - 1) * g.w + g.ow).next_multiple_of(BLOCK);
         let hwr = (g.h * g.w).next_multiple_of(BLOCK);
-        let pad = if want_dx {
-            (g.kh - 1) * (g.w + 1)
-        } else {
-            0
-        };
+        let pad = if want_dx { (g.kh - 1) * (g.w + 1) } else { 0 };
         let row = if want_dx { pad + hwr } else { lr };
         Self { lr, pad, hwr, row }
     }
@@ -372,7 +359,14 @@ impl FlatSizes {
 
 /// Images `n0..n1` of `x`, readable past their end as far as `extent` asks: `x` itself when it
 /// is long enough, else a zero-padded copy in `buf`.
-fn images_readable<'a>(x: &'a [f32], per_image: usize, n0: usize, n1: usize, extent: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+fn images_readable<'a>(
+    x: &'a [f32],
+    per_image: usize,
+    n0: usize,
+    n1: usize,
+    extent: usize,
+    buf: &'a mut Vec<f32>,
+) -> &'a [f32] {
     let start = n0 * per_image;
     let need = (n1 - n0 - 1) * per_image + extent;
     if start + need <= x.len() {
@@ -392,7 +386,11 @@ fn forward_direct(x: &[f32], w: &[f32], b: &[f32], d: &Dims, record: bool) -> (V
     let f = sizes.flat(g);
     let per_image = g.c * g.h * g.w;
     let mut out = vec![0f32; g.n * co * q];
-    let mut mask = if record { vec![0u8; g.n * co * q] } else { Vec::new() };
+    let mut mask = if record {
+        vec![0u8; g.n * co * q]
+    } else {
+        Vec::new()
+    };
     let out_ptr = SendPtr(out.as_mut_ptr());
     let mask_ptr = SendPtr(mask.as_mut_ptr());
     let units = d.units(rayon::current_num_threads());
@@ -489,8 +487,10 @@ fn backward_direct(
             for (gi, img) in (u.n0..u.n1).enumerate() {
                 for (r, db_r) in db.iter_mut().enumerate() {
                     let at = (img * co + r) * q;
-                    let row = &mut dpre[gi * per_d + r * sizes.row..gi * per_d + (r + 1) * sizes.row];
-                    *db_r += unpool_plane(&dy[at..at + q], &mask[at..at + q], d, row, sizes.pad, g.w);
+                    let row =
+                        &mut dpre[gi * per_d + r * sizes.row..gi * per_d + (r + 1) * sizes.row];
+                    *db_r +=
+                        unpool_plane(&dy[at..at + q], &mask[at..at + q], d, row, sizes.pad, g.w);
                 }
             }
             let xs = images_readable(x, per_image, u.n0, u.n1, f.input_extent(), &mut s.col);
@@ -542,7 +542,12 @@ fn backward_direct(
 }
 
 /// The per-unit weight and bias gradients summed in unit order (independent of scheduling).
-fn sum_partials<T: Elem>(partials: Vec<(Vec<T>, Vec<T>)>, dw_len: usize, co: usize, dx: Option<Vec<T>>) -> Grads<T> {
+fn sum_partials<T: Elem>(
+    partials: Vec<(Vec<T>, Vec<T>)>,
+    dw_len: usize,
+    co: usize,
+    dx: Option<Vec<T>>,
+) -> Grads<T> {
     let mut dw = vec![T::ZERO; dw_len];
     let mut db = vec![T::ZERO; co];
     for (pw, pb) in &partials {
@@ -560,7 +565,14 @@ fn sum_partials<T: Elem>(partials: Vec<(Vec<T>, Vec<T>)>, dw_len: usize, co: usi
 /// `row` apart, starting at `plane[at]`): zeros everywhere in `plane` except at the
 /// ReLU-passed window winners. Returns the plane's sum (its bias gradient).
 #[inline]
-fn unpool_plane<T: Elem>(dy: &[T], mask: &[u8], d: &Dims, plane: &mut [T], at: usize, row: usize) -> T {
+fn unpool_plane<T: Elem>(
+    dy: &[T],
+    mask: &[u8],
+    d: &Dims,
+    plane: &mut [T],
+    at: usize,
+    row: usize,
+) -> T {
     plane.fill(T::ZERO);
     let mut sum = T::ZERO;
     for py in 0..d.ph {
@@ -580,10 +592,23 @@ fn unpool_plane<T: Elem>(dy: &[T], mask: &[u8], d: &Dims, plane: &mut [T], at: u
 /// The element types of this op and the path each takes: f32 the direct kernels where the CPU
 /// has them, f64 (exact gradient checks) always im2col + gemm.
 trait PathFor: Elem + WithDType {
-    fn conv_relu_pool_forward(x: &[Self], w: &[Self], b: &[Self], d: &Dims, record: bool) -> (Vec<Self>, Vec<u8>) {
+    fn conv_relu_pool_forward(
+        x: &[Self],
+        w: &[Self],
+        b: &[Self],
+        d: &Dims,
+        record: bool,
+    ) -> (Vec<Self>, Vec<u8>) {
         forward(x, w, b, d, record)
     }
-    fn conv_relu_pool_backward(x: &[Self], w: &[Self], dy: &[Self], mask: &[u8], d: &Dims, want_dx: bool) -> Grads<Self> {
+    fn conv_relu_pool_backward(
+        x: &[Self],
+        w: &[Self],
+        dy: &[Self],
+        mask: &[u8],
+        d: &Dims,
+        want_dx: bool,
+    ) -> Grads<Self> {
         backward(x, w, dy, mask, d, want_dx)
     }
 }
@@ -591,14 +616,27 @@ trait PathFor: Elem + WithDType {
 impl PathFor for f64 {}
 
 impl PathFor for f32 {
-    fn conv_relu_pool_forward(x: &[f32], w: &[f32], b: &[f32], d: &Dims, record: bool) -> (Vec<f32>, Vec<u8>) {
+    fn conv_relu_pool_forward(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        d: &Dims,
+        record: bool,
+    ) -> (Vec<f32>, Vec<u8>) {
         if direct_applies() {
             forward_direct(x, w, b, d, record)
         } else {
             forward(x, w, b, d, record)
         }
     }
-    fn conv_relu_pool_backward(x: &[f32], w: &[f32], dy: &[f32], mask: &[u8], d: &Dims, want_dx: bool) -> Grads<f32> {
+    fn conv_relu_pool_backward(
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        mask: &[u8],
+        d: &Dims,
+        want_dx: bool,
+    ) -> Grads<f32> {
         if direct_applies() {
             backward_direct(x, w, dy, mask, d, want_dx)
         } else {
@@ -607,7 +645,11 @@ impl PathFor for f32 {
     }
 }
 
-fn storage_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &'static str) -> Result<&'a [T]> {
+fn storage_slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &'static str,
+) -> Result<&'a [T]> {
     slice(T::cpu_storage_as_slice(s)?, l, OP, what)
 }
 
@@ -645,8 +687,11 @@ impl ConvReluPool {
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = w.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
-        let (candle_core::Storage::Cpu(xs), candle_core::Storage::Cpu(ws), candle_core::Storage::Cpu(gs)) =
-            (&*xs, &*ws, &*gs)
+        let (
+            candle_core::Storage::Cpu(xs),
+            candle_core::Storage::Cpu(ws),
+            candle_core::Storage::Cpu(gs),
+        ) = (&*xs, &*ws, &*gs)
         else {
             return Err(OpsError::Mismatch {
                 op: OP,
@@ -739,10 +784,6 @@ impl CustomOp3 for ConvReluPool {
                 .into())
             }
         };
-        Ok((
-            dx,
-            w.track_op().then_some(dw),
-            b.track_op().then_some(db),
-        ))
+        Ok((dx, w.track_op().then_some(dw), b.track_op().then_some(db)))
     }
 }

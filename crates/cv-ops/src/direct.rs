@@ -78,7 +78,13 @@ impl Flat {
 /// `cout * cin * k * k`, `out` writable for `(cout - 1) * out_stride + blocks * BLOCK`, and
 /// not overlapping the inputs.
 #[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn conv(f: &Flat, inp: *const f32, wt: *const f32, out: *mut f32, out_stride: usize) {
+pub(crate) unsafe fn conv(
+    f: &Flat,
+    inp: *const f32,
+    wt: *const f32,
+    out: *mut f32,
+    out_stride: usize,
+) {
     let wrow = f.cin * f.taps();
     let mut o = 0;
     while o < f.cout {
@@ -144,9 +150,11 @@ unsafe fn conv_group<const CG: usize>(
     }
 }
 
-/// Output channels and taps of one weight-gradient register block.
-const DW_CG: usize = 3;
-const DW_TG: usize = 4;
+/// Output channels and taps of one weight-gradient register block: 10 accumulators, two
+/// gradient vectors and one input vector fit AVX2's 16 registers (3 x 4 spilled, perf), and
+/// five taps are one kernel row of a 5x5 conv.
+const DW_CG: usize = 2;
+const DW_TG: usize = 5;
 
 /// `dw[o][(i * k + ky) * k + kx] += sum_{img, j} d[img][o][j] * inp[img][i * in_stride + j + ky * row_w + kx]`
 /// for `j < blocks * BLOCK`, over `images` images: inputs `img_stride` apart, output-gradient
@@ -191,14 +199,12 @@ pub(crate) unsafe fn weight_grad(
                 // SAFETY: forwarded from the caller; rows o..o+cg, taps t..t+tg.
                 unsafe {
                     match (cg, tg) {
-                        (3, 4) => dw_block::<3, 4>(&blk),
-                        (3, 3) => dw_block::<3, 3>(&blk),
-                        (3, 2) => dw_block::<3, 2>(&blk),
-                        (3, _) => dw_block::<3, 1>(&blk),
+                        (2, 5) => dw_block::<2, 5>(&blk),
                         (2, 4) => dw_block::<2, 4>(&blk),
                         (2, 3) => dw_block::<2, 3>(&blk),
                         (2, 2) => dw_block::<2, 2>(&blk),
                         (2, _) => dw_block::<2, 1>(&blk),
+                        (_, 5) => dw_block::<1, 5>(&blk),
                         (_, 4) => dw_block::<1, 4>(&blk),
                         (_, 3) => dw_block::<1, 3>(&blk),
                         (_, 2) => dw_block::<1, 2>(&blk),
@@ -212,7 +218,8 @@ pub(crate) unsafe fn weight_grad(
     }
 }
 
-/// One weight-gradient register block: `CG` output channels by `TG` taps of one input plane.
+/// One weight-gradient register block: `CG` (1 or 2) output channels by `TG` taps of one input
+/// plane.
 struct DwBlock<'a> {
     f: &'a Flat,
     images: usize,
@@ -236,30 +243,44 @@ unsafe fn dw_block<const CG: usize, const TG: usize>(b: &DwBlock) {
         let t = b.t0 + tt;
         *o = b.plane * f.in_stride + (t / f.k) * f.row_w + t % f.k;
     }
-    let mut acc = [[_mm256_setzero_ps(); TG]; CG];
+    // Separate, flat accumulator arrays and one walking pointer per stream keep LLVM from
+    // shuffling a 2-D accumulator array through spare registers (perf: moves and spills).
+    let mut acc0 = [_mm256_setzero_ps(); TG];
+    let mut acc1 = [_mm256_setzero_ps(); TG];
+    let steps = f.blocks * BLOCK / LANES;
     for img in 0..b.images {
         // SAFETY: the image's input and output-gradient rows, within the caller's extents.
         unsafe {
             let ip = b.inp.add(img * b.img_stride);
-            let dp = b.d.add(img * b.d_img);
-            for j in (0..f.blocks * BLOCK).step_by(LANES) {
-                let mut dv = [_mm256_setzero_ps(); CG];
-                for (g, v) in dv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(dp.add(g * b.d_stride + j));
-                }
-                for (tt, &o) in offs.iter().enumerate() {
-                    let xv = _mm256_loadu_ps(ip.add(o + j));
-                    for g in 0..CG {
-                        acc[g][tt] = _mm256_fmadd_ps(dv[g], xv, acc[g][tt]);
+            let mut xs = [ip; TG];
+            for (x, &o) in xs.iter_mut().zip(&offs) {
+                *x = ip.add(o);
+            }
+            let mut d0 = b.d.add(img * b.d_img);
+            let mut d1 = d0.add(if CG > 1 { b.d_stride } else { 0 });
+            for _ in 0..steps {
+                let v0 = _mm256_loadu_ps(d0);
+                let v1 = _mm256_loadu_ps(d1);
+                for tt in 0..TG {
+                    let xv = _mm256_loadu_ps(xs[tt]);
+                    acc0[tt] = _mm256_fmadd_ps(v0, xv, acc0[tt]);
+                    if CG > 1 {
+                        acc1[tt] = _mm256_fmadd_ps(v1, xv, acc1[tt]);
                     }
+                    xs[tt] = xs[tt].add(LANES);
                 }
+                d0 = d0.add(LANES);
+                d1 = d1.add(LANES);
             }
         }
     }
-    for (g, row) in acc.iter().enumerate() {
-        for (tt, &a) in row.iter().enumerate() {
-            // SAFETY: element (g, t0 + tt) of the caller's dw block.
-            unsafe { *b.dw.add(g * b.dw_stride + tt) += hsum(a) };
+    for tt in 0..TG {
+        // SAFETY: elements (0 or 1, t0 + tt) of the caller's dw block.
+        unsafe {
+            *b.dw.add(tt) += hsum(acc0[tt]);
+            if CG > 1 {
+                *b.dw.add(b.dw_stride + tt) += hsum(acc1[tt]);
+            }
         }
     }
 }
@@ -298,7 +319,8 @@ pub(crate) unsafe fn pool_rows(
     let split = |p: *const f32| {
         // SAFETY: the caller makes 16 values at p readable.
         let (lo, hi) = unsafe { (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(LANES))) };
-        let fix = |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0b11_01_10_00));
+        let fix =
+            |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0b11_01_10_00));
         (
             _mm256_add_ps(fix(_mm256_shuffle_ps(lo, hi, 0b10_00_10_00)), bias),
             _mm256_add_ps(fix(_mm256_shuffle_ps(lo, hi, 0b11_01_11_01)), bias),
@@ -311,7 +333,10 @@ pub(crate) unsafe fn pool_rows(
         let ((a, b), (c, d)) = unsafe { (split(r0.add(2 * w0)), split(r1.add(2 * w0))) };
         let (mut m, mut at) = (a, _mm256_setzero_si256());
         for (v, i) in [(b, 1), (c, 2), (d, 3)] {
-            let take = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            let take = _mm256_or_ps(
+                _mm256_cmp_ps(v, m, _CMP_GT_OQ),
+                _mm256_cmp_ps(v, v, _CMP_UNORD_Q),
+            );
             m = _mm256_blendv_ps(m, v, take);
             at = _mm256_blendv_epi8(at, _mm256_set1_epi32(i), _mm256_castps_si256(take));
         }

@@ -24,7 +24,14 @@ struct Reference {
     db: Vec<f64>,
 }
 
-fn reference(x: &[f64], xd: [usize; 4], w: &[f64], wd: [usize; 4], b: &[f64], r: &[f64]) -> Reference {
+fn reference(
+    x: &[f64],
+    xd: [usize; 4],
+    w: &[f64],
+    wd: [usize; 4],
+    b: &[f64],
+    r: &[f64],
+) -> Reference {
     let [n, c, h, wi] = xd;
     let [co, _, kh, kw] = wd;
     let (oh, ow) = (h - kh + 1, wi - kw + 1);
@@ -60,7 +67,8 @@ fn reference(x: &[f64], xd: [usize; 4], w: &[f64], wd: [usize; 4], b: &[f64], r:
                     let at = ((img * co + o) * ph + py) * pw + px;
                     out[at] = best.0;
                     if best.0 > 0.0 {
-                        dpre[((img * co + o) * oh + 2 * py + best.1) * ow + 2 * px + best.2] = r[at];
+                        dpre[((img * co + o) * oh + 2 * py + best.1) * ow + 2 * px + best.2] =
+                            r[at];
                     }
                 }
             }
@@ -113,7 +121,11 @@ const CASES: [([usize; 4], [usize; 4]); 5] = [
 fn values_and_gradients_match_loops() -> Result<()> {
     // Outputs the ReLU cut to zero, over all cases: their windows must get no gradient.
     let mut clipped = 0;
-    for (dtype, tol) in [(DType::F32, 2e-5), (DType::F64, 1e-12)] {
+    // f32 twice: the direct kernels (where the CPU has AVX2) and im2col + gemm; f64 always
+    // takes the latter. Other tests may run meanwhile on either path: both are exact enough.
+    let runs = [(DType::F32, true, 2e-5), (DType::F32, false, 2e-5), (DType::F64, true, 1e-12)];
+    for (dtype, direct, tol) in runs {
+        cv_ops::set_direct_conv_enabled(direct);
         for (i, (xd, wd)) in CASES.into_iter().enumerate() {
             let seed = i as u64 * 10;
             let x = Var::from_tensor(&tensor(&xd, seed + 1, dtype)?)?;
@@ -130,18 +142,26 @@ fn values_and_gradients_match_loops() -> Result<()> {
                 &f64s(b.as_tensor())?,
                 &f64s(&r)?,
             );
-            let ctx = format!("{dtype:?} x {xd:?} w {wd:?}");
-            assert!(want.out.iter().any(|&v| v > 0.0), "{ctx}: nothing passed the ReLU");
+            let ctx = format!("{dtype:?} direct {direct} x {xd:?} w {wd:?}");
+            assert!(
+                want.out.iter().any(|&v| v > 0.0),
+                "{ctx}: nothing passed the ReLU"
+            );
             clipped += want.out.iter().filter(|&&v| v == 0.0).count();
             assert!(max_rel(&out, &want.out)? <= tol, "{ctx}: output");
             let grads = (out * &r)?.sum_all()?.backward()?;
-            for (var, want, what) in [(&x, &want.dx, "dx"), (&w, &want.dw, "dw"), (&b, &want.db, "db")] {
+            for (var, want, what) in [
+                (&x, &want.dx, "dx"),
+                (&w, &want.dw, "dw"),
+                (&b, &want.db, "db"),
+            ] {
                 let got = grads.get(var.as_tensor()).expect("a gradient");
                 assert_eq!(got.dims(), var.dims(), "{ctx}: {what}");
                 assert!(max_rel(got, want)? <= tol, "{ctx}: {what}");
             }
         }
     }
+    cv_ops::set_direct_conv_enabled(true);
     assert!(clipped > 100, "only {clipped} outputs were cut by the ReLU");
     Ok(())
 }
@@ -154,7 +174,9 @@ fn gradients_match_finite_differences() -> Result<()> {
     let b = Var::from_tensor(&(tensor(&[3], 7, DType::F64)? * 0.1)?)?;
     let r = tensor(&[2, 3, 2, 2], 8, DType::F64)?;
     let loss = |x: &Tensor, w: &Tensor, b: &Tensor| -> Result<f64> {
-        (cv_ops::conv_relu_pool2d(x, w, b)? * &r)?.sum_all()?.to_scalar::<f64>()
+        (cv_ops::conv_relu_pool2d(x, w, b)? * &r)?
+            .sum_all()?
+            .to_scalar::<f64>()
     };
     let grads = (cv_ops::conv_relu_pool2d(x.as_tensor(), w.as_tensor(), &b)? * &r)?
         .sum_all()?
@@ -162,7 +184,11 @@ fn gradients_match_finite_differences() -> Result<()> {
     let eps = 1e-6;
     for (which, var) in [&x, &w, &b].into_iter().enumerate() {
         let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
-        let analytic = grads.get(var.as_tensor()).expect("a gradient").flatten_all()?.to_vec1::<f64>()?;
+        let analytic = grads
+            .get(var.as_tensor())
+            .expect("a gradient")
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         for i in (0..base.len()).step_by(3) {
             let at = |delta: f64| -> Result<f64> {
                 let mut v = base.clone();
@@ -193,9 +219,16 @@ fn ties_negative_windows_and_nan_follow_pytorch() -> Result<()> {
     // Channel 0 positive, channel 1 pushed below zero: output 0 and no gradient at all.
     let b = Var::from_tensor(&Tensor::new(&[1f32, -10.0], &Device::Cpu)?)?;
     let out = cv_ops::conv_relu_pool2d(x.as_tensor(), w.as_tensor(), &b)?;
-    assert_eq!(out.flatten_all()?.to_vec1::<f32>()?, [5., 5., 5., 5., 0., 0., 0., 0.]);
+    assert_eq!(
+        out.flatten_all()?.to_vec1::<f32>()?,
+        [5., 5., 5., 5., 0., 0., 0., 0.]
+    );
     let grads = out.sum_all()?.backward()?;
-    let dx = grads.get(x.as_tensor()).expect("dx").flatten_all()?.to_vec1::<f32>()?;
+    let dx = grads
+        .get(x.as_tensor())
+        .expect("dx")
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     // Winners are the windows' top-left conv outputs (0,0), (0,2), (2,0), (2,2); each spreads
     // its gradient over the 2x2 input patch under it.
     let mut want = [0f32; 25];
@@ -214,7 +247,10 @@ fn ties_negative_windows_and_nan_follow_pytorch() -> Result<()> {
     let x = Tensor::from_vec(v, (1, 1, 5, 5), &Device::Cpu)?;
     let out = cv_ops::conv_relu_pool2d(&x, w.as_tensor(), b.as_tensor())?;
     let out = out.flatten_all()?.to_vec1::<f32>()?;
-    assert!(out[0].is_nan() && out[4].is_nan() && out[1] == 3.0, "{out:?}");
+    assert!(
+        out[0].is_nan() && out[4].is_nan() && out[1] == 3.0,
+        "{out:?}"
+    );
     Ok(())
 }
 
@@ -245,9 +281,17 @@ fn bad_shapes_are_errors() -> Result<()> {
     };
     let e = err(&x, &w, &tensor(&[3], 3, DType::F32)?);
     assert!(e.contains("bias") && e.contains("[4]"), "{e}");
-    let e = err(&x, &tensor(&[4, 2, 3, 3], 2, DType::F32)?, &tensor(&[4], 3, DType::F32)?);
+    let e = err(
+        &x,
+        &tensor(&[4, 2, 3, 3], 2, DType::F32)?,
+        &tensor(&[4], 3, DType::F32)?,
+    );
     assert!(e.contains("channels"), "{e}");
-    let e = err(&x, &tensor(&[4, 3, 8, 8], 2, DType::F32)?, &tensor(&[4], 3, DType::F32)?);
+    let e = err(
+        &x,
+        &tensor(&[4, 3, 8, 8], 2, DType::F32)?,
+        &tensor(&[4], 3, DType::F32)?,
+    );
     assert!(e.contains("pool"), "{e}");
     Ok(())
 }
