@@ -1,7 +1,8 @@
 //! Throughput of our conv kernels against candle's, per direction, as JSON lines.
 //!
 //! `cargo bench -p cv-ops --bench conv [-- FILTER]`; env `REPS` (default 3, best-of),
-//! `CV_OPS_TILE_ELEMS` (im2col tile budget override), `SKIP_CANDLE=1`, `WINOGRAD=0` (im2col only).
+//! `CV_OPS_TILE_ELEMS` (im2col tile budget override), `SKIP_CANDLE=1`, `WINOGRAD=0` (im2col only),
+//! `TAPWISE=0` (im2col on tiny maps too).
 //! Not a test: the numbers depend on the machine and its load. `gflops` is wall-clock
 //! throughput; `gflops_per_cpu_s` divides by the CPU time all threads used, a figure that
 //! other processes on the same cores disturb much less (ideal 2-core throughput is twice it).
@@ -21,6 +22,36 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
+    Case {
+        name: "3x3 512->512 1x1 b64",
+        n: 64,
+        c: 512,
+        hw: 1,
+        co: 512,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    },
+    Case {
+        name: "3x3 256->256 2x2 b64",
+        n: 64,
+        c: 256,
+        hw: 2,
+        co: 256,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    },
+    Case {
+        name: "3x3 128->128 4x4 b64",
+        n: 64,
+        c: 128,
+        hw: 4,
+        co: 128,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    },
     Case {
         name: "3x3 64->64 56x56 b16",
         n: 16,
@@ -157,6 +188,9 @@ fn main() -> Result<()> {
     }
     if std::env::var("WINOGRAD").is_ok_and(|s| s == "0") {
         cv_ops::set_winograd_enabled(false);
+    }
+    if std::env::var("TAPWISE").is_ok_and(|s| s == "0") {
+        cv_ops::set_tapwise_enabled(false);
     }
     let dev = Device::Cpu;
     for case in CASES {

@@ -124,6 +124,9 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
     if crate::winograd::applies(g) {
         return crate::winograd::forward(x, w, g);
     }
+    if crate::tapwise::applies(g) {
+        return crate::tapwise::forward(x, w, g);
+    }
     forward_im2col(x, w, g)
 }
 
@@ -191,6 +194,9 @@ fn dgrad_as_forward(g: &Geom) -> bool {
 
 /// `dx` from `dy` `[n, co, oh, ow]` and w `[co, c, kh, kw]`.
 pub(crate) fn input_grad<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    if crate::tapwise::applies(g) {
+        return crate::tapwise::input_grad(dy, w, g);
+    }
     if dgrad_as_forward(g) {
         // dx[ci, iy, ix] = sum dy[co, iy + ky' - (kh-1-ph), ...] * w[co, ci, kh-1-ky', kw-1-kx'].
         let (kh, kw, c, co) = (g.kh, g.kw, g.c, g.co);
@@ -291,6 +297,9 @@ fn input_grad_col2im<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
 
 /// `dw[co, c*kh*kw] = sum over images and pixels of dy[co, p] * col[k, p]`.
 pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
+    if crate::tapwise::applies(g) {
+        return crate::tapwise::weight_grad(x, dy, g);
+    }
     let (p, k, co) = (g.p(), g.k(), g.co);
     let nt = threads();
     let units = plan(g.n, p, k, nt);

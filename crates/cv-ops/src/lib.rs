@@ -20,10 +20,12 @@ mod im2col;
 mod kernels;
 mod linear;
 mod op;
+mod tapwise;
 mod winograd;
 
 pub use error::OpsError;
 pub use fold::fold_batchnorm;
+pub use tapwise::set_tapwise_enabled;
 pub use winograd::set_winograd_enabled;
 
 use candle_core::{DType, Result, Tensor};

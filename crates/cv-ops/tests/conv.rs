@@ -84,6 +84,10 @@ const CASES: &[Case] = &[
     case(2, 64, (16, 16), 8, 3, 1, 1), // large k: several tiles per image
     case(2, 64, (30, 30), 8, 3, 2, 1), // several tiles per image, stride 2 (col2im path)
     case(1, 2, (2, 2), 3, 3, 2, 2),   // padding larger than the valid region
+    case(3, 8, (2, 2), 12, 3, 1, 1),  // 3x3 on a 2x2 map (layer3 at 32x32): per-tap gemms
+    case(2, 8, (4, 4), 8, 3, 2, 1),   // 3x3/2 from 4x4 to 2x2 (layer3's first conv)
+    case(2, 6, (3, 3), 5, 3, 2, 1),   // 3x3/2 on an odd tiny map
+    case(5, 4, (4, 4), 7, 3, 1, 1),   // 3x3 on 4x4 (layer2 at 32x32)
 ];
 
 /// Gradients of `sum(conv(x, w) * r)` with respect to x and w, and the output, from `conv`.
