@@ -126,6 +126,10 @@ impl Taps {
 
 /// Fills `col` (row-major `k x u.cols()`, row `(ci*kh + ky)*kw + kx`) with the unit's patches.
 pub(crate) fn im2col<T: Elem>(x: &[T], g: &Geom, u: &Unit, col: &mut [T]) {
+    if g.stride == 1 && g.oh == g.h && g.ow == g.w {
+        im2col_same(x, g, u, col);
+        return;
+    }
     let tc = u.cols();
     if Taps::use_for(g) {
         col[..g.k() * tc].fill(T::ZERO);
@@ -167,6 +171,53 @@ pub(crate) fn im2col<T: Elem>(x: &[T], g: &Geom, u: &Unit, col: &mut [T]) {
                         }
                     }
                 });
+            }
+        }
+    }
+}
+
+/// [`im2col`] for stride-1 convs whose output is the input's size ("same" padding, ResNet's
+/// 3x3 convs): at tap `(ky, kx)` the row is the flattened input plane shifted by
+/// `(ky - ph) * w + (kx - pw)`, so each (channel, tap, image) is one contiguous copy plus zeros
+/// where the shift leaves the plane or wraps into the neighbouring row. The general paths copy
+/// one output row (8-56 values) or one value at a time.
+fn im2col_same<T: Elem>(x: &[T], g: &Geom, u: &Unit, col: &mut [T]) {
+    let (w, plane, tc) = (g.w, g.h * g.w, u.cols());
+    let (p0, p1) = (u.p0, u.p1);
+    let span = p1 - p0;
+    for ci in 0..g.c {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let k = (ci * g.kh + ky) * g.kw + kx;
+                let dx = kx as isize - g.pw as isize;
+                let d = (ky as isize - g.ph as isize) * w as isize + dx;
+                // Output positions j whose source j + d lies in the plane.
+                let lo = (p0 as isize).max(-d).min(p1 as isize) as usize;
+                let hi = ((plane as isize - d).min(p1 as isize)).max(lo as isize) as usize;
+                let row = &mut col[k * tc..(k + 1) * tc];
+                for (gi, img) in (u.n0..u.n1).enumerate() {
+                    let seg = &mut row[gi * span..(gi + 1) * span];
+                    let xp = &x[(img * g.c + ci) * plane..(img * g.c + ci + 1) * plane];
+                    seg[..lo - p0].fill(T::ZERO);
+                    if hi > lo {
+                        let s0 = (lo as isize + d) as usize;
+                        seg[lo - p0..hi - p0].copy_from_slice(&xp[s0..s0 + (hi - lo)]);
+                    }
+                    seg[hi - p0..].fill(T::ZERO);
+                    // Columns whose source wrapped into the row above or below.
+                    let shift = dx.unsigned_abs().min(w);
+                    let cols = if dx < 0 { 0..shift } else { w - shift..w };
+                    for ox in cols {
+                        let mut j = (p0 / w) * w + ox;
+                        if j < p0 {
+                            j += w;
+                        }
+                        while j < p1 {
+                            seg[j - p0] = T::ZERO;
+                            j += w;
+                        }
+                    }
+                }
             }
         }
     }
@@ -265,6 +316,10 @@ mod tests {
             Geom::new(2, 2, 23, 20, 1, 3, 3, 2, 1, 1).unwrap(),
             Geom::new(2, 3, 30, 29, 1, 7, 7, 2, 3, 3).unwrap(),
             Geom::new(2, 2, 12, 31, 1, 1, 1, 3, 0, 0).unwrap(),
+            // "Same" padding, stride 1: the shifted-plane path (5x5 pad 2, a 1x3 map, 8x8).
+            Geom::new(2, 2, 9, 11, 1, 5, 5, 1, 2, 2).unwrap(),
+            Geom::new(3, 2, 1, 3, 1, 3, 3, 1, 1, 1).unwrap(),
+            Geom::new(2, 3, 8, 8, 1, 3, 3, 1, 1, 1).unwrap(),
         ]
     }
 
