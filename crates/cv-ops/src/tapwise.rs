@@ -84,24 +84,29 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
     let (p, taps, plane) = (g.p(), g.kh * g.kw, g.h * g.w);
     let mut y = vec![T::ZERO; g.n * g.co * p];
     let yp = SendPtr(y.as_mut_ptr());
-    for_groups(&pairs(g), |&(q, _, _)| q, p, |group, par| {
-        for &&(q, tap, at) in group {
-            // y[img, o, q] += sum_i w[o, i, tap] * x[img, i, at], images as columns.
-            // SAFETY: the strided views stay inside y, w and x; only this group writes pixel q.
-            unsafe {
-                matmul(
-                    g.co,
-                    g.n,
-                    g.c,
-                    (yp.get().add(q), p, g.co * p),
-                    true,
-                    (w.as_ptr().add(tap), g.c * taps, taps),
-                    (x.as_ptr().add(at), plane, g.c * plane),
-                    par,
-                );
+    for_groups(
+        &pairs(g),
+        |&(q, _, _)| q,
+        p,
+        |group, par| {
+            for &&(q, tap, at) in group {
+                // y[img, o, q] += sum_i w[o, i, tap] * x[img, i, at], images as columns.
+                // SAFETY: the strided views stay inside y, w and x; only this group writes pixel q.
+                unsafe {
+                    matmul(
+                        g.co,
+                        g.n,
+                        g.c,
+                        (yp.get().add(q), p, g.co * p),
+                        true,
+                        (w.as_ptr().add(tap), g.c * taps, taps),
+                        (x.as_ptr().add(at), plane, g.c * plane),
+                        par,
+                    );
+                }
             }
-        }
-    });
+        },
+    );
     y
 }
 
@@ -110,24 +115,29 @@ pub(crate) fn input_grad<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
     let (p, taps, plane) = (g.p(), g.kh * g.kw, g.h * g.w);
     let mut dx = vec![T::ZERO; g.n * g.c * plane];
     let dxp = SendPtr(dx.as_mut_ptr());
-    for_groups(&pairs(g), |&(_, _, at)| at, plane, |group, par| {
-        for &&(q, tap, at) in group {
-            // dx[img, i, at] += sum_o w[o, i, tap] * dy[img, o, q].
-            // SAFETY: as in forward; only this group writes input pixel `at`.
-            unsafe {
-                matmul(
-                    g.c,
-                    g.n,
-                    g.co,
-                    (dxp.get().add(at), plane, g.c * plane),
-                    true,
-                    (w.as_ptr().add(tap), taps, g.c * taps),
-                    (dy.as_ptr().add(q), p, g.co * p),
-                    par,
-                );
+    for_groups(
+        &pairs(g),
+        |&(_, _, at)| at,
+        plane,
+        |group, par| {
+            for &&(q, tap, at) in group {
+                // dx[img, i, at] += sum_o w[o, i, tap] * dy[img, o, q].
+                // SAFETY: as in forward; only this group writes input pixel `at`.
+                unsafe {
+                    matmul(
+                        g.c,
+                        g.n,
+                        g.co,
+                        (dxp.get().add(at), plane, g.c * plane),
+                        true,
+                        (w.as_ptr().add(tap), taps, g.c * taps),
+                        (dy.as_ptr().add(q), p, g.co * p),
+                        par,
+                    );
+                }
             }
-        }
-    });
+        },
+    );
     dx
 }
 
@@ -136,24 +146,29 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
     let (p, taps, plane) = (g.p(), g.kh * g.kw, g.h * g.w);
     let mut dw = vec![T::ZERO; g.co * g.c * taps];
     let dwp = SendPtr(dw.as_mut_ptr());
-    for_groups(&pairs(g), |&(_, tap, _)| tap, taps, |group, par| {
-        for &&(q, tap, at) in group {
-            // dw[o, i, tap] += sum_img dy[img, o, q] * x[img, i, at].
-            // SAFETY: as in forward; only this group writes tap `tap`.
-            unsafe {
-                matmul(
-                    g.co,
-                    g.c,
-                    g.n,
-                    (dwp.get().add(tap), g.c * taps, taps),
-                    true,
-                    (dy.as_ptr().add(q), p, g.co * p),
-                    (x.as_ptr().add(at), g.c * plane, plane),
-                    par,
-                );
+    for_groups(
+        &pairs(g),
+        |&(_, tap, _)| tap,
+        taps,
+        |group, par| {
+            for &&(q, tap, at) in group {
+                // dw[o, i, tap] += sum_img dy[img, o, q] * x[img, i, at].
+                // SAFETY: as in forward; only this group writes tap `tap`.
+                unsafe {
+                    matmul(
+                        g.co,
+                        g.c,
+                        g.n,
+                        (dwp.get().add(tap), g.c * taps, taps),
+                        true,
+                        (dy.as_ptr().add(q), p, g.co * p),
+                        (x.as_ptr().add(at), g.c * plane, plane),
+                        par,
+                    );
+                }
             }
-        }
-    });
+        },
+    );
     dw
 }
 
@@ -169,7 +184,13 @@ mod tests {
     fn takes_resnets_tiny_maps_only() {
         // ResNet-18 on 32x32 inputs: layer4 (1x1), layer3 (2x2) and layer2 (4x4) 3x3 convs and
         // their stride-2 entries.
-        for g in [geom(1, 3, 1, 1), geom(2, 3, 1, 1), geom(4, 3, 1, 1), geom(2, 3, 2, 1), geom(4, 3, 2, 1)] {
+        for g in [
+            geom(1, 3, 1, 1),
+            geom(2, 3, 1, 1),
+            geom(4, 3, 1, 1),
+            geom(2, 3, 2, 1),
+            geom(4, 3, 2, 1),
+        ] {
             assert!(applies(&g), "{g:?}");
         }
         // 8x8 maps, unpadded and pointwise convs stay on im2col.

@@ -123,7 +123,11 @@ fn values_and_gradients_match_loops() -> Result<()> {
     let mut clipped = 0;
     // f32 twice: the direct kernels (where the CPU has AVX2) and im2col + gemm; f64 always
     // takes the latter. Other tests may run meanwhile on either path: both are exact enough.
-    let runs = [(DType::F32, true, 2e-5), (DType::F32, false, 2e-5), (DType::F64, true, 1e-12)];
+    let runs = [
+        (DType::F32, true, 2e-5),
+        (DType::F32, false, 2e-5),
+        (DType::F64, true, 1e-12),
+    ];
     for (dtype, direct, tol) in runs {
         cv_ops::set_direct_conv_enabled(direct);
         for (i, (xd, wd)) in CASES.into_iter().enumerate() {

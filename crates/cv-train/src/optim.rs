@@ -260,6 +260,23 @@ impl Sgd {
                 continue;
             };
             let theta = p.var.as_detached_tensor();
+            let lr = c.lr * p.lr_scale;
+            let buf = self.momentum_buffers.get(&p.name);
+            let in_place = crate::sgd_inplace::applies(&[&theta, grad])
+                && buf.is_none_or(|b| crate::sgd_inplace::applies(&[b]));
+            if in_place {
+                let step = crate::sgd_inplace::Step {
+                    lr: lr as f32,
+                    momentum: c.momentum as f32,
+                    dampening: c.dampening as f32,
+                    weight_decay: p.weight_decay as f32,
+                    nesterov: c.nesterov,
+                };
+                if let Some(b) = crate::sgd_inplace::update(&theta, grad, buf, step)? {
+                    self.momentum_buffers.insert(p.name.clone(), b);
+                }
+                continue;
+            }
             let mut g = grad.detach();
             if p.weight_decay != 0.0 {
                 g = (g + theta.affine(p.weight_decay, 0.0)?)?;
@@ -283,7 +300,6 @@ impl Sgd {
                 };
                 self.momentum_buffers.insert(p.name.clone(), buf);
             }
-            let lr = c.lr * p.lr_scale;
             p.var.set(&(theta - g.affine(lr, 0.0)?)?)?;
         }
         Ok(())
@@ -560,7 +576,10 @@ mod tests {
 
     /// A var `p` whose loss is `sum(g * p)`: its gradient is exactly `g` at every step.
     fn linear_loss(p: &Var, g: &[f32]) -> Tensor {
-        let g = Tensor::new(g, &Device::Cpu).unwrap();
+        let g = Tensor::new(g, &Device::Cpu)
+            .unwrap()
+            .to_dtype(p.dtype())
+            .unwrap();
         (p.as_tensor() * g).unwrap().sum_all().unwrap()
     }
 
@@ -609,25 +628,29 @@ mod tests {
             (0.9, 0.0, 0.01, true),
             (0.5, 0.0, 0.1, false),
         ] {
-            let p = Var::new(&[1.5f32], &Device::Cpu).unwrap();
-            let cfg = SgdConfig {
-                lr: 0.1,
-                momentum: m,
-                dampening: damp,
-                nesterov,
-                weight_decay: wd,
-            };
-            let mut opt = Sgd::with_groups(vec![group("w", &p, 1.0, wd)], cfg).unwrap();
-            for &g in &grads {
-                opt.backward_step(&linear_loss(&p, &[g])).unwrap();
+            // f32 takes the in-place kernels (sgd_inplace), f64 candle's ops.
+            for dtype in [DType::F32, DType::F64] {
+                let p0 = Tensor::new(&[1.5f32, 1.5], &Device::Cpu).unwrap();
+                let p = Var::from_tensor(&p0.to_dtype(dtype).unwrap()).unwrap();
+                let cfg = SgdConfig {
+                    lr: 0.1,
+                    momentum: m,
+                    dampening: damp,
+                    nesterov,
+                    weight_decay: wd,
+                };
+                let mut opt = Sgd::with_groups(vec![group("w", &p, 1.0, wd)], cfg).unwrap();
+                for &g in &grads {
+                    opt.backward_step(&linear_loss(&p, &[g, g])).unwrap();
+                }
+                let got = p.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()[0];
+                let g64: Vec<f64> = grads.iter().map(|&g| g as f64).collect();
+                let want = sgd_reference(1.5, &g64, 0.1, m, damp, wd, nesterov);
+                assert!(
+                    (got - want).abs() < 1e-6,
+                    "{dtype:?} m {m} d {damp} wd {wd} n {nesterov}: {got} vs {want}"
+                );
             }
-            let got = p.to_vec1::<f32>().unwrap()[0] as f64;
-            let g64: Vec<f64> = grads.iter().map(|&g| g as f64).collect();
-            let want = sgd_reference(1.5, &g64, 0.1, m, damp, wd, nesterov);
-            assert!(
-                (got - want).abs() < 1e-6,
-                "m {m} d {damp} wd {wd} n {nesterov}: {got} vs {want}"
-            );
         }
     }
 
