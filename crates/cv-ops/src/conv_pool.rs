@@ -353,6 +353,7 @@ impl FlatSizes {
             k: g.kh,
             cout: g.co,
             blocks: self.lr / BLOCK,
+            nonzero: (0, usize::MAX),
         }
     }
 }
@@ -385,12 +386,11 @@ fn forward_direct(x: &[f32], w: &[f32], b: &[f32], d: &Dims, record: bool) -> (V
     let sizes = FlatSizes::new(g, false);
     let f = sizes.flat(g);
     let per_image = g.c * g.h * g.w;
-    let mut out = vec![0f32; g.n * co * q];
-    let mut mask = if record {
-        vec![0u8; g.n * co * q]
-    } else {
-        Vec::new()
-    };
+    // Every value (and mask byte) is written below, so neither is zero-filled first: the
+    // writes go through raw pointers into the capacity and the lengths are set after.
+    let len = g.n * co * q;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let mut mask: Vec<u8> = Vec::with_capacity(if record { len } else { 0 });
     let out_ptr = SendPtr(out.as_mut_ptr());
     let mask_ptr = SendPtr(mask.as_mut_ptr());
     let units = d.units(rayon::current_num_threads());
@@ -434,6 +434,14 @@ fn forward_direct(x: &[f32], w: &[f32], b: &[f32], d: &Dims, record: bool) -> (V
             }
         }
     });
+    // SAFETY: the units cover every image, and for each image every (channel, pooled row,
+    // pooled column) value and mask byte was written above.
+    unsafe {
+        out.set_len(len);
+        if record {
+            mask.set_len(len);
+        }
+    }
     (out, mask)
 }
 
@@ -461,6 +469,8 @@ fn backward_direct(
         k: g.kh,
         cout: g.c,
         blocks: sizes.hwr / BLOCK,
+        // The output gradient's values sit after `pad` zeros, `(oh - 1) * w + ow` of them.
+        nonzero: (sizes.pad, sizes.pad + (g.oh - 1) * g.w + g.ow),
     };
     let mut wt = Vec::new();
     if want_dx {
@@ -474,7 +484,8 @@ fn backward_direct(
             }
         }
     }
-    let mut dx = want_dx.then(|| vec![0f32; x.len()]);
+    // Every plane of every image is copied in below: no zero fill (see forward_direct).
+    let mut dx: Option<Vec<f32>> = want_dx.then(|| Vec::with_capacity(x.len()));
     let dx_ptr = SendPtr(dx.as_mut().map_or(std::ptr::null_mut(), |v| v.as_mut_ptr()));
     let units = d.units(rayon::current_num_threads());
     let partials: Vec<(Vec<f32>, Vec<f32>)> = units
@@ -538,6 +549,10 @@ fn backward_direct(
             (dw, db)
         })
         .collect();
+    if let Some(v) = dx.as_mut() {
+        // SAFETY: the units cover every image, and each copied all its c planes of h*w values.
+        unsafe { v.set_len(x.len()) };
+    }
     sum_partials(partials, co * k, co, dx)
 }
 
