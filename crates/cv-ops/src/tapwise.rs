@@ -26,9 +26,11 @@ pub fn set_tapwise_enabled(on: bool) {
 /// Largest output (pixels per image) this path takes.
 const MAX_PIXELS: usize = 16;
 
-/// (output pixel, tap, input pixel) for every tap of every output pixel that lands inside the
-/// image.
-fn pairs(g: &Geom) -> Vec<(usize, usize, usize)> {
+/// (output pixel, kernel tap, input pixel).
+type Pair = (usize, usize, usize);
+
+/// Every (output pixel, tap, input pixel) whose tap lands inside the image.
+fn pairs(g: &Geom) -> Vec<Pair> {
     let mut v = Vec::new();
     for oy in 0..g.oh {
         for ox in 0..g.ow {
@@ -59,12 +61,12 @@ pub(crate) fn applies(g: &Geom) -> bool {
 /// outputs): in parallel with single-threaded gemms when there are enough groups, else one
 /// group after another with every gemm on all threads.
 fn for_groups(
-    items: &[(usize, usize, usize)],
-    key: impl Fn(&(usize, usize, usize)) -> usize + Sync,
+    items: &[Pair],
+    key: impl Fn(&Pair) -> usize + Sync,
     keys: usize,
-    f: impl Fn(&[&(usize, usize, usize)], Parallelism) + Sync,
+    f: impl Fn(&[&Pair], Parallelism) + Sync,
 ) {
-    let mut groups: Vec<Vec<&(usize, usize, usize)>> = vec![Vec::new(); keys];
+    let mut groups: Vec<Vec<&Pair>> = vec![Vec::new(); keys];
     for it in items {
         groups[key(it)].push(it);
     }
@@ -79,97 +81,101 @@ fn for_groups(
     }
 }
 
-/// `y = conv(x, w)`, `[n, co, oh, ow]`.
+/// One pair's gemm: `out[dst] += lhs . rhs`, sizes `m x k` by `k x n`; the destination as
+/// (offset in the output, row stride, column stride), the operands as (pointer, row stride,
+/// column stride).
+struct PairGemm<T> {
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: (usize, usize, usize),
+    lhs: (*const T, usize, usize),
+    rhs: (*const T, usize, usize),
+}
+
+/// A zeroed output of `len` values plus the gemm of every pair, grouped by `key` (pairs of one
+/// key write the same outputs, pairs of different keys disjoint ones).
+fn accumulate<T: Elem>(
+    g: &Geom,
+    len: usize,
+    key: impl Fn(&Pair) -> usize + Sync,
+    keys: usize,
+    gemm: impl Fn(&Pair) -> PairGemm<T> + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::ZERO; len];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    for_groups(&pairs(g), key, keys, |group, par| {
+        for pair in group {
+            let c = gemm(pair);
+            // SAFETY: each caller's strided views stay inside `out` and its operands, and only
+            // this group writes the outputs of its key.
+            unsafe {
+                let dst = (out_ptr.get().add(c.dst.0), c.dst.1, c.dst.2);
+                matmul(c.m, c.n, c.k, dst, true, c.lhs, c.rhs, par);
+            }
+        }
+    });
+    out
+}
+
+/// `y = conv(x, w)`, `[n, co, oh, ow]`: `y[img, o, q] += sum_i w[o, i, tap] * x[img, i, at]`,
+/// images as the columns; pairs grouped by output pixel.
 pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
     let (p, taps, plane) = (g.p(), g.kh * g.kw, g.h * g.w);
-    let mut y = vec![T::ZERO; g.n * g.co * p];
-    let yp = SendPtr(y.as_mut_ptr());
-    for_groups(
-        &pairs(g),
+    accumulate(
+        g,
+        g.n * g.co * p,
         |&(q, _, _)| q,
         p,
-        |group, par| {
-            for &&(q, tap, at) in group {
-                // y[img, o, q] += sum_i w[o, i, tap] * x[img, i, at], images as columns.
-                // SAFETY: the strided views stay inside y, w and x; only this group writes pixel q.
-                unsafe {
-                    matmul(
-                        g.co,
-                        g.n,
-                        g.c,
-                        (yp.get().add(q), p, g.co * p),
-                        true,
-                        (w.as_ptr().add(tap), g.c * taps, taps),
-                        (x.as_ptr().add(at), plane, g.c * plane),
-                        par,
-                    );
-                }
-            }
+        |&(q, tap, at)| PairGemm {
+            m: g.co,
+            n: g.n,
+            k: g.c,
+            dst: (q, p, g.co * p),
+            lhs: (w[tap..].as_ptr(), g.c * taps, taps),
+            rhs: (x[at..].as_ptr(), plane, g.c * plane),
         },
-    );
-    y
+    )
 }
 
-/// `dx` `[n, c, h, w]` from `dy` `[n, co, oh, ow]`.
+/// `dx` `[n, c, h, w]` from `dy` `[n, co, oh, ow]`:
+/// `dx[img, i, at] += sum_o w[o, i, tap] * dy[img, o, q]`; pairs grouped by input pixel.
 pub(crate) fn input_grad<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
     let (p, taps, plane) = (g.p(), g.kh * g.kw, g.h * g.w);
-    let mut dx = vec![T::ZERO; g.n * g.c * plane];
-    let dxp = SendPtr(dx.as_mut_ptr());
-    for_groups(
-        &pairs(g),
+    accumulate(
+        g,
+        g.n * g.c * plane,
         |&(_, _, at)| at,
         plane,
-        |group, par| {
-            for &&(q, tap, at) in group {
-                // dx[img, i, at] += sum_o w[o, i, tap] * dy[img, o, q].
-                // SAFETY: as in forward; only this group writes input pixel `at`.
-                unsafe {
-                    matmul(
-                        g.c,
-                        g.n,
-                        g.co,
-                        (dxp.get().add(at), plane, g.c * plane),
-                        true,
-                        (w.as_ptr().add(tap), taps, g.c * taps),
-                        (dy.as_ptr().add(q), p, g.co * p),
-                        par,
-                    );
-                }
-            }
+        |&(q, tap, at)| PairGemm {
+            m: g.c,
+            n: g.n,
+            k: g.co,
+            dst: (at, plane, g.c * plane),
+            lhs: (w[tap..].as_ptr(), taps, g.c * taps),
+            rhs: (dy[q..].as_ptr(), p, g.co * p),
         },
-    );
-    dx
+    )
 }
 
-/// `dw` `[co, c, kh, kw]` from `x` and `dy`.
+/// `dw` `[co, c, kh, kw]` from `x` and `dy`:
+/// `dw[o, i, tap] += sum_img dy[img, o, q] * x[img, i, at]`; pairs grouped by tap.
 pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
     let (p, taps, plane) = (g.p(), g.kh * g.kw, g.h * g.w);
-    let mut dw = vec![T::ZERO; g.co * g.c * taps];
-    let dwp = SendPtr(dw.as_mut_ptr());
-    for_groups(
-        &pairs(g),
+    accumulate(
+        g,
+        g.co * g.c * taps,
         |&(_, tap, _)| tap,
         taps,
-        |group, par| {
-            for &&(q, tap, at) in group {
-                // dw[o, i, tap] += sum_img dy[img, o, q] * x[img, i, at].
-                // SAFETY: as in forward; only this group writes tap `tap`.
-                unsafe {
-                    matmul(
-                        g.co,
-                        g.c,
-                        g.n,
-                        (dwp.get().add(tap), g.c * taps, taps),
-                        true,
-                        (dy.as_ptr().add(q), p, g.co * p),
-                        (x.as_ptr().add(at), g.c * plane, plane),
-                        par,
-                    );
-                }
-            }
+        |&(q, tap, at)| PairGemm {
+            m: g.co,
+            n: g.c,
+            k: g.n,
+            dst: (tap, g.c * taps, taps),
+            lhs: (dy[q..].as_ptr(), p, g.co * p),
+            rhs: (x[at..].as_ptr(), g.c * plane, plane),
         },
-    );
-    dw
+    )
 }
 
 #[cfg(test)]
