@@ -54,6 +54,7 @@ pub fn batch_norm_train(
         let op = BatchNormTrain {
             eps,
             stats: slot.clone(),
+            saved: Mutex::new(None),
         };
         let y = x
             .contiguous()?
@@ -100,10 +101,13 @@ pub fn batch_norm_train_composed(
 
 type StatsSlot = Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>;
 
-/// Forward op (x, weight, bias) -> y; leaves the batch statistics in `stats`.
+/// Forward op (x, weight, bias) -> y; leaves the batch statistics in `stats` (for the running
+/// estimates) and keeps a copy in `saved` for its backward, which then skips recomputing them
+/// (two passes over the input).
 struct BatchNormTrain {
     eps: f64,
     stats: StatsSlot,
+    saved: Mutex<Option<Vec<(f64, f64)>>>,
 }
 
 /// Per-channel (mean, biased variance), two passes in f64, parallel over channels.
@@ -201,6 +205,8 @@ impl CustomOp3 for BatchNormTrain {
             }
             (a, _, _) => bail!("batch_norm: unsupported dtype {:?}", a.dtype()),
         };
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(mean.iter().copied().zip(var.iter().copied()).collect());
         *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some((mean, var));
         Ok((y, l1.shape().clone()))
     }
@@ -218,7 +224,10 @@ impl CustomOp3 for BatchNormTrain {
         let packed = x.apply_op3_no_bwd(
             weight,
             &grad.contiguous()?,
-            &BatchNormTrainBackward { eps: self.eps },
+            &BatchNormTrainBackward {
+                eps: self.eps,
+                stats: self.saved.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            },
         )?;
         let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
         let dw = packed.narrow(0, numel, c)?;
@@ -227,16 +236,27 @@ impl CustomOp3 for BatchNormTrain {
     }
 }
 
-/// Backward op (x, weight, dy) -> [dx (flattened) | dweight | dbias], recomputing the batch
-/// statistics instead of storing them (one cheap pass; keeps the forward op stateless).
+/// Backward op (x, weight, dy) -> [dx (flattened) | dweight | dbias], with the forward's batch
+/// statistics (recomputed from x if there are none).
 struct BatchNormTrainBackward {
     eps: f64,
+    stats: Option<Vec<(f64, f64)>>,
 }
 
-fn bn_bwd<T: Float>(x: &[T], w: &[T], dy: &[T], dims: (usize, usize, usize), eps: f64) -> Vec<T> {
+fn bn_bwd<T: Float>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dims: (usize, usize, usize),
+    eps: f64,
+    saved: Option<&[(f64, f64)]>,
+) -> Vec<T> {
     let (n, c, hw) = dims;
     let count = (n * hw) as f64;
-    let stats = channel_stats(x, dims);
+    let stats = match saved {
+        Some(s) if s.len() == c => s.to_vec(),
+        _ => channel_stats(x, dims),
+    };
     // Per channel: sum(dy), sum(dy * x_hat).
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
@@ -298,11 +318,11 @@ impl CustomOp3 for BatchNormTrainBackward {
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => {
                 let (x, w, g) = slices3(x, l1, w, l2, g, l3)?;
-                CpuStorage::F32(bn_bwd(x, w, g, dims, self.eps))
+                CpuStorage::F32(bn_bwd(x, w, g, dims, self.eps, self.stats.as_deref()))
             }
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => {
                 let (x, w, g) = slices3(x, l1, w, l2, g, l3)?;
-                CpuStorage::F64(bn_bwd(x, w, g, dims, self.eps))
+                CpuStorage::F64(bn_bwd(x, w, g, dims, self.eps, self.stats.as_deref()))
             }
             (a, _, _) => bail!("batch_norm backward: unsupported dtype {:?}", a.dtype()),
         };
