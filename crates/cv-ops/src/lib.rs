@@ -7,7 +7,13 @@
 //! NCHW (see `kernels`), with the tile batched across images for small feature maps.
 //!
 //! [`conv2d`] is a drop-in for `x.conv2d(w, padding, stride, 1, 1)` (no groups, no dilation).
-//! On other devices and dtypes it calls candle's own convolution.
+//! On other devices and dtypes it calls candle's own convolution. Besides im2col it has
+//! Winograd F(2x2,3x3) for wide 3x3 layers and per-tap gemms for outputs of at most 4x4 pixels.
+//!
+//! Fused layers for small networks, where per-op overhead is most of the time:
+//! [`conv_relu_pool2d`] (conv + bias + ReLU + 2x2 max-pool, with direct AVX2 kernels),
+//! [`linear`] (+ ReLU) and [`add_channel_bias`]. [`leave_threads_to_rayon`] keeps candle's own
+//! thread pool off the cores these kernels use.
 
 mod bias;
 mod conv_pool;
