@@ -20,6 +20,32 @@ pub(crate) fn slice<'a, T>(
     }
 }
 
+/// The contiguous `T` values a CPU storage and its layout describe (an error for another
+/// dtype or a strided layout).
+pub(crate) fn typed_slice<'a, T: candle_core::WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &'static str,
+    what: &'static str,
+) -> Result<&'a [T]> {
+    slice(T::cpu_storage_as_slice(s)?, l, op, what)
+}
+
+/// The float dtype (f32 or f64) three storages share, or the error naming theirs.
+pub(crate) fn common_float(op: &'static str, s: [&CpuStorage; 3]) -> Result<candle_core::DType> {
+    let d = s[0].dtype();
+    if matches!(d, candle_core::DType::F32 | candle_core::DType::F64)
+        && s.iter().all(|x| x.dtype() == d)
+    {
+        return Ok(d);
+    }
+    Err(OpsError::DType {
+        op,
+        dtype: format!("{:?}/{:?}/{:?}", s[0].dtype(), s[1].dtype(), s[2].dtype()),
+    }
+    .into())
+}
+
 fn dims4(l: &Layout, op: &'static str, what: &'static str) -> Result<[usize; 4]> {
     match *l.dims() {
         [a, b, c, d] => Ok([a, b, c, d]),

@@ -18,13 +18,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 
 use crate::elem::Elem;
 use crate::error::OpsError;
 use crate::geom::{Geom, Unit};
-use crate::op::slice;
+use crate::op::{common_float, typed_slice};
 
 mod via_direct;
 mod via_gemm;
@@ -304,14 +303,6 @@ impl PathFor for f32 {
     }
 }
 
-fn storage_slice<'a, T: WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &'static str,
-) -> Result<&'a [T]> {
-    slice(T::cpu_storage_as_slice(s)?, l, OP, what)
-}
-
 impl ConvReluPool {
     fn fwd_typed<T: PathFor>(
         &self,
@@ -320,9 +311,9 @@ impl ConvReluPool {
         (s3, l3): (&CpuStorage, &Layout),
         d: &Dims,
     ) -> Result<CpuStorage> {
-        let x = storage_slice::<T>(s1, l1, "input")?;
-        let w = storage_slice::<T>(s2, l2, "weight")?;
-        let b = storage_slice::<T>(s3, l3, "bias")?;
+        let x = typed_slice::<T>(s1, l1, OP, "input")?;
+        let w = typed_slice::<T>(s2, l2, OP, "weight")?;
+        let b = typed_slice::<T>(s3, l3, OP, "bias")?;
         let (out, mask) = T::conv_relu_pool_forward(x, w, b, d, self.record);
         if self.record {
             *self.mask.lock().map_err(|_| poisoned())? = Some(mask);
@@ -359,9 +350,9 @@ impl ConvReluPool {
             .into());
         };
         let grads = T::conv_relu_pool_backward(
-            storage_slice::<T>(xs, xl, "input")?,
-            storage_slice::<T>(ws, wl, "weight")?,
-            storage_slice::<T>(gs, gl, "output gradient")?,
+            typed_slice::<T>(xs, xl, OP, "input")?,
+            typed_slice::<T>(ws, wl, OP, "weight")?,
+            typed_slice::<T>(gs, gl, OP, "output gradient")?,
             mask,
             &d,
             want_dx,
@@ -403,20 +394,10 @@ impl CustomOp3 for ConvReluPool {
     ) -> Result<(CpuStorage, Shape)> {
         let d = Dims::new(l1.dims(), l2.dims(), l3.dims())?;
         let args = ((s1, l1), (s2, l2), (s3, l3));
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                self.fwd_typed::<f32>(args.0, args.1, args.2, &d)?
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                self.fwd_typed::<f64>(args.0, args.1, args.2, &d)?
-            }
-            _ => {
-                return Err(OpsError::DType {
-                    op: OP,
-                    dtype: format!("{:?}/{:?}/{:?}", s1.dtype(), s2.dtype(), s3.dtype()),
-                }
-                .into())
-            }
+        let out = if common_float(OP, [s1, s2, s3])? == DType::F32 {
+            self.fwd_typed::<f32>(args.0, args.1, args.2, &d)?
+        } else {
+            self.fwd_typed::<f64>(args.0, args.1, args.2, &d)?
         };
         Ok((out, Shape::from((d.g.n, d.g.co, d.ph, d.pw))))
     }
@@ -433,8 +414,8 @@ impl CustomOp3 for ConvReluPool {
         // The images need no gradient: skip the input-gradient gemm and scatter for them.
         let want_dx = x.track_op();
         let (dx, dw, db) = match x.dtype() {
-            candle_core::DType::F32 => self.bwd_typed::<f32>(x, w, &grad, want_dx)?,
-            candle_core::DType::F64 => self.bwd_typed::<f64>(x, w, &grad, want_dx)?,
+            DType::F32 => self.bwd_typed::<f32>(x, w, &grad, want_dx)?,
+            DType::F64 => self.bwd_typed::<f64>(x, w, &grad, want_dx)?,
             other => {
                 return Err(OpsError::DType {
                     op: OP,
