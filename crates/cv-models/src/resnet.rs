@@ -81,13 +81,13 @@ impl ModuleT for BasicBlock {
                 .bn2
                 .forward_eval_fused(&self.conv2.forward(&y)?, Some(&shortcut), true);
         }
-        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let y = cv_ops::relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
         let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train)?;
         let shortcut = match &self.downsample {
             Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        cv_ops::add_relu(&y, &shortcut)
     }
 }
 
@@ -158,7 +158,7 @@ impl ResNet {
     fn stem(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
         let c = self.conv1.forward(x)?;
         let y = if train {
-            self.bn1.forward_t(&c, true)?.relu()?
+            cv_ops::relu(&self.bn1.forward_t(&c, true)?)?
         } else {
             self.bn1.forward_eval_fused(&c, None, true)?
         };

@@ -249,6 +249,9 @@ fn main() -> Result<()> {
     if std::env::var("WINOGRAD").is_ok_and(|s| s == "0") {
         cv_ops::set_winograd_enabled(false);
     }
+    if std::env::var("PADDED_DIRECT").is_ok_and(|s| s == "0") {
+        cv_ops::set_padded_direct_enabled(false);
+    }
     if std::env::var("TAPWISE").is_ok_and(|s| s == "0") {
         cv_ops::set_tapwise_enabled(false);
     }

@@ -16,16 +16,38 @@ pub(crate) trait Elem:
     const ZERO: Self;
     const ONE: Self;
     const HALF: Self;
+
+    /// The values as f32, for kernels written for f32 only (`None` for f64).
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+
+    /// f32 values as `Self` (only called where [`Elem::as_f32`] gave `Some`).
+    fn from_f32(v: Vec<f32>) -> Option<Vec<Self>>;
 }
 
 impl Elem for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     const HALF: Self = 0.5;
+
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+
+    fn from_f32(v: Vec<f32>) -> Option<Vec<Self>> {
+        Some(v)
+    }
 }
 
 impl Elem for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     const HALF: Self = 0.5;
+
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+
+    fn from_f32(_: Vec<f32>) -> Option<Vec<Self>> {
+        None
+    }
 }

@@ -121,6 +121,13 @@ fn gather_rows<T: Elem>(src: &[T], rows: usize, p: usize, u: &Unit, tmp: &mut [T
 /// `y = conv(x, w)`: x `[n, c, h, w]`, w `[co, c*kh*kw]`, y `[n, co, oh, ow]`. 3x3 stride-1
 /// layers with enough channels go through Winograd, the rest through im2col.
 pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    if let (Some(xf), Some(wf)) = (T::as_f32(x), T::as_f32(w)) {
+        if crate::padded_direct::applies(g) {
+            if let Some(y) = T::from_f32(crate::padded_direct::forward(xf, wf, g)) {
+                return y;
+            }
+        }
+    }
     if crate::winograd::applies(g) {
         return crate::winograd::forward(x, w, g);
     }

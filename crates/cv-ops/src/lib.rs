@@ -8,11 +8,13 @@
 //!
 //! [`conv2d`] is a drop-in for `x.conv2d(w, padding, stride, 1, 1)` (no groups, no dilation).
 //! On other devices and dtypes it calls candle's own convolution. Besides im2col it has
-//! Winograd F(2x2,3x3) for wide 3x3 layers and per-tap gemms for outputs of at most 4x4 pixels.
+//! Winograd F(2x2,3x3) for wide 3x3 layers, direct AVX2 kernels on zero-padded bands for narrow
+//! layers on large maps, and per-tap gemms for outputs of at most 4x4 pixels.
 //!
 //! Fused layers for small networks, where per-op overhead is most of the time:
 //! [`conv_relu_pool2d`] (conv + bias + ReLU + 2x2 max-pool, with direct AVX2 kernels),
-//! [`linear`] (+ ReLU) and [`add_channel_bias`]. [`leave_threads_to_rayon`] keeps candle's own
+//! [`linear`] (+ ReLU) and [`add_channel_bias`]; [`relu`] and [`add_relu`] with a one-pass
+//! backward. [`leave_threads_to_rayon`] keeps candle's own
 //! thread pool off the cores these kernels use.
 
 mod bias;
@@ -26,11 +28,16 @@ mod im2col;
 mod kernels;
 mod linear;
 mod op;
+mod padded_direct;
+mod relu;
 mod tapwise;
 mod winograd;
 
 pub use error::OpsError;
 pub use fold::fold_batchnorm;
+pub use padded_direct::set_padded_direct_enabled;
+#[doc(hidden)]
+pub use relu::set_relu_ops_enabled;
 pub use tapwise::set_tapwise_enabled;
 pub use winograd::set_winograd_enabled;
 
@@ -115,6 +122,32 @@ pub fn conv_relu_pool2d(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     };
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
+}
+
+/// ReLU, `max(x, 0)` with NaN kept, whose backward is one parallel pass over the output and
+/// the gradient (PyTorch's arithmetic: the gradient at 0 is 0) instead of candle's four.
+/// Elsewhere than on the CPU in f32/f64, candle's `relu`.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if !(relu::enabled() && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)) {
+        return x.relu();
+    }
+    x.contiguous()?.apply_op1(relu::Relu)
+}
+
+/// `relu(a + b)` for two tensors of one shape (a residual block's join) as one op, forward and
+/// backward, like [`relu`]. Elsewhere than on the CPU in f32/f64 (or for shapes that differ),
+/// candle's `(a + b).relu()`.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let fast = relu::enabled()
+        && a.device().is_cpu()
+        && b.device().is_cpu()
+        && matches!(a.dtype(), DType::F32 | DType::F64)
+        && a.dtype() == b.dtype()
+        && a.shape() == b.shape();
+    if !fast {
+        return (a + b)?.relu();
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, relu::AddRelu)
 }
 
 /// A fully connected layer: `x [n, in] . w^T + b` with `w` `[out, in]` (PyTorch's layout) and

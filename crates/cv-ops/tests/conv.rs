@@ -88,6 +88,8 @@ const CASES: &[Case] = &[
     case(2, 8, (4, 4), 8, 3, 2, 1),   // 3x3/2 from 4x4 to 2x2 (layer3's first conv)
     case(2, 6, (3, 3), 5, 3, 2, 1),   // 3x3/2 on an odd tiny map
     case(5, 4, (4, 4), 7, 3, 1, 1),   // 3x3 on 4x4 (layer2 at 32x32)
+    case(2, 8, (28, 28), 13, 3, 1, 1), // f32 on AVX2: padded direct kernel, both directions
+    case(1, 4, (30, 31), 5, 5, 1, 2), // the same with a 5x5 kernel, non-square
 ];
 
 /// Gradients of `sum(conv(x, w) * r)` with respect to x and w, and the output, from `conv`.
