@@ -304,9 +304,17 @@ fn input_grad_col2im<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
 
 /// `dw[co, c*kh*kw] = sum over images and pixels of dy[co, p] * col[k, p]`.
 pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
+    if crate::winograd::weight_grad_applies(g) {
+        return crate::winograd::weight_grad(x, dy, g);
+    }
     if crate::tapwise::applies(g) {
         return crate::tapwise::weight_grad(x, dy, g);
     }
+    weight_grad_im2col(x, dy, g)
+}
+
+/// [`weight_grad`] through im2col and gemm, for any geometry.
+pub(crate) fn weight_grad_im2col<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
     let (p, k, co) = (g.p(), g.k(), g.co);
     let nt = threads();
     let units = plan(g.n, p, k, nt);

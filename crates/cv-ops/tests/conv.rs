@@ -90,6 +90,7 @@ const CASES: &[Case] = &[
     case(5, 4, (4, 4), 7, 3, 1, 1),   // 3x3 on 4x4 (layer2 at 32x32)
     case(2, 8, (28, 28), 13, 3, 1, 1), // f32 on AVX2: padded direct kernel, both directions
     case(1, 4, (30, 31), 5, 5, 1, 2), // the same with a 5x5 kernel, non-square
+    case(2, 128, (8, 9), 128, 3, 1, 1), // Winograd: forward, input and weight gradients
 ];
 
 /// Gradients of `sum(conv(x, w) * r)` with respect to x and w, and the output, from `conv`.
