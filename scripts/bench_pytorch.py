@@ -9,8 +9,13 @@ memory (ru_maxrss) as `<name>_peak_rss_mib`.
 
     python3 scripts/bench_pytorch.py --json -           # JSON on stdout, progress on stderr
     python3 scripts/bench_pytorch.py --quick            # smoke run, prints a table
+    python3 scripts/bench_pytorch.py --channels-last    # models and inputs in NHWC memory
 
-Needs torch and torchvision (CPU wheels):
+--channels-last runs PyTorch in the memory format its CPU convolutions are fastest in (the
+tutorial, and so the default here, keeps NCHW).
+
+Needs torch and torchvision: `pip install torch torchvision` (PyPI's wheels bundle CUDA
+libraries and run on the CPU all the same), or the CPU-only wheels:
     pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu
 """
 
@@ -23,7 +28,7 @@ import subprocess
 import sys
 import time
 
-INSTALL = "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+INSTALL = "pip install torch torchvision (CPU only: add --index-url https://download.pytorch.org/whl/cpu)"
 
 NUM_CLASSES = 10
 LR = 0.01
@@ -79,9 +84,9 @@ def make_net(nn, F, torch):
     return Net()
 
 
-def make_step(name):
+def make_step(name, channels_last=False):
     """A function running one iteration of workload `name`, and the work it does (images, or
-    GFLOP for the matmul)."""
+    GFLOP for the matmul). `channels_last` puts the model and its input in NHWC memory."""
     torch, nn, F, torchvision = import_torch()
     kind, model_name, batch, side = WORKLOADS[name]
     torch.manual_seed(0)
@@ -100,6 +105,9 @@ def make_step(name):
     else:
         model = torchvision.models.resnet18(num_classes=NUM_CLASSES)
     x = torch.randn(batch, 3, side, side, dtype=torch.float32)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     if kind == "eval":
         model.eval()
 
@@ -129,7 +137,7 @@ def make_step(name):
 def measure(name, args):
     """Median-of-iterations figure of `name` in this process."""
     kind, _, _, _ = WORKLOADS[name]
-    step, work = make_step(name)
+    step, work = make_step(name, args.channels_last)
     for _ in range(args.warmup):
         step()
     min_iters = 1 if args.quick else 3
@@ -178,6 +186,8 @@ def measure_in_child(name, args):
     ]
     if args.quick:
         cmd.append("--quick")
+    if args.channels_last:
+        cmd.append("--channels-last")
     out = subprocess.run(cmd, stdout=subprocess.PIPE, check=False)
     if out.returncode != 0:
         sys.exit(f"error: the child process measuring {name} failed (exit {out.returncode})")
@@ -199,6 +209,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     p.add_argument("--quick", action="store_true", help="1 warm-up and 1 timed iteration (smoke run)")
     p.add_argument("--only", help="comma-separated workload names (default: all)")
+    p.add_argument("--channels-last", action="store_true", help="models and inputs in channels-last (NHWC) memory")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
@@ -235,6 +246,7 @@ def main():
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
         "threads": args.threads,
+        "memory_format": "channels_last" if args.channels_last else "contiguous",
         "warmup": args.warmup,
         "min_seconds": args.seconds,
         "results": results,
@@ -248,7 +260,8 @@ def main():
             json.dump(doc, f, indent=2)
         os.replace(tmp, args.json)
     if args.json != "-":
-        print(f"PyTorch {torch.__version__}, {args.threads} threads")
+        layout = ", channels-last" if args.channels_last else ""
+        print(f"PyTorch {torch.__version__}, {args.threads} threads{layout}")
         for r in results:
             print(f"{r['name']:<40} {r['value']:>12.1f} {r['unit']}")
 

@@ -9,7 +9,8 @@ at least --seconds after --warmup batches.
 
     python3 scripts/bench_torchvision_data.py --json -     # JSON on stdout, progress on stderr
 
-Needs torch, torchvision, numpy and Pillow:
+Needs torch, torchvision, numpy and Pillow: `pip install torch torchvision numpy pillow`
+(PyPI), or torch and torchvision as CPU-only wheels:
     pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu
 """
 

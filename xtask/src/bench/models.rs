@@ -27,9 +27,9 @@ use super::{Measurement, Reference, Report, Settings};
 /// Set in a child process to the one training workload it measures.
 pub const CHILD_ENV: &str = "CV_BENCH_MODELS_CHILD";
 
-/// How `pip` installs what `scripts/bench_pytorch.py` needs.
-const TORCH_INSTALL: &str =
-    "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu";
+/// How `pip` installs what `scripts/bench_pytorch.py` needs (PyPI's wheels carry CUDA
+/// libraries too, about 3 GB, and run on the CPU all the same).
+const TORCH_INSTALL: &str = "pip install torch torchvision (or, CPU only: pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu)";
 
 /// What one workload runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -428,17 +428,39 @@ pub(super) fn check_torch() -> anyhow::Result<()> {
     }
 }
 
+/// The memory layout PyTorch's side runs its models in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TorchLayout {
+    /// NCHW, as the tutorial (and our models) use.
+    Contiguous,
+    /// NHWC (`torch.channels_last`), PyTorch's fastest CPU layout for convolutions.
+    ChannelsLast,
+}
+
+impl TorchLayout {
+    /// How tables and JSON name the layout (empty for the default).
+    fn label(self) -> &'static str {
+        match self {
+            Self::Contiguous => "",
+            Self::ChannelsLast => ", channels-last",
+        }
+    }
+}
+
 /// Runs the PyTorch side with the same workloads, thread count and timing settings.
-fn run_pytorch(settings: &Settings, names: &[&str], threads: usize) -> anyhow::Result<Pytorch> {
-    let what = format!("PyTorch, {threads} threads");
+fn run_pytorch(
+    settings: &Settings,
+    names: &[&str],
+    threads: usize,
+    layout: TorchLayout,
+) -> anyhow::Result<Pytorch> {
+    let what = format!("PyTorch, {threads} threads{}", layout.label());
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    run_script(
-        "bench_pytorch.py",
-        &what,
-        &["--threads".into(), threads.to_string()],
-        settings,
-        &names,
-    )
+    let mut extra = vec!["--threads".to_string(), threads.to_string()];
+    if layout == TorchLayout::ChannelsLast {
+        extra.push("--channels-last".into());
+    }
+    run_script("bench_pytorch.py", &what, &extra, settings, &names)
 }
 
 /// Runs `scripts/<name> --json - <extra> --seconds .. --warmup .. --only <names>` with
@@ -487,7 +509,12 @@ fn comparison_rows(ours: &[Measurement], torch: &Pytorch) -> Vec<Row> {
         .collect()
 }
 
-pub fn run(settings: &Settings, report: &mut Report, compare_pytorch: bool) -> anyhow::Result<()> {
+/// Runs the selected model workloads; with `torch`, PyTorch's side too, in that layout.
+pub fn run(
+    settings: &Settings,
+    report: &mut Report,
+    torch: Option<TorchLayout>,
+) -> anyhow::Result<()> {
     if let Ok(name) = std::env::var(CHILD_ENV) {
         return run_child(&name, settings, report);
     }
@@ -495,18 +522,20 @@ pub fn run(settings: &Settings, report: &mut Report, compare_pytorch: bool) -> a
         .iter()
         .filter(|w| settings.selected(w.name))
         .collect();
-    let torch = if compare_pytorch {
-        check_torch()?;
-        let names: Vec<&str> = selected.iter().map(|w| w.name).collect();
-        Some(run_pytorch(settings, &names, report.rayon_threads)?)
-    } else {
-        None
+    let layout = torch.unwrap_or(TorchLayout::Contiguous);
+    let torch = match torch {
+        Some(layout) => {
+            check_torch()?;
+            let names: Vec<&str> = selected.iter().map(|w| w.name).collect();
+            Some(run_pytorch(settings, &names, report.rayon_threads, layout)?)
+        }
+        None => None,
     };
     let live_reference = |name: &str| -> Option<Reference> {
         let t = torch.as_ref()?;
         let v = *t.values.get(name)?;
         Some(Reference {
-            what: format!("PyTorch {} CPU, same run", t.version),
+            what: format!("PyTorch {} CPU{}, same run", t.version, layout.label()),
             range: [v, v],
         })
     };
@@ -534,6 +563,7 @@ pub fn run(settings: &Settings, report: &mut Report, compare_pytorch: bool) -> a
                 if let Some(r) = &m.reference {
                     m.params["pytorch"] = serde_json::json!({
                         "value": r.range[0],
+                        "channels_last": layout == TorchLayout::ChannelsLast,
                         "ratio_ours_over_pytorch": m.value / r.range[0].max(1e-12),
                     });
                 }
@@ -545,8 +575,10 @@ pub fn run(settings: &Settings, report: &mut Report, compare_pytorch: bool) -> a
     if let Some(t) = &torch {
         println!();
         println!(
-            "models: ours vs PyTorch {} ({} threads, same run)",
-            t.version, report.rayon_threads
+            "models: ours vs PyTorch {} ({} threads{}, same run)",
+            t.version,
+            report.rayon_threads,
+            layout.label()
         );
         println!(
             "{:<36} {:>12} {:>12} {:>10}  unit",
