@@ -16,6 +16,8 @@ pub(crate) trait Elem:
     const ZERO: Self;
     const ONE: Self;
     const HALF: Self;
+    /// Whether `Self` is `f32` (so slices of it may be read as f32 by f32-only kernels).
+    const IS_F32: bool;
 
     /// The values as f32, for kernels written for f32 only (`None` for f64).
     fn as_f32(s: &[Self]) -> Option<&[f32]>;
@@ -28,6 +30,7 @@ impl Elem for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     const HALF: Self = 0.5;
+    const IS_F32: bool = true;
 
     fn as_f32(s: &[Self]) -> Option<&[f32]> {
         Some(s)
@@ -42,6 +45,7 @@ impl Elem for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     const HALF: Self = 0.5;
+    const IS_F32: bool = false;
 
     fn as_f32(_: &[Self]) -> Option<&[f32]> {
         None

@@ -119,17 +119,19 @@ fn gather_rows<T: Elem>(src: &[T], rows: usize, p: usize, u: &Unit, tmp: &mut [T
 }
 
 /// `y = conv(x, w)`: x `[n, c, h, w]`, w `[co, c*kh*kw]`, y `[n, co, oh, ow]`. 3x3 stride-1
-/// layers with enough channels go through Winograd, the rest through im2col.
+/// layers with enough channels go through Winograd, other narrow stride-1 layers on large maps
+/// (f32, AVX2) through the padded direct kernel, outputs of at most 4x4 pixels tap by tap, the
+/// rest through im2col.
 pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    if crate::winograd::applies(g) {
+        return crate::winograd::forward(x, w, g);
+    }
     if let (Some(xf), Some(wf)) = (T::as_f32(x), T::as_f32(w)) {
         if crate::padded_direct::applies(g) {
             if let Some(y) = T::from_f32(crate::padded_direct::forward(xf, wf, g)) {
                 return y;
             }
         }
-    }
-    if crate::winograd::applies(g) {
-        return crate::winograd::forward(x, w, g);
     }
     if crate::tapwise::applies(g) {
         return crate::tapwise::forward(x, w, g);

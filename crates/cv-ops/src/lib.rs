@@ -32,6 +32,7 @@ mod padded_direct;
 mod relu;
 mod tapwise;
 mod winograd;
+mod winograd_avx2;
 
 pub use error::OpsError;
 pub use fold::fold_batchnorm;

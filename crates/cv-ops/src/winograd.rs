@@ -25,18 +25,31 @@ pub fn set_winograd_enabled(on: bool) {
 
 /// Whether `g` runs through Winograd: a 3x3 stride-1 kernel, enough channels for the gemms to
 /// dominate the transforms, and maps of at least 7x7. Measured per CPU-second against im2col on
-/// the 2-core machine, batch 16: 64 channels at 56x56 break even, 128 at 28x28 gain 1.2-1.6x,
-/// 256 at 14x14 1.75-2x, 512 at 7x7 1.3-1.5x, 256 at 8x8 (batch 64) 1.2x.
+/// the 2-core machine, batch 16, before the AVX2 transforms: 128 channels at 28x28 gain
+/// 1.2-1.6x, 256 at 14x14 1.75-2x, 512 at 7x7 1.3-1.5x, 256 at 8x8 (batch 64) 1.2x. With them
+/// (fastest of 7 alternating runs): 64 channels at 56x56 forward 31.3 -> 22.1 ms, input
+/// gradient 27.6 -> 19.9, weight gradient 33.2 -> 22.6; at 8x8 (batch 64) 64 channels break
+/// even forward and lose 2x on the weight gradient, so they stay on im2col there.
 pub(crate) fn applies(g: &Geom) -> bool {
+    let wide = g.c >= MIN_CHANNELS && g.co >= MIN_CHANNELS;
+    let narrow_on_large_map = g.c >= MIN_NARROW_CHANNELS
+        && g.co >= MIN_NARROW_CHANNELS
+        && g.oh >= MIN_NARROW_MAP
+        && g.ow >= MIN_NARROW_MAP;
     !DISABLED.load(Ordering::Relaxed)
         && g.kh == 3
         && g.kw == 3
         && g.stride == 1
-        && g.c >= MIN_CHANNELS
-        && g.co >= MIN_CHANNELS
         && g.oh >= MIN_MAP
         && g.ow >= MIN_MAP
+        && (wide || narrow_on_large_map)
 }
+
+/// Channels from which maps of at least [`MIN_NARROW_MAP`] pixels a side run here too.
+const MIN_NARROW_CHANNELS: usize = 64;
+
+/// See [`MIN_NARROW_CHANNELS`]: ResNet's layer1 at 224x224 inputs (56x56 maps).
+const MIN_NARROW_MAP: usize = 28;
 
 /// Whether the weight gradient of `g` runs through Winograd: [`applies`], and at least 80% of
 /// the tiles' outputs inside the map. Measured (fastest of 9 alternating runs, batch 16): 128
@@ -55,7 +68,7 @@ const MIN_MAP: usize = 7;
 /// packing the transformed kernel (measured best at 64 for 256 and 512 channels).
 const MIN_UNIT_TILES: usize = 64;
 
-/// Fewer channels than this stay on im2col (no gain measured at 64).
+/// Fewer channels than this stay on im2col, except on large maps (see [`applies`]).
 const MIN_CHANNELS: usize = 128;
 
 /// Bytes of `V` plus `M` per unit that we aim for: about what a core's L2 holds.
@@ -287,9 +300,31 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
 fn grad_tiles<T: Elem>(dy: &[T], g: &Geom, t0: usize, t1: usize, e_out: &mut [T]) {
     let (co, oh, ow) = (g.co, g.oh, g.ow);
     let nb = t1 - t0;
+    let simd = T::IS_F32 && crate::winograd_avx2::available();
     for o in 0..co {
         for (img, ty, tx0, len, j0) in runs(g, t0, t1) {
             let plane = &dy[(img * co + o) * oh * ow..(img * co + o + 1) * oh * ow];
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: T is f32 and AVX2 is there; the tiles' gradients are columns
+                // 2tx0..min(2tx0 + 2len, ow) of rows 2ty and, when inside the map, 2ty + 1 of
+                // the plane; E[xi][o][j0..j0 + len] lies inside e_out for every xi.
+                unsafe {
+                    let rows = plane.as_ptr().add(2 * ty * ow + 2 * tx0).cast::<f32>();
+                    let out = e_out.as_mut_ptr().add(o * nb + j0).cast::<f32>();
+                    let cols = (2 * len).min(ow - 2 * tx0);
+                    crate::winograd_avx2::grad_tiles8(
+                        rows,
+                        ow,
+                        oh - 2 * ty,
+                        cols,
+                        out,
+                        co * nb,
+                        len,
+                    );
+                }
+                continue;
+            }
             // e[r][q][lane]: gradient (r, q) of tile tx0 + lane.
             let mut e = [[[T::ZERO; LANES]; 2]; 2];
             for (r, er) in e.iter_mut().enumerate() {
@@ -414,10 +449,23 @@ fn input_tiles<T: Elem>(xp: &Padded<T>, g: &Geom, t0: usize, t1: usize, v: &mut 
     let c = g.c;
     let (hp, wp) = (xp.hp, xp.wp);
     let nb = t1 - t0;
+    let simd = T::IS_F32 && crate::winograd_avx2::available();
     // Channel outer, tiles inner: each of the 16 rows written for a channel is contiguous.
     for ci in 0..c {
         for (img, ty, tx0, len, j0) in runs(g, t0, t1) {
             let plane = &xp.data[(img * c + ci) * hp * wp..(img * c + ci + 1) * hp * wp];
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: T is f32 (IS_F32) and AVX2 is there; the tiles' patches are rows
+                // 2ty..2ty+4, columns 2tx0..2tx0+2len+2 of the padded plane (wp = 2tw + 2 and
+                // tx0 + len <= tw); V[xi][ci][j0..j0 + len] lies inside v for every xi.
+                unsafe {
+                    let rows = plane.as_ptr().add(2 * ty * wp + 2 * tx0).cast::<f32>();
+                    let out = v.as_mut_ptr().add(ci * nb + j0).cast::<f32>();
+                    crate::winograd_avx2::input_tiles8(rows, wp, out, c * nb, len);
+                }
+                continue;
+            }
             // d[r][q][lane]: patch value (r, q) of tile tx0 + lane.
             let mut d = [[[T::ZERO; LANES]; 4]; 4];
             for (r, dr) in d.iter_mut().enumerate() {
@@ -467,8 +515,32 @@ fn input_tiles<T: Elem>(xp: &Padded<T>, g: &Geom, t0: usize, t1: usize, v: &mut 
 unsafe fn output_tiles<T: Elem>(m: &[T], g: &Geom, t0: usize, t1: usize, y: *mut T) {
     let (co, oh, ow) = (g.co, g.oh, g.ow);
     let nb = t1 - t0;
+    let simd = T::IS_F32 && crate::winograd_avx2::available();
     for o in 0..co {
         for (img, ty, tx0, len, j0) in runs(g, t0, t1) {
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: T is f32 and AVX2 is there; M[xi][o][j0..j0 + len] lies inside m; the
+                // tiles' outputs are columns 2tx0..min(2tx0 + 2len, ow) of rows 2ty and, when
+                // inside the map, 2ty + 1 of this channel: this unit's alone.
+                unsafe {
+                    let mp = m.as_ptr().add(o * nb + j0).cast::<f32>();
+                    let out = y
+                        .add(((img * co + o) * oh + 2 * ty) * ow + 2 * tx0)
+                        .cast::<f32>();
+                    let cols = (2 * len).min(ow - 2 * tx0);
+                    crate::winograd_avx2::output_tiles8(
+                        mp,
+                        co * nb,
+                        len,
+                        out,
+                        ow,
+                        oh - 2 * ty,
+                        cols,
+                    );
+                }
+                continue;
+            }
             // mm[xi][lane]
             let mut mm = [[T::ZERO; LANES]; 16];
             for (xi, row) in mm.iter_mut().enumerate() {
@@ -574,6 +646,44 @@ mod tests {
         }
     }
 
+    /// f32 runs the AVX2 transforms: full runs of eight tiles, shorter runs (masked) and tiles
+    /// clipped by odd map sizes.
+    #[test]
+    fn f32_matches_im2col_with_and_without_simd_runs() {
+        for &(n, c, h, w, co) in &[
+            (2, 128, 20, 21, 128),
+            (1, 128, 16, 16, 136),
+            (1, 128, 17, 35, 128),
+            (3, 128, 7, 7, 128),
+            (2, 128, 14, 13, 128),
+            (1, 64, 28, 30, 64),
+        ] {
+            let g = Geom::new(n, c, h, w, co, 3, 3, 1, 1, 1).unwrap();
+            let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+            let x = f(data(n * c * h * w, 1));
+            let k = f(data(co * c * 9, 2));
+            let dy = f(data(n * co * g.oh * g.ow, 3));
+            let close = |got: &[f32], want: &[f32], what: &str| {
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let err = want
+                    .iter()
+                    .zip(got)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err <= 2e-5 * scale, "{what} {g:?}: {err} vs {scale}");
+            };
+            close(
+                &forward(&x, &k, &g),
+                &crate::kernels::forward_im2col(&x, &k, &g),
+                "forward",
+            );
+            close(
+                &weight_grad(&x, &dy, &g),
+                &crate::kernels::weight_grad_im2col(&x, &dy, &g),
+                "weight gradient",
+            );
+        }
+    }
+
     #[test]
     fn weight_grad_skips_maps_that_waste_tiles() {
         let g = |hw| Geom::new(16, 512, hw, hw, 512, 3, 3, 1, 1, 1).unwrap();
@@ -594,7 +704,13 @@ mod tests {
             &Geom::new(1, 256, 16, 16, 256, 3, 3, 2, 1, 1).unwrap()
         ));
         assert!(!applies(
-            &Geom::new(1, 64, 32, 32, 64, 3, 3, 1, 1, 1).unwrap()
+            &Geom::new(1, 64, 16, 16, 64, 3, 3, 1, 1, 1).unwrap()
+        ));
+        assert!(!applies(
+            &Geom::new(1, 32, 56, 56, 64, 3, 3, 1, 1, 1).unwrap()
+        ));
+        assert!(applies(
+            &Geom::new(1, 64, 56, 56, 64, 3, 3, 1, 1, 1).unwrap()
         ));
         assert!(!applies(
             &Geom::new(1, 256, 32, 32, 256, 5, 5, 1, 2, 2).unwrap()
