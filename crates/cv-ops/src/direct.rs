@@ -12,7 +12,9 @@
 //! zero-padded output gradient with the flipped, transposed weights.
 //!
 //! Everything here works on raw pointers with documented read/write extents; callers size and
-//! pad their buffers by [`BLOCK`].
+//! pad their buffers by [`BLOCK`]. Elsewhere than on x86-64 only [`available`] (false) and the
+//! sizes are compiled, and the callers keep to their gemm paths.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;

@@ -17,12 +17,15 @@ pub(crate) trait Elem:
     const ONE: Self;
     const HALF: Self;
     /// Whether `Self` is `f32` (so slices of it may be read as f32 by f32-only kernels).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     const IS_F32: bool;
 
     /// The values as f32, for kernels written for f32 only (`None` for f64).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn as_f32(s: &[Self]) -> Option<&[f32]>;
 
     /// f32 values as `Self` (only called where [`Elem::as_f32`] gave `Some`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn from_f32(v: Vec<f32>) -> Option<Vec<Self>>;
 }
 

@@ -126,6 +126,7 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
     if crate::winograd::applies(g) {
         return crate::winograd::forward(x, w, g);
     }
+    #[cfg(target_arch = "x86_64")]
     if let (Some(xf), Some(wf)) = (T::as_f32(x), T::as_f32(w)) {
         if crate::padded_direct::applies(g) {
             if let Some(y) = T::from_f32(crate::padded_direct::forward(xf, wf, g)) {

@@ -3,7 +3,8 @@
 //! `kernels::input_grad`), so both directions use it. `kernels::forward` tries Winograd first,
 //! which since its AVX2 transforms is faster still for 3x3 layers of 64 channels (ResNet's
 //! layer1 at 224x224: 22.1 ms against 29.8 here, batch 16); this path keeps other kernel sizes
-//! and narrower layers off im2col.
+//! and narrower layers off im2col. Only on x86-64 (elsewhere [`applies`] is never asked).
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 //!
 //! Why: with 64 channels, im2col + gemm copies the input 9x and gemm packs it again, and
 //! Winograd's transforms cost as much as they save. Measured on the 2-core build machine
@@ -14,9 +15,13 @@
 //! output's width are computed and dropped) and the valid columns are copied out. A band is
 //! sized so its input and output stay in L2 while every output channel is computed from it.
 
-use crate::direct::{self, Flat, BLOCK};
+use crate::direct;
+#[cfg(target_arch = "x86_64")]
+use crate::direct::{Flat, BLOCK};
 use crate::geom::Geom;
+#[cfg(target_arch = "x86_64")]
 use crate::kernels::{grow, SendPtr};
+#[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -35,6 +40,7 @@ const MIN_PIXELS: usize = 28 * 28;
 /// path ran at 123 GFLOP/s, im2col at 137 and Winograd at 180 (same runs as above).
 const MAX_CHANNELS: usize = 128;
 
+#[cfg(target_arch = "x86_64")]
 /// Bytes of one band's padded input plus its output that we aim for: about half of a core's
 /// L2, leaving room for the weights of the output channels in flight.
 const BAND_BYTES: usize = 160 * 1024;
@@ -54,6 +60,7 @@ pub(crate) fn applies(g: &Geom) -> bool {
 }
 
 /// Sizes of the bands of one layer.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug)]
 struct Band {
     /// Output rows per band (the last band may have fewer).
@@ -62,6 +69,7 @@ struct Band {
     row_w: usize,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Band {
     fn new(g: &Geom) -> Self {
         let row_w = g.w + 2 * g.pw;
@@ -89,6 +97,7 @@ impl Band {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// `y = conv(x, w)` for an `applies` geometry: x `[n, c, h, w]`, w `[co, c, kh, kw]`.
 pub(crate) fn forward(x: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
     let band = Band::new(g);
@@ -135,6 +144,7 @@ pub(crate) fn forward(x: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
     y
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Copies input rows `r0 - pad .. r0 + rows + k - 1 - pad` of every plane of one image into
 /// `inp` (planes `plane` apart, rows `row_w` wide), zero where they fall outside the image
 /// and past the band.
@@ -166,7 +176,7 @@ fn fill_band(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 

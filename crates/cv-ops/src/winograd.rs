@@ -300,6 +300,7 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
 fn grad_tiles<T: Elem>(dy: &[T], g: &Geom, t0: usize, t1: usize, e_out: &mut [T]) {
     let (co, oh, ow) = (g.co, g.oh, g.ow);
     let nb = t1 - t0;
+    #[cfg(target_arch = "x86_64")]
     let simd = T::IS_F32 && crate::winograd_avx2::available();
     for o in 0..co {
         for (img, ty, tx0, len, j0) in runs(g, t0, t1) {
@@ -449,6 +450,7 @@ fn input_tiles<T: Elem>(xp: &Padded<T>, g: &Geom, t0: usize, t1: usize, v: &mut 
     let c = g.c;
     let (hp, wp) = (xp.hp, xp.wp);
     let nb = t1 - t0;
+    #[cfg(target_arch = "x86_64")]
     let simd = T::IS_F32 && crate::winograd_avx2::available();
     // Channel outer, tiles inner: each of the 16 rows written for a channel is contiguous.
     for ci in 0..c {
@@ -515,6 +517,7 @@ fn input_tiles<T: Elem>(xp: &Padded<T>, g: &Geom, t0: usize, t1: usize, v: &mut 
 unsafe fn output_tiles<T: Elem>(m: &[T], g: &Geom, t0: usize, t1: usize, y: *mut T) {
     let (co, oh, ow) = (g.co, g.oh, g.ow);
     let nb = t1 - t0;
+    #[cfg(target_arch = "x86_64")]
     let simd = T::IS_F32 && crate::winograd_avx2::available();
     for o in 0..co {
         for (img, ty, tx0, len, j0) in runs(g, t0, t1) {

@@ -10,6 +10,7 @@
 use std::arch::x86_64::*;
 
 /// Whether this CPU runs these kernels (AVX2, detected once; shared with `crate::direct`).
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn available() -> bool {
     crate::direct::available()
 }

@@ -25,6 +25,7 @@ use crate::error::OpsError;
 use crate::geom::{Geom, Unit};
 use crate::op::{common_float, typed_slice};
 
+#[cfg(target_arch = "x86_64")]
 mod via_direct;
 mod via_gemm;
 
@@ -120,6 +121,8 @@ impl Dims {
 struct Scratch<T> {
     col: Vec<T>,
     pre: Vec<T>,
+    /// Used by the direct path (x86-64) only.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     tmp: Vec<T>,
 }
 
@@ -188,6 +191,7 @@ struct Grads<T> {
 }
 
 /// Whether the f32 kernels of [`crate::direct`] run this layer (else im2col + gemm).
+#[cfg(target_arch = "x86_64")]
 fn direct_applies() -> bool {
     crate::direct::available() && !DIRECT_DISABLED.load(Ordering::Relaxed)
 }
@@ -281,11 +285,11 @@ impl PathFor for f32 {
         d: &Dims,
         record: bool,
     ) -> (Vec<f32>, Vec<u8>) {
+        #[cfg(target_arch = "x86_64")]
         if direct_applies() {
-            via_direct::forward(x, w, b, d, record)
-        } else {
-            via_gemm::forward(x, w, b, d, record)
+            return via_direct::forward(x, w, b, d, record);
         }
+        via_gemm::forward(x, w, b, d, record)
     }
     fn conv_relu_pool_backward(
         x: &[f32],
@@ -295,11 +299,11 @@ impl PathFor for f32 {
         d: &Dims,
         want_dx: bool,
     ) -> Grads<f32> {
+        #[cfg(target_arch = "x86_64")]
         if direct_applies() {
-            via_direct::backward(x, w, dy, mask, d, want_dx)
-        } else {
-            via_gemm::backward(x, w, dy, mask, d, want_dx)
+            return via_direct::backward(x, w, dy, mask, d, want_dx);
         }
+        via_gemm::backward(x, w, dy, mask, d, want_dx)
     }
 }
 
