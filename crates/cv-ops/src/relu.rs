@@ -94,6 +94,50 @@ fn relu_grad(res: &Tensor, grad: &Tensor) -> Result<Tensor> {
     res.apply_op2_no_bwd(&grad.contiguous()?, &ReluBackward)
 }
 
+/// An elementwise op of two same-shape tensors: its name, its arguments' names (for errors)
+/// and its value.
+trait Pairwise {
+    const NAME: &'static str;
+    const ARGS: [&'static str; 2];
+    fn value<T: Elem>(a: T, b: T) -> T;
+}
+
+impl Pairwise for AddRelu {
+    const NAME: &'static str = ADD_RELU;
+    const ARGS: [&'static str; 2] = ["a", "b"];
+    fn value<T: Elem>(a: T, b: T) -> T {
+        relu(a + b)
+    }
+}
+
+impl Pairwise for ReluBackward {
+    const NAME: &'static str = RELU_BWD;
+    const ARGS: [&'static str; 2] = ["output", "gradient"];
+    fn value<T: Elem>(y: T, g: T) -> T {
+        relu_back(y, g)
+    }
+}
+
+/// `P::value` of every pair of values of two same-shape contiguous storages, in parallel.
+fn pairwise_fwd<P: Pairwise>(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    same_shape(P::NAME, l1, l2)?;
+    let out = float_map!(P::NAME, (s1, s2), |a, b| {
+        let (a, b) = (
+            slice(a, l1, P::NAME, P::ARGS[0])?,
+            slice(b, l2, P::NAME, P::ARGS[1])?,
+        );
+        a.par_iter()
+            .zip(b.par_iter())
+            .with_min_len(MIN_TASK)
+            .map(|(&a, &b)| P::value(a, b))
+            .collect()
+    });
+    Ok((out, l1.shape().clone()))
+}
+
 impl CustomOp1 for Relu {
     fn name(&self) -> &'static str {
         RELU
@@ -127,16 +171,7 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        same_shape(ADD_RELU, l1, l2)?;
-        let out = float_map!(ADD_RELU, (s1, s2), |a, b| {
-            let (a, b) = (slice(a, l1, ADD_RELU, "a")?, slice(b, l2, ADD_RELU, "b")?);
-            a.par_iter()
-                .zip(b.par_iter())
-                .with_min_len(MIN_TASK)
-                .map(|(&a, &b)| relu(a + b))
-                .collect()
-        });
-        Ok((out, l1.shape().clone()))
+        pairwise_fwd::<Self>((s1, l1), (s2, l2))
     }
 
     fn bwd(
@@ -163,18 +198,6 @@ impl CustomOp2 for ReluBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        same_shape(RELU_BWD, l1, l2)?;
-        let out = float_map!(RELU_BWD, (s1, s2), |y, g| {
-            let (y, g) = (
-                slice(y, l1, RELU_BWD, "output")?,
-                slice(g, l2, RELU_BWD, "gradient")?,
-            );
-            y.par_iter()
-                .zip(g.par_iter())
-                .with_min_len(MIN_TASK)
-                .map(|(&y, &g)| relu_back(y, g))
-                .collect()
-        });
-        Ok((out, l1.shape().clone()))
+        pairwise_fwd::<Self>((s1, l1), (s2, l2))
     }
 }

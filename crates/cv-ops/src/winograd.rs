@@ -594,6 +594,31 @@ unsafe fn output_tiles<T: Elem>(m: &[T], g: &Geom, t0: usize, t1: usize, y: *mut
 mod tests {
     use super::*;
 
+    /// Fails unless every value of `got` is within `tol` times `want`'s largest magnitude.
+    fn assert_close<T: Elem + Into<f64>>(got: &[T], want: &[T], tol: f64, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let scale = want.iter().fold(0f64, |m, &v| m.max(v.into().abs()));
+        let err = want
+            .iter()
+            .zip(got)
+            .fold(0f64, |m, (&a, &b)| m.max((a.into() - b.into()).abs()));
+        assert!(err <= tol * scale, "{what}: {err} vs {scale}");
+    }
+
+    /// Winograd's forward and weight gradient of `g` against im2col's, on deterministic data
+    /// converted by `cast`, within `tol` of the largest magnitude.
+    fn check_against_im2col<T: Elem + Into<f64>>(g: &Geom, tol: f64, cast: fn(f64) -> T) {
+        let make = |len, seed| data(len, seed).into_iter().map(cast).collect::<Vec<T>>();
+        let x = make(g.n * g.c * g.h * g.w, 1);
+        let k = make(g.co * g.c * 9, 2);
+        let dy = make(g.n * g.co * g.oh * g.ow, 3);
+        let want = crate::kernels::forward_im2col(&x, &k, g);
+        assert_close(&forward(&x, &k, g), &want, tol, &format!("forward {g:?}"));
+        let want = crate::kernels::weight_grad_im2col(&x, &dy, g);
+        let what = format!("weight gradient {g:?}");
+        assert_close(&weight_grad(&x, &dy, g), &want, tol, &what);
+    }
+
     fn data(len: usize, seed: usize) -> Vec<f64> {
         (0..len)
             .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f64 - 1000.0) / 517.0)
@@ -601,7 +626,7 @@ mod tests {
     }
 
     #[test]
-    fn matches_im2col_forward() {
+    fn forward_and_weight_grad_match_im2col() {
         for &(n, c, h, w, co, pad) in &[
             (2, 128, 8, 8, 128, 1),
             (3, 129, 9, 11, 131, 1),
@@ -609,43 +634,11 @@ mod tests {
             (2, 130, 8, 9, 128, 2),
             (5, 128, 14, 14, 136, 1),
             (4, 128, 7, 7, 128, 1),
-        ] {
-            let g = Geom::new(n, c, h, w, co, 3, 3, 1, pad, pad).unwrap();
-            assert!(applies(&g), "{g:?}");
-            let x = data(n * c * h * w, 1);
-            let k = data(co * c * 9, 2);
-            let want = crate::kernels::forward_im2col(&x, &k, &g);
-            let got = forward(&x, &k, &g);
-            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-            let err = want
-                .iter()
-                .zip(&got)
-                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err <= 1e-12 * scale, "{g:?}: {err} vs {scale}");
-        }
-    }
-
-    #[test]
-    fn weight_grad_matches_im2col() {
-        for &(n, c, h, w, co, pad) in &[
-            (2, 128, 8, 8, 128, 1),
-            (3, 129, 9, 11, 131, 1),
-            (1, 128, 10, 13, 128, 0),
-            (2, 130, 8, 9, 128, 2),
             (4, 128, 7, 7, 136, 1),
         ] {
             let g = Geom::new(n, c, h, w, co, 3, 3, 1, pad, pad).unwrap();
             assert!(applies(&g), "{g:?}");
-            let x = data(n * c * h * w, 1);
-            let dy = data(n * co * g.oh * g.ow, 3);
-            let want = crate::kernels::weight_grad_im2col(&x, &dy, &g);
-            let got = weight_grad(&x, &dy, &g);
-            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-            let err = want
-                .iter()
-                .zip(&got)
-                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err <= 1e-12 * scale, "{g:?}: {err} vs {scale}");
+            check_against_im2col(&g, 1e-12, |v| v);
         }
     }
 
@@ -662,28 +655,7 @@ mod tests {
             (1, 64, 28, 30, 64),
         ] {
             let g = Geom::new(n, c, h, w, co, 3, 3, 1, 1, 1).unwrap();
-            let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
-            let x = f(data(n * c * h * w, 1));
-            let k = f(data(co * c * 9, 2));
-            let dy = f(data(n * co * g.oh * g.ow, 3));
-            let close = |got: &[f32], want: &[f32], what: &str| {
-                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let err = want
-                    .iter()
-                    .zip(got)
-                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(err <= 2e-5 * scale, "{what} {g:?}: {err} vs {scale}");
-            };
-            close(
-                &forward(&x, &k, &g),
-                &crate::kernels::forward_im2col(&x, &k, &g),
-                "forward",
-            );
-            close(
-                &weight_grad(&x, &dy, &g),
-                &crate::kernels::weight_grad_im2col(&x, &dy, &g),
-                "weight gradient",
-            );
+            check_against_im2col(&g, 2e-5, |v| v as f32);
         }
     }
 
