@@ -31,6 +31,8 @@ mod op;
 mod padded_direct;
 mod relu;
 mod tapwise;
+#[cfg(test)]
+mod test_data;
 mod winograd;
 mod winograd_avx2;
 

@@ -179,16 +179,13 @@ fn fill_band(
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
+    use crate::test_data::data;
 
-    fn lcg(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
+    /// Deterministic values in about [-0.5, 0.5].
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        data(n, seed)
+            .into_iter()
+            .map(|v| (v / 4.0) as f32)
             .collect()
     }
 
@@ -207,8 +204,8 @@ mod tests {
             (1, 200, 28, 28, 9, 3, 1),
         ] {
             let g = Geom::new(n, c, h, w, co, k, k, 1, pad, pad).unwrap();
-            let x = lcg(n * c * h * w, 1);
-            let wt = lcg(co * c * k * k, 2);
+            let x = values(n * c * h * w, 1);
+            let wt = values(co * c * k * k, 2);
             let want = crate::kernels::forward_im2col(&x, &wt, &g);
             let got = forward(&x, &wt, &g);
             assert_eq!(got.len(), want.len());

@@ -593,6 +593,7 @@ unsafe fn output_tiles<T: Elem>(m: &[T], g: &Geom, t0: usize, t1: usize, y: *mut
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_data::data;
 
     /// Fails unless every value of `got` is within `tol` times `want`'s largest magnitude.
     fn assert_close<T: Elem + Into<f64>>(got: &[T], want: &[T], tol: f64, what: &str) {
@@ -617,12 +618,6 @@ mod tests {
         let want = crate::kernels::weight_grad_im2col(&x, &dy, g);
         let what = format!("weight gradient {g:?}");
         assert_close(&weight_grad(&x, &dy, g), &want, tol, &what);
-    }
-
-    fn data(len: usize, seed: usize) -> Vec<f64> {
-        (0..len)
-            .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f64 - 1000.0) / 517.0)
-            .collect()
     }
 
     #[test]
