@@ -13,6 +13,7 @@ pub mod folder;
 pub mod inspect;
 pub mod loader;
 pub mod seed;
+mod source;
 pub mod subset;
 pub mod transforms;
 
@@ -22,6 +23,7 @@ pub use buffer::keep_freed_memory;
 pub use error::{DataError, Result};
 pub use image::RgbImage;
 pub use loader::{Batch, Loader, LoaderConfig};
+pub use source::DataSource;
 pub use transforms::{Pipeline, Transform};
 
 /// A set of labelled images held in memory as u8 RGB (HWC), the input of every pipeline.

@@ -29,6 +29,44 @@ impl Architecture {
             Architecture::ResNet18 => "resnet18",
         }
     }
+
+    /// The classifier head's state-dict prefix: `fc3` for the small CNN, `fc` for ResNet-18.
+    pub fn head_module(&self) -> &'static str {
+        match self {
+            Architecture::ResNet18 => "fc",
+            Architecture::SimpleCnn => "fc3",
+        }
+    }
+
+    /// Whether `name` is a parameter or buffer of the classifier head.
+    pub fn is_head_param(&self, name: &str) -> bool {
+        name.strip_prefix(self.head_module())
+            .is_some_and(|rest| rest.starts_with('.'))
+    }
+
+    /// The one check of the square input side a network takes: the small CNN only
+    /// [`cnn::INPUT_SIZE`] (its fc1 width fixes it), ResNet-18 anything from
+    /// [`resnet::MIN_INPUT_SIZE`] up (five halvings must leave at least one pixel).
+    pub fn check_image_size(&self, side: usize) -> Result<()> {
+        let fits = match self {
+            Architecture::SimpleCnn => side == cnn::INPUT_SIZE,
+            Architecture::ResNet18 => side >= resnet::MIN_INPUT_SIZE,
+        };
+        if fits {
+            return Ok(());
+        }
+        Err(ModelError::ImageSize {
+            model: *self,
+            side,
+            expected: match self {
+                Architecture::SimpleCnn => format!(
+                    "{0}x{0} only (its fc1 expects 16x5x5 = 400 features; use resnet18 for other sizes)",
+                    cnn::INPUT_SIZE
+                ),
+                Architecture::ResNet18 => format!("at least {0}x{0}", resnet::MIN_INPUT_SIZE),
+            },
+        })
+    }
 }
 
 impl fmt::Display for Architecture {

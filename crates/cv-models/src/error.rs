@@ -106,6 +106,16 @@ pub enum ModelError {
         /// The shape it was given.
         found: Vec<usize>,
     },
+    /// An input side the architecture cannot take ([`crate::Architecture::check_image_size`]).
+    #[error("image size {side}: {model} takes {expected}")]
+    ImageSize {
+        /// The network.
+        model: crate::Architecture,
+        /// The side asked for.
+        side: usize,
+        /// What it takes, in words.
+        expected: String,
+    },
     /// A checkpoint does not match the model.
     #[error("state dict does not match the model: {0}")]
     StateDict(StateDictMismatch),

@@ -1,4 +1,5 @@
-//! torchvision-compatible state dicts: strict, all-errors-at-once loading and export.
+//! torchvision-compatible state dicts: strict, all-errors-at-once loading and export, and
+//! pretrained loading with head replacement (transfer learning).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -7,6 +8,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
 
 use crate::error::{DtypeMismatch, ModelError, Result, ShapeMismatch, StateDictMismatch};
+use crate::Architecture;
 
 fn is_float(d: DType) -> bool {
     matches!(d, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
@@ -96,29 +98,6 @@ pub fn read_safetensors(
         .map_err(|e| ModelError::Config(format!("cannot read safetensors {}: {e}", path.display())))
 }
 
-/// Writes [`state_dict`] to `path` as safetensors, through a temporary file in the same
-/// folder and a rename, so an existing good file is never left half-written.
-pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
-    let tensors = state_dict(varmap)?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| ModelError::Config(format!("{} is not a file path", path.display())))?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let io_err = |what: &str, e: &dyn std::fmt::Display| {
-        ModelError::Config(format!("cannot {what} {}: {e}", path.display()))
-    };
-    if let Err(e) = candle_core::safetensors::save(&tensors, &tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err("write", &e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err("rename a temporary file onto", &e)
-    })
-}
-
 /// Keys of `varmap`, sorted (handy for reports and tests).
 pub fn keys(varmap: &VarMap) -> Vec<String> {
     let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
@@ -126,4 +105,83 @@ pub fn keys(varmap: &VarMap) -> Vec<String> {
     let mut v: Vec<String> = set.into_iter().cloned().collect();
     v.sort();
     v
+}
+
+/// What [`load_pretrained`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PretrainedLoad {
+    /// Tensors copied into the model.
+    pub loaded: usize,
+    /// Keys stored as f16, bf16 or f64 and converted to the model's f32.
+    pub converted: Vec<String>,
+    /// Outputs of the checkpoint's head (0 when it has none).
+    pub checkpoint_classes: usize,
+    /// Set when the head was not loaded because the model has another number of classes:
+    /// it keeps the initialisation it got when the model was built.
+    pub head_replaced: Option<HeadReplaced>,
+}
+
+/// A head left freshly initialised instead of loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadReplaced {
+    /// The head module's name (`fc` or `fc3`).
+    pub module: String,
+    /// Outputs in the checkpoint.
+    pub from_classes: usize,
+    /// Outputs of the model.
+    pub to_classes: usize,
+}
+
+/// Loads pretrained `tensors` into `varmap`, which holds the `arch` model built with
+/// `num_classes` outputs. Strict like [`load_state_dict`], except that a head with another
+/// number of outputs is not loaded and keeps its fresh initialisation (transfer learning).
+pub fn load_pretrained(
+    varmap: &VarMap,
+    arch: Architecture,
+    mut tensors: HashMap<String, Tensor>,
+    num_classes: usize,
+) -> Result<PretrainedLoad> {
+    let mut converted: Vec<String> = tensors
+        .iter()
+        .filter(|(_, t)| matches!(t.dtype(), DType::F16 | DType::BF16 | DType::F64))
+        .map(|(k, _)| k.clone())
+        .collect();
+    converted.sort();
+    let head = arch.head_module();
+    let (w_key, b_key) = (format!("{head}.weight"), format!("{head}.bias"));
+    let checkpoint_classes = match tensors.get(&w_key) {
+        Some(w) if w.rank() == 2 => w.dims()[0],
+        Some(w) => {
+            return Err(ModelError::Config(format!(
+                "{w_key} has shape {:?}, expected [classes, features]",
+                w.dims()
+            )))
+        }
+        None => 0,
+    };
+    let mut head_replaced = None;
+    if checkpoint_classes != 0 && checkpoint_classes != num_classes {
+        // Load the model's own fresh head onto itself; everything else must still match.
+        // (A copy: candle refuses to set a Var from a tensor sharing its storage.)
+        let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
+        for key in [&w_key, &b_key] {
+            match data.get(key.as_str()) {
+                Some(var) => tensors.insert(key.clone(), var.as_tensor().detach().copy()?),
+                None => tensors.remove(key.as_str()),
+            };
+        }
+        head_replaced = Some(HeadReplaced {
+            module: head.to_string(),
+            from_classes: checkpoint_classes,
+            to_classes: num_classes,
+        });
+    }
+    let loaded = tensors.len() - if head_replaced.is_some() { 2 } else { 0 };
+    load_state_dict(varmap, &tensors)?;
+    Ok(PretrainedLoad {
+        loaded,
+        converted,
+        checkpoint_classes,
+        head_replaced,
+    })
 }

@@ -1,5 +1,7 @@
-//! Every hyper-parameter of a training run, in one serde struct with its defaults in one
-//! place. It is written into the checkpoint's `config.json`, so a run can be reproduced.
+//! What a training run is: [`TrainConfig`], every hyper-parameter (the recipe) in one serde
+//! struct with its defaults in one place; and [`RunSettings`], how this process runs it
+//! (progress bar, device, prefetch), which changes nothing the run computes. Both are written
+//! into the checkpoint's `config.json`, apart, so a run can be replayed from its recipe.
 
 use serde::{Deserialize, Serialize};
 
@@ -102,17 +104,57 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Evaluate on the test split every this many epochs (and always after the last).
     pub eval_every: usize,
-    /// No progress bar (for scripts and tests).
-    pub quiet: bool,
-    /// `cpu`, `cuda`, `cuda:N` or `metal` (the CLI turns it into `TrainJob::device` with
-    /// `cv_models::device::select`, which falls back to the CPU); recorded for reproducibility.
-    pub device: String,
     /// Drop the last incomplete training batch (keeps BatchNorm away from tiny batches).
     pub drop_last: bool,
-    /// Batches prepared ahead by the loader's background thread.
-    pub prefetch: usize,
     /// `f32` or `bf16` (mixed precision, CUDA only) for the training passes.
     pub precision: Precision,
+}
+
+/// How this process runs a job: nothing here changes the weights a run computes, so these
+/// may differ between a run, its resume and its replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSettings {
+    /// No progress bar (for scripts and tests).
+    pub quiet: bool,
+    /// The device asked for: `cpu`, `cuda`, `cuda:N` or `metal` (the CLI turns it into
+    /// `TrainJob::device` with `cv_models::device::select`, which falls back to the CPU).
+    pub device: String,
+    /// Batches prepared ahead by the loader's background thread.
+    pub prefetch: usize,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings {
+            quiet: false,
+            device: "cpu".into(),
+            prefetch: 2,
+        }
+    }
+}
+
+/// The [`RunSettings`] fields that configs written before the split held in the recipe.
+pub(crate) const MOVED_TO_RUN_SETTINGS: [&str; 3] = ["quiet", "device", "prefetch"];
+
+/// Serde's `deserialize_with` for a recipe stored in a file: [`TrainConfig::from_json`].
+pub(crate) fn deserialize_recipe<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<TrainConfig, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    TrainConfig::from_json(value).map_err(serde::de::Error::custom)
+}
+
+impl TrainConfig {
+    /// Reads a recipe from JSON, ignoring the run-time fields older configs held in it.
+    pub fn from_json(mut value: serde_json::Value) -> serde_json::Result<Self> {
+        if let Some(fields) = value.as_object_mut() {
+            for key in MOVED_TO_RUN_SETTINGS {
+                fields.remove(key);
+            }
+        }
+        serde_json::from_value(value)
+    }
 }
 
 impl Default for TrainConfig {
@@ -140,10 +182,7 @@ impl Default for TrainConfig {
             image_size: 32,
             seed: 0,
             eval_every: 1,
-            quiet: false,
-            device: "cpu".into(),
             drop_last: false,
-            prefetch: 2,
             precision: Precision::F32,
         }
     }
@@ -217,12 +256,6 @@ impl TrainConfig {
                 self.backbone_lr_scale
             ));
         }
-        if self.image_size < 32 {
-            return bad(format!(
-                "image_size must be at least 32, got {}",
-                self.image_size
-            ));
-        }
         if self.eval_every == 0 {
             return bad("eval_every must be at least 1".into());
         }
@@ -263,6 +296,10 @@ mod tests {
         assert_eq!(p.mode, TrainMode::Probe);
         assert_eq!(p.batch_size, c.batch_size);
         assert!(serde_json::from_str::<TrainConfig>(r#"{"epoch": 3}"#).is_err());
+        // Older configs held the run-time settings in the recipe: read, and dropped.
+        let old = serde_json::json!({"epochs": 2, "quiet": true, "device": "cuda", "prefetch": 4});
+        assert_eq!(TrainConfig::from_json(old).unwrap().epochs, 2);
+        assert!(TrainConfig::from_json(serde_json::json!({"epoch": 2})).is_err());
     }
 
     #[test]

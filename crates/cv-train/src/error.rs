@@ -72,14 +72,28 @@ pub enum TrainError {
     #[error(transparent)]
     Model(#[from] cv_models::ModelError),
 
-    /// The weights crate reported an error.
-    #[error(transparent)]
-    Weights(#[from] cv_weights::WeightsError),
+    /// Pretrained weights that do not fit the model.
+    #[error("pretrained weights {path}: {message}")]
+    Pretrained {
+        /// The weights file.
+        path: PathBuf,
+        /// What does not fit.
+        message: String,
+    },
+
+    /// A checkpoint folder's `config.json` is not a usable model card.
+    #[error("{path}: {reason}")]
+    Card {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 
     /// Drawing the curves failed.
     #[error("{path}: cannot draw the curves: {message}")]
     Plot {
-        /// The PNG file.
+        /// The image file.
         path: PathBuf,
         /// The plotting library's message.
         message: String,

@@ -2,14 +2,17 @@
 //! checkpoints: the loop the PyTorch CIFAR-10 tutorial writes by hand, done properly.
 //!
 //! ```no_run
-//! use cv_train::{run, Init, TrainConfig, TrainJob};
+//! use cv_train::config::{RunSettings, TrainConfig};
+//! use cv_train::trainer::{run, Init, TrainJob};
 //!
-//! let splits = cv_data::open("data/cifar-10-batches-bin".as_ref(), &Default::default())?;
+//! let data = cv_data::DataSource::new("data/cifar-10-batches-bin");
 //! let job = TrainJob {
-//!     splits,
+//!     splits: data.open()?,
 //!     architecture: cv_models::Architecture::SimpleCnn,
 //!     init: Init::Scratch { seed: 0 },
 //!     config: TrainConfig { epochs: 2, ..Default::default() },
+//!     settings: RunSettings::default(),
+//!     data: Some(data),
 //!     out_dir: "runs/cnn".into(),
 //!     resume: false,
 //!     device: candle_core::Device::Cpu,
@@ -19,16 +22,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Modules, one idea each: [`optim`] (SGD with momentum and AdamW, PyTorch semantics,
-//! parameter groups, exportable state), [`schedule`], [`loss`], [`metrics`] (top-k,
-//! per-class, confusion, `cv eval --json`), [`config`], [`trainer`] (the loop and the
-//! fine-tuning modes), [`checkpoint`] (the output folder and resume state), [`report`]
-//! (`metrics.jsonl`, `curves.png`, progress), [`atomic`] (temp file + fsync + rename).
+//! Modules, one idea each: [`trainer`] (the loop as named parts: the train step, the epoch
+//! loop, the [`trainer::Hook`]s features plug in through, the fine-tuning modes), [`optim`]
+//! (SGD with momentum and AdamW, PyTorch semantics, parameter groups, exportable state),
+//! [`schedule`], [`loss`], [`metrics`] (top-k, per-class, confusion, the eval step,
+//! `cv eval --json`), [`config`] (the recipe apart from the run-time settings),
+//! [`checkpoint`] (the output folder: one owner of its file names, `config.json` and the
+//! resume state), [`report`] (`metrics.jsonl`, curves, progress), [`atomic`] (temp file +
+//! fsync + rename, the one crash-safe writer).
 
 pub mod atomic;
 pub mod checkpoint;
 pub mod config;
-pub mod error;
+mod error;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
@@ -37,9 +43,4 @@ pub mod schedule;
 mod sgd_inplace;
 pub mod trainer;
 
-pub use config::{Augment, OptimizerKind, Precision, TrainConfig, TrainMode};
 pub use error::{Result, TrainError};
-pub use metrics::{evaluate, ClassAccuracy, EvalReport};
-pub use optim::{AdamW, AdamWConfig, ParamGroup, Sgd, SgdConfig};
-pub use schedule::Schedule;
-pub use trainer::{run, run_with, Init, RunSummary, TrainJob};

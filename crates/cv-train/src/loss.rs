@@ -1,4 +1,5 @@
-//! Mean cross-entropy with PyTorch's label smoothing, through a numerically stable log-softmax.
+//! Mean cross-entropy with PyTorch's label smoothing, through a numerically stable log-softmax,
+//! against class indices or against soft targets (what MixUp and CutMix produce).
 
 use candle_core::{DType, Tensor, D};
 
@@ -43,6 +44,33 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> 
     }
     let smooth = log_p.neg()?.mean(D::Minus1)?.mean_all()?;
     Ok((nll.affine(1.0 - label_smoothing, 0.0)? + smooth.affine(label_smoothing, 0.0)?)?)
+}
+
+/// Mean cross-entropy of `logits` [B, C] against soft targets `targets` [B, C] (rows of
+/// probabilities): `sum_c(-t[c] * log p[c])`, averaged over the batch. Smoothing `eps` blends
+/// the targets with the uniform distribution first, as PyTorch does for probability targets.
+pub fn soft_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    label_smoothing: f64,
+) -> Result<Tensor> {
+    let (batch, classes) = logits.dims2()?;
+    if targets.dims() != [batch, classes] {
+        return Err(TrainError::Config(format!(
+            "soft targets of shape {:?} for logits of shape [{batch}, {classes}]",
+            targets.dims()
+        )));
+    }
+    if !(0.0..1.0).contains(&label_smoothing) {
+        return Err(TrainError::Config(format!(
+            "label smoothing must be in [0, 1), got {label_smoothing}"
+        )));
+    }
+    let targets = targets
+        .to_dtype(logits.dtype())?
+        .affine(1.0 - label_smoothing, label_smoothing / classes as f64)?;
+    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok((targets * log_p)?.sum(D::Minus1)?.neg()?.mean_all()?)
 }
 
 #[cfg(test)]
@@ -122,5 +150,40 @@ mod tests {
             let want = e[c] / s - if c == 2 { 1.0 } else { 0.0 };
             assert!((*got as f64 - want).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn soft_targets_of_one_hot_rows_equal_class_indices() {
+        let logits = Tensor::new(&[[1f32, 2., 0.5], [0., -1., 3.]], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[1u32, 2], &Device::Cpu).unwrap();
+        let one_hot = Tensor::new(&[[0f32, 1., 0.], [0., 0., 1.]], &Device::Cpu).unwrap();
+        for eps in [0.0, 0.2] {
+            let hard = cross_entropy(&logits, &y, eps)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let soft = soft_cross_entropy(&logits, &one_hot, eps)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!((hard - soft).abs() < 1e-6, "eps {eps}: {hard} vs {soft}");
+        }
+        // A half/half target is the mean of the two hard losses.
+        let mixed = Tensor::new(&[[0.5f32, 0.5, 0.]], &Device::Cpu).unwrap();
+        let row = logits.narrow(0, 0, 1).unwrap();
+        let soft = soft_cross_entropy(&row, &mixed, 0.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let a = cross_entropy(&row, &Tensor::new(&[0u32], &Device::Cpu).unwrap(), 0.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let b = cross_entropy(&row, &Tensor::new(&[1u32], &Device::Cpu).unwrap(), 0.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((soft - (a + b) / 2.0).abs() < 1e-6);
+        assert!(soft_cross_entropy(&row, &one_hot, 0.0).is_err());
     }
 }

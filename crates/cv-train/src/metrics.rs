@@ -159,15 +159,26 @@ impl MetricsAccumulator {
 /// forward runs on `model.detached()`, since candle has no no-grad mode).
 pub fn evaluate(model: &cv_models::Model, loader: &cv_data::Loader) -> Result<EvalReport> {
     let frozen = model.detached();
-    let mut acc = MetricsAccumulator::new(model.num_classes());
-    for batch in loader.epoch(0) {
+    let batches = loader.epoch(0).map(|batch| {
         let batch = batch?;
-        let logits = frozen.forward_t(&batch.images, false)?;
-        let loss = cross_entropy(&logits, &batch.labels, 0.0)?.to_scalar::<f32>()?;
-        let labels = batch.labels.to_vec1::<u32>()?;
-        acc.update(&logits, &labels, loss as f64)?;
+        Ok((frozen.forward_t(&batch.images, false)?, batch.labels))
+    });
+    evaluate_logits(batches, &loader.dataset().classes)
+}
+
+/// The eval step over batches of `(logits, labels)`: mean unsmoothed loss, top-1, top-5,
+/// per-class accuracy and confusion over `classes`.
+pub fn evaluate_logits(
+    batches: impl Iterator<Item = Result<(Tensor, Tensor)>>,
+    classes: &[String],
+) -> Result<EvalReport> {
+    let mut acc = MetricsAccumulator::new(classes.len());
+    for batch in batches {
+        let (logits, labels) = batch?;
+        let loss = cross_entropy(&logits, &labels, 0.0)?.to_scalar::<f32>()?;
+        acc.update(&logits, &labels.to_vec1::<u32>()?, loss as f64)?;
     }
-    Ok(acc.finish(&loader.dataset().classes))
+    Ok(acc.finish(classes))
 }
 
 fn ratio(num: f64, den: u64) -> f64 {

@@ -12,9 +12,11 @@ use cv_testkit::cifar::SplitMix;
 use cv_train::checkpoint::{
     CheckpointConfig, TrainState, CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE,
 };
-use cv_train::config::{Augment, OptimizerKind, TrainConfig, TrainMode};
+use cv_train::config::{Augment, OptimizerKind, Precision, RunSettings, TrainConfig, TrainMode};
 use cv_train::schedule::Schedule;
-use cv_train::trainer::{run, run_with, Init, TrainJob};
+use cv_train::trainer::{
+    on_epoch, run, run_with_hooks, Flow, Hook, Init, StepContext, StepOutput, TrainBatch, TrainJob,
+};
 use cv_train::TrainError;
 
 const CLASSES: usize = 4;
@@ -53,8 +55,6 @@ fn config(epochs: usize) -> TrainConfig {
             warmup_steps: 2,
             min_lr: 0.0,
         },
-        quiet: true,
-        prefetch: 1,
         ..Default::default()
     }
 }
@@ -65,6 +65,12 @@ fn job(arch: Architecture, config: TrainConfig, out: &Path, train: usize, test: 
         architecture: arch,
         init: Init::Scratch { seed: 7 },
         config,
+        settings: RunSettings {
+            quiet: true,
+            prefetch: 1,
+            ..Default::default()
+        },
+        data: None,
         out_dir: out.to_path_buf(),
         resume: false,
         device: Device::Cpu,
@@ -131,7 +137,7 @@ fn small_cnn_learns_and_writes_the_checkpoint_folder() {
     assert!(lines[3]["test_top5"].as_f64().unwrap() >= eval.accuracy);
 
     // config.json: a model card plus every hyper-parameter.
-    let card = cv_weights::ModelCard::read(&out).unwrap();
+    let card = cv_train::checkpoint::ModelCard::read(&out).unwrap();
     assert_eq!(card.architecture, Architecture::SimpleCnn);
     assert_eq!(card.classes.len(), CLASSES);
     assert_eq!(card.eval_transforms.mean, cv_data::transforms::CIFAR10_MEAN);
@@ -247,9 +253,9 @@ fn resume_equals_uninterrupted_training_sgd_cosine() {
     };
     let full = run(&job(Architecture::SimpleCnn, c.clone(), &a, 64, 16)).unwrap();
     // Interrupted after the first epoch, then resumed.
-    let first = run_with(
+    let first = run_with_hooks(
         &job(Architecture::SimpleCnn, c.clone(), &b, 64, 16),
-        &mut |_| false,
+        &mut [&mut on_epoch(|_| Flow::Stop)],
     )
     .unwrap();
     assert_eq!(first.epochs_completed, 1);
@@ -291,12 +297,16 @@ fn resume_equals_uninterrupted_training_adamw_with_unfreezing() {
     };
     run(&job(Architecture::SimpleCnn, c.clone(), &a, 48, 16)).unwrap();
     let mut epochs = 0;
-    run_with(
+    run_with_hooks(
         &job(Architecture::SimpleCnn, c.clone(), &b, 48, 16),
-        &mut |_| {
+        &mut [&mut on_epoch(|_| {
             epochs += 1;
-            epochs < 2
-        },
+            if epochs < 2 {
+                Flow::Continue
+            } else {
+                Flow::Stop
+            }
+        })],
     )
     .unwrap();
     let mut resumed = job(Architecture::SimpleCnn, c, &b, 48, 16);
@@ -445,6 +455,7 @@ fn pretrained_resnet18_fine_tunes_at_64_pixels() {
     let mut j = job(Architecture::ResNet18, c, dir.path(), 32, 16);
     j.init = Init::Pretrained {
         path: weights_path.clone(),
+        source: weights_path.display().to_string(),
         origin: "parity-fixture".into(),
         mean: cv_data::transforms::IMAGENET_MEAN,
         std: cv_data::transforms::IMAGENET_STD,
@@ -458,7 +469,7 @@ fn pretrained_resnet18_fine_tunes_at_64_pixels() {
     eprintln!("pretrained probe test accuracy per epoch: {accs:?}");
     let acc = summary.final_eval.unwrap().accuracy;
     assert!(acc >= 0.6, "fine-tuned accuracy {acc}");
-    let card = cv_weights::ModelCard::read(dir.path()).unwrap();
+    let card = cv_train::checkpoint::ModelCard::read(dir.path()).unwrap();
     assert_eq!(card.image_size, 64);
     assert_eq!(card.weights_from.as_deref(), Some("parity-fixture"));
     assert_eq!(
@@ -497,10 +508,13 @@ fn gradual_unfreezing_trains_the_backbone_only_after_n_epochs() {
     let before = initial(Architecture::SimpleCnn, 7);
     let mut snapshots = Vec::new();
     let out = dir.path().to_path_buf();
-    run_with(&job(Architecture::SimpleCnn, c, &out, 32, 16), &mut |_| {
-        snapshots.push(weights(&out));
-        true
-    })
+    run_with_hooks(
+        &job(Architecture::SimpleCnn, c, &out, 32, 16),
+        &mut [&mut on_epoch(|_| {
+            snapshots.push(weights(&out));
+            Flow::Continue
+        })],
+    )
     .unwrap();
     assert_eq!(
         max_diff(&before["conv1.weight"], &snapshots[0]["conv1.weight"]),
@@ -515,7 +529,7 @@ fn bf16_precision_is_refused_on_the_cpu_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let c = TrainConfig {
-        precision: cv_train::Precision::Bf16,
+        precision: Precision::Bf16,
         ..config(1)
     };
     let err = run(&job(Architecture::SimpleCnn, c, &out, 32, 16)).unwrap_err();
@@ -523,4 +537,101 @@ fn bf16_precision_is_refused_on_the_cpu_before_anything_is_written() {
     assert!(matches!(err, TrainError::Config(_)), "{text}");
     assert!(text.contains("bf16") && text.contains("CUDA"), "{text}");
     assert!(!out.join(MODEL_FILE).exists());
+}
+
+/// A hook written outside the loop: it records the loss of every step.
+#[derive(Default)]
+struct LossLog {
+    steps: Vec<(usize, usize, f32)>,
+}
+
+impl Hook for LossLog {
+    fn after_step(
+        &mut self,
+        out: &StepOutput,
+        _vars: &VarMap,
+        ctx: &StepContext,
+    ) -> cv_train::Result<()> {
+        self.steps.push((ctx.epoch, ctx.global_step, out.loss));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_hook_records_the_loss_of_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LossLog::default();
+    let summary = run_with_hooks(
+        &job(Architecture::SimpleCnn, config(2), dir.path(), 64, 16),
+        &mut [&mut log],
+    )
+    .unwrap();
+    assert_eq!(log.steps.len(), summary.global_step);
+    assert_eq!(log.steps.len(), 2 * 64 / 16);
+    for (i, (_, step, _)) in log.steps.iter().enumerate() {
+        assert_eq!(*step, i);
+    }
+    // Equal batches: the epoch's train loss is the mean of its steps' losses.
+    for record in &summary.records {
+        let losses: Vec<f64> = log
+            .steps
+            .iter()
+            .filter(|(epoch, _, _)| epoch + 1 == record.epoch)
+            .map(|(_, _, l)| *l as f64)
+            .collect();
+        let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+        assert!(
+            (mean - record.train_loss).abs() < 1e-6,
+            "{mean} vs {}",
+            record.train_loss
+        );
+    }
+}
+
+/// Turns every batch's labels into one-hot soft targets (what MixUp does with a weight of 1)
+/// and adds a constant to the loss (an extra term without gradient).
+struct OneHotPlusOne;
+
+impl Hook for OneHotPlusOne {
+    fn on_batch(
+        &mut self,
+        mut batch: TrainBatch,
+        _ctx: &StepContext,
+    ) -> cv_train::Result<TrainBatch> {
+        let n = batch.labels.dim(0)?;
+        let eye = Tensor::eye(CLASSES, DType::F32, &Device::Cpu)?;
+        batch.targets = Some(eye.index_select(&batch.labels, 0)?.reshape((n, CLASSES))?);
+        Ok(batch)
+    }
+
+    fn extra_loss(
+        &mut self,
+        _batch: &TrainBatch,
+        _logits: &Tensor,
+        _ctx: &StepContext,
+    ) -> cv_train::Result<Option<Tensor>> {
+        Ok(Some(Tensor::new(1f32, &Device::Cpu)?))
+    }
+}
+
+#[test]
+fn batch_and_loss_hooks_plug_into_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (mut plain, mut hooked) = (LossLog::default(), LossLog::default());
+    run_with_hooks(
+        &job(Architecture::SimpleCnn, config(1), &a, 48, 16),
+        &mut [&mut plain],
+    )
+    .unwrap();
+    run_with_hooks(
+        &job(Architecture::SimpleCnn, config(1), &b, 48, 16),
+        &mut [&mut OneHotPlusOne, &mut hooked],
+    )
+    .unwrap();
+    // One-hot targets train exactly as class indices; the constant shifts each loss by 1.
+    assert_same_weights(&a, &b);
+    for (p, h) in plain.steps.iter().zip(&hooked.steps) {
+        assert!((h.2 - p.2 - 1.0).abs() < 1e-5, "{} vs {}", h.2, p.2);
+    }
 }

@@ -97,14 +97,9 @@ pub enum WeightsError {
         /// Why.
         reason: String,
     },
-    /// A `config.json` that is not a model card.
-    #[error("{}: not a usable model card: {reason}", path.display())]
-    Card {
-        /// The config file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    /// A checkpoint folder that cannot be read (its `config.json`, say).
+    #[error(transparent)]
+    Checkpoint(#[from] cv_train::TrainError),
     /// Classification inputs or options that do not fit the model.
     #[error("invalid input: {0}")]
     Input(String),

@@ -25,7 +25,6 @@
 //! `HF_TOKEN`, `HF_HUB_OFFLINE=1` (cache only; a missing file is an error that says how to
 //! fetch it). See [`hub::HubConfig`].
 
-pub mod card;
 pub mod error;
 pub mod hub;
 pub mod imagenet;
@@ -34,7 +33,6 @@ pub mod predict;
 pub mod registry;
 pub mod source;
 
-pub use card::ModelCard;
 pub use error::{Result, WeightsError};
 pub use hub::HubConfig;
 pub use load::{load_into, LoadReport};

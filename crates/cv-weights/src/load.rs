@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use cv_models::{state, Architecture, ModelError};
+use cv_models::state::{self, HeadReplaced};
+use cv_models::{Architecture, ModelError};
 
 use crate::error::{Result, WeightsError};
 
@@ -27,25 +28,6 @@ pub struct LoadReport {
     /// Set when the head was not loaded because the model has another number of classes:
     /// it keeps the initialisation it got when the model was built.
     pub head_replaced: Option<HeadReplaced>,
-}
-
-/// A head left freshly initialised instead of loaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeadReplaced {
-    /// The head module's name (`fc` or `fc3`).
-    pub module: String,
-    /// Outputs in the checkpoint.
-    pub from_classes: usize,
-    /// Outputs of the model.
-    pub to_classes: usize,
-}
-
-/// The classifier head's state-dict prefix.
-pub fn head_module(arch: Architecture) -> &'static str {
-    match arch {
-        Architecture::ResNet18 => "fc",
-        Architecture::SimpleCnn => "fc3",
-    }
 }
 
 /// Reads every tensor of a safetensors file, with an error naming the file when it is
@@ -79,79 +61,46 @@ pub fn load_into(
     num_classes: usize,
     device: &Device,
 ) -> Result<LoadReport> {
-    let mut tensors = read_checkpoint(path, device)?;
-    let mut converted = Vec::new();
-    for (key, t) in tensors.iter_mut() {
-        if matches!(t.dtype(), DType::F16 | DType::BF16 | DType::F64) {
-            *t = t.to_dtype(DType::F32)?;
-            converted.push(key.clone());
-        }
-    }
-    converted.sort();
-    let head = head_module(arch);
-    let (w_key, b_key) = (format!("{head}.weight"), format!("{head}.bias"));
-    let checkpoint_classes = match tensors.get(&w_key) {
-        Some(w) if w.rank() == 2 => w.dims()[0],
-        Some(w) => {
-            return Err(WeightsError::Mismatch {
-                path: path.to_path_buf(),
-                architecture: arch.to_string(),
-                detail: format!(
-                    "{w_key} has shape {:?}, expected [classes, features]",
-                    w.dims()
-                ),
-            })
-        }
-        None => 0,
-    };
-    let mut head_replaced = None;
-    if checkpoint_classes != 0 && checkpoint_classes != num_classes {
-        // Transfer learning: keep the model's own (freshly initialised) head by loading it
-        // onto itself; everything else must still match exactly.
-        // (A copy: candle refuses to set a Var from a tensor sharing its storage.)
-        let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
-        for key in [&w_key, &b_key] {
-            match data.get(key.as_str()) {
-                Some(var) => tensors.insert(key.clone(), var.as_tensor().detach().copy()?),
-                None => tensors.remove(key.as_str()),
-            };
-        }
-        drop(data);
-        log::info!(
-            "{}: checkpoint head {head} has {checkpoint_classes} classes, the model {num_classes}: \
-             {head} replaced by a freshly initialised one",
-            path.display()
-        );
-        head_replaced = Some(HeadReplaced {
-            module: head.to_string(),
-            from_classes: checkpoint_classes,
-            to_classes: num_classes,
-        });
-    }
-    let loaded = tensors.len() - if head_replaced.is_some() { 2 } else { 0 };
-    state::load_state_dict(varmap, &tensors).map_err(|e| match e {
-        ModelError::StateDict(m) => WeightsError::Mismatch {
+    let tensors = read_checkpoint(path, device)?;
+    let load = state::load_pretrained(varmap, arch, tensors, num_classes).map_err(|e| {
+        let detail = match e {
+            ModelError::StateDict(m) => m.to_string(),
+            ModelError::Config(m) => m,
+            other => return WeightsError::Model(other),
+        };
+        WeightsError::Mismatch {
             path: path.to_path_buf(),
             architecture: arch.to_string(),
-            detail: m.to_string(),
-        },
-        other => WeightsError::Model(other),
+            detail,
+        }
     })?;
+    if let Some(h) = &load.head_replaced {
+        log::info!(
+            "{}: checkpoint head {} has {} classes, the model {}: {} replaced by a freshly \
+             initialised one",
+            path.display(),
+            h.module,
+            h.from_classes,
+            h.to_classes,
+            h.module
+        );
+    }
     log::info!(
-        "{}: loaded {loaded} tensors into {arch}{}",
+        "{}: loaded {} tensors into {arch}{}",
         path.display(),
-        if converted.is_empty() {
+        load.loaded,
+        if load.converted.is_empty() {
             String::new()
         } else {
-            format!(" ({} converted to f32)", converted.len())
+            format!(" ({} converted to f32)", load.converted.len())
         }
     );
     Ok(LoadReport {
         path: path.to_path_buf(),
         architecture: arch,
-        loaded,
-        converted,
-        checkpoint_classes,
-        head_replaced,
+        loaded: load.loaded,
+        converted: load.converted,
+        checkpoint_classes: load.checkpoint_classes,
+        head_replaced: load.head_replaced,
     })
 }

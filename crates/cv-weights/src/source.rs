@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use cv_data::transforms::Pipeline;
 use cv_models::Architecture;
 
-use crate::card::{ModelCard, CONFIG_FILE, WEIGHTS_FILE};
 use crate::error::{Result, WeightsError};
 use crate::hub::{self, HubConfig};
 use crate::imagenet;
 use crate::registry::{self, Pretrained, IMAGENET_MEAN, IMAGENET_STD};
+use cv_train::checkpoint::{ModelCard, CONFIG_FILE, MODEL_FILE};
 
 /// Weights named by the user.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,7 +126,7 @@ pub fn resolve(source: &WeightsSource, options: &ResolveOptions) -> Result<Resol
             })
         }
         WeightsSource::Folder(dir) => {
-            let path = dir.join(WEIGHTS_FILE);
+            let path = dir.join(MODEL_FILE);
             if !path.is_file() {
                 return Err(WeightsError::io(
                     &path,

@@ -9,7 +9,7 @@ use candle_nn::{VarBuilder, VarMap};
 use cv_data::transforms::Pipeline;
 use cv_models::{init, state, Architecture, Model};
 use cv_testkit::http::{Response, TestServer};
-use cv_weights::card::ModelCard;
+use cv_train::checkpoint::{ModelCard, MODEL_FILE};
 use cv_weights::hub::HubConfig;
 use cv_weights::source::read_header;
 use cv_weights::{
@@ -29,11 +29,11 @@ fn model(arch: Architecture, classes: usize, seed: Option<u64>) -> (VarMap, Mode
     (varmap, model)
 }
 
-/// A small-CNN checkpoint with `classes` outputs, written by the real save path.
+/// A small-CNN checkpoint with `classes` outputs, written by the trainer's checkpoint writer.
 fn cnn_checkpoint(dir: &Path, classes: usize, seed: u64) -> (PathBuf, VarMap) {
     let (varmap, _) = model(Architecture::SimpleCnn, classes, Some(seed));
-    let path = dir.join("model.safetensors");
-    state::save_safetensors(&varmap, &path).unwrap();
+    let path = dir.join(MODEL_FILE);
+    cv_train::atomic::write_safetensors(&path, &state::state_dict(&varmap).unwrap()).unwrap();
     (path, varmap)
 }
 

@@ -1,101 +1,25 @@
-//! The output folder of a run, written at the end of every epoch, every file atomically:
-//!
-//! - `model.safetensors`: torchvision key names, `num_batches_tracked` included, so
-//!   `torchvision.models.resnet18(num_classes=N).load_state_dict(load_file(path))` is strict-clean;
-//! - `config.json`: the [`ModelCard`] (flattened: architecture, classes, image size, eval
-//!   transforms) plus the train transforms, every hyper-parameter, the starting weights, seed;
-//! - `metrics.jsonl`, `curves.png` (+ `curves.txt`, its legend): see [`crate::report`];
-//! - `train_state.safetensors`: everything a resume needs in ONE file, so it is always
-//!   self-consistent: the model (`model.<key>`), the optimizer state (`optim.<key>`) and a
-//!   JSON header (`meta.json`, stored as a u8 tensor: epoch, global step, seed, config,
-//!   metrics so far).
+//! `train_state.safetensors`: everything a resume needs in ONE file, so it is always
+//! self-consistent: the model (`model.<key>`), the optimizer state (`optim.<key>`) and a JSON
+//! header (`meta.json`, stored as a u8 tensor: epoch, global step, seed, recipe, metrics so
+//! far).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use cv_data::Pipeline;
-use cv_weights::ModelCard;
 use serde::{Deserialize, Serialize};
 
+use super::STATE_FILE;
 use crate::atomic;
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::report::EpochRecord;
-
-/// Weights file of a checkpoint folder.
-pub const MODEL_FILE: &str = "model.safetensors";
-/// Config file of a checkpoint folder.
-pub const CONFIG_FILE: &str = "config.json";
-/// Per-epoch metrics.
-pub const METRICS_FILE: &str = "metrics.jsonl";
-/// Loss and accuracy plot.
-pub const CURVES_FILE: &str = "curves.png";
-/// Resume state.
-pub const STATE_FILE: &str = "train_state.safetensors";
 
 const MODEL_PREFIX: &str = "model.";
 const OPTIM_PREFIX: &str = "optim.";
 const META_KEY: &str = "meta.json";
 /// Version of the `train_state.safetensors` layout.
 pub const STATE_VERSION: u32 = 1;
-
-/// Where the starting weights came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum InitRecord {
-    /// PyTorch's default initialisation with this seed.
-    Scratch {
-        /// Seed of the initialisation.
-        seed: u64,
-    },
-    /// Pretrained weights (the head replaced when the class count differs).
-    Pretrained {
-        /// The safetensors file read.
-        path: PathBuf,
-        /// Registry name or path the user gave.
-        origin: String,
-    },
-}
-
-/// `config.json` of a checkpoint folder. `cv_weights::ModelCard::read` reads the card part.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointConfig {
-    /// How to use the weights (flattened into the top level).
-    #[serde(flatten)]
-    pub card: ModelCard,
-    /// The training augmentation pipeline.
-    pub train_transforms: Pipeline,
-    /// Every hyper-parameter of the run.
-    pub train: TrainConfig,
-    /// The weights the run started from.
-    pub init: InitRecord,
-    /// Seed of initialisation, data order and augmentation.
-    pub seed: u64,
-    /// Epochs completed when these weights were saved.
-    pub epochs_completed: usize,
-    /// Test accuracy of these weights (last evaluation), if evaluated.
-    pub test_accuracy: Option<f64>,
-}
-
-impl CheckpointConfig {
-    /// Reads `config.json` from a checkpoint folder.
-    pub fn read(dir: &Path) -> Result<Self> {
-        let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|source| TrainError::Json { path, source })
-    }
-
-    /// Writes `config.json` atomically.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(CONFIG_FILE);
-        let text = serde_json::to_string_pretty(self).map_err(|source| TrainError::Json {
-            path: path.clone(),
-            source,
-        })?;
-        atomic::write_bytes(&path, text.as_bytes())
-    }
-}
 
 /// The small JSON header of the resume state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,7 +32,8 @@ pub struct StateMeta {
     pub global_step: usize,
     /// Seed of the run (data order and augmentation are functions of (seed, epoch)).
     pub seed: u64,
-    /// The configuration the run was started with.
+    /// The recipe the run was started with.
+    #[serde(deserialize_with = "crate::config::deserialize_recipe")]
     pub config: TrainConfig,
     /// Class names, to refuse resuming on other data.
     pub classes: Vec<String>,
@@ -199,40 +124,6 @@ impl TrainState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TrainConfig;
-
-    fn card() -> ModelCard {
-        ModelCard {
-            architecture: cv_models::Architecture::SimpleCnn,
-            classes: vec!["a".into(), "b".into()],
-            image_size: 32,
-            eval_transforms: Pipeline::cifar_eval(),
-            weights_from: None,
-        }
-    }
-
-    #[test]
-    fn config_json_is_a_model_card_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = CheckpointConfig {
-            card: card(),
-            train_transforms: Pipeline::cifar_train(),
-            train: TrainConfig::default(),
-            init: InitRecord::Scratch { seed: 3 },
-            seed: 3,
-            epochs_completed: 2,
-            test_accuracy: Some(0.5),
-        };
-        c.write(dir.path()).unwrap();
-        assert_eq!(CheckpointConfig::read(dir.path()).unwrap(), c);
-        // The weights crate reads the card part and ignores the rest.
-        assert_eq!(ModelCard::read(dir.path()).unwrap(), card());
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap())
-                .unwrap();
-        assert_eq!(v["architecture"], "cnn");
-        assert_eq!(v["train"]["epochs"], 10);
-    }
 
     #[test]
     fn state_round_trip_and_corruption_is_reported() {

@@ -1,21 +1,17 @@
 //! The model card: the part of a checkpoint folder's `config.json` that says how to use the
-//! weights (architecture, classes, input size and eval transforms). `cv-train` writes it,
-//! flattened into its own config together with its hyper-parameters, which this reader
-//! ignores.
+//! weights (architecture, classes, input size and eval transforms). The trainer writes it
+//! flattened into [`super::CheckpointConfig`] beside the recipe, which this reader ignores,
+//! so inference code (`cv-weights`) reads a run folder without knowing about training.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cv_data::transforms::Pipeline;
 use cv_models::Architecture;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, WeightsError};
-
-/// Name of the config file in a checkpoint folder.
-pub const CONFIG_FILE: &str = "config.json";
-/// Name of the weights file in a checkpoint folder.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
+use super::CONFIG_FILE;
+use crate::atomic;
+use crate::error::{Result, TrainError};
 
 /// How to use a checkpoint's weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,13 +42,13 @@ impl ModelCard {
     /// Reads a card from a checkpoint folder or a `config.json`, ignoring unknown fields.
     pub fn read(dir_or_file: &Path) -> Result<ModelCard> {
         let path = config_path(dir_or_file);
-        let text = std::fs::read_to_string(&path).map_err(|e| WeightsError::io(&path, e))?;
-        let card: ModelCard = serde_json::from_str(&text).map_err(|e| WeightsError::Card {
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+        let card: ModelCard = serde_json::from_str(&text).map_err(|e| TrainError::Card {
             path: path.clone(),
             reason: e.to_string(),
         })?;
         card.check()
-            .map_err(|reason| WeightsError::Card { path, reason })?;
+            .map_err(|reason| TrainError::Card { path, reason })?;
         Ok(card)
     }
 
@@ -60,11 +56,11 @@ impl ModelCard {
     /// temporary file and a rename so a crash never leaves half a config.
     pub fn write(&self, dir_or_file: &Path) -> Result<PathBuf> {
         let path = config_path(dir_or_file);
-        let text = serde_json::to_string_pretty(self).map_err(|e| WeightsError::Card {
+        let text = serde_json::to_string_pretty(self).map_err(|e| TrainError::Card {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        write_atomic(&path, text.as_bytes())?;
+        atomic::write_bytes(&path, text.as_bytes())?;
         Ok(path)
     }
 
@@ -89,26 +85,6 @@ impl ModelCard {
         }
         Ok(())
     }
-}
-
-/// Writes `bytes` to `path` via `path.tmp-<pid>` + fsync + rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(WeightsError::io(path, e));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,288 @@
+//! The training loop as a few named parts: [`TrainStep`] (forward, loss, backward, update:
+//! the function the benchmark times), the eval step ([`crate::metrics::evaluate_logits`]),
+//! and the epoch loop of [`run_with_hooks`], which features extend through [`Hook`]s rather
+//! than by editing it. Fine-tuning modes: `full`, `head` (frozen backbone in eval mode),
+//! `probe` (cached features, linear head) and gradual unfreezing.
+//!
+//! ```text
+//! Session::start      checks, folder, model (init | pretrained | resume), loaders, probe cache
+//! for each epoch:
+//!   for each batch    hooks.on_batch -> TrainStep::run (hooks.extra_loss) -> hooks.after_step
+//!   evaluate          every eval_every epochs and after the last
+//!   save              model, config, metrics, curves, then the resume state
+//!   hooks.after_epoch Continue | Stop
+//! ```
+
+mod hooks;
+mod optimizers;
+mod pipelines;
+mod session;
+mod step;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::Device;
+use cv_data::transforms::{CIFAR10_MEAN, CIFAR10_STD};
+use cv_data::{DataSource, Splits};
+use cv_models::Architecture;
+
+pub use hooks::{on_epoch, EpochEnd, Flow, Hook, StepContext};
+pub use pipelines::{eval_pipeline, train_pipeline};
+pub use step::{StepOutput, TrainBatch, TrainStep};
+
+use crate::checkpoint::{InitRecord, STATE_FILE};
+use crate::config::{RunSettings, TrainConfig, TrainMode};
+use crate::error::Result;
+use crate::metrics::{EvalReport, MetricsAccumulator};
+use crate::optim::AnyOptimizer;
+use crate::report::{EpochProgress, EpochRecord};
+use optimizers::Optimizers;
+use session::{Counters, Session};
+
+/// Where the model's weights start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Init {
+    /// PyTorch's default initialisation drawn from `seed`; CIFAR normalisation.
+    Scratch {
+        /// Seed of the initialisation.
+        seed: u64,
+    },
+    /// A pretrained checkpoint; the head is replaced when the class count differs.
+    Pretrained {
+        /// The `.safetensors` file.
+        path: PathBuf,
+        /// The registry name or path the user gave, from which a replay finds the weights.
+        source: String,
+        /// What the weights are, in words (recorded in `config.json`).
+        origin: String,
+        /// Normalisation the weights were trained with (ImageNet's for torchvision).
+        mean: [f32; 3],
+        /// Standard deviation of that normalisation.
+        std: [f32; 3],
+    },
+}
+
+impl Init {
+    fn normalization(&self) -> ([f32; 3], [f32; 3]) {
+        match self {
+            Init::Scratch { .. } => (CIFAR10_MEAN, CIFAR10_STD),
+            Init::Pretrained { mean, std, .. } => (*mean, *std),
+        }
+    }
+
+    fn record(&self) -> InitRecord {
+        match self {
+            Init::Scratch { seed } => InitRecord::Scratch { seed: *seed },
+            Init::Pretrained {
+                path,
+                source,
+                origin,
+                ..
+            } => InitRecord::Pretrained {
+                path: path.clone(),
+                source: Some(source.clone()),
+                origin: origin.clone(),
+            },
+        }
+    }
+}
+
+/// One training run.
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    /// Train and test data with their class names.
+    pub splits: Splits,
+    /// The network to train.
+    pub architecture: Architecture,
+    /// Where the weights start.
+    pub init: Init,
+    /// The recipe: every hyper-parameter.
+    pub config: TrainConfig,
+    /// How this process runs it (progress bar, device name, prefetch).
+    pub settings: RunSettings,
+    /// Where `splits` was opened from, recorded in `config.json` so the run can be replayed
+    /// (`None` for data built in memory).
+    pub data: Option<DataSource>,
+    /// The checkpoint folder (created if missing).
+    pub out_dir: PathBuf,
+    /// Continue the run saved in `out_dir` (its `train_state.safetensors`).
+    pub resume: bool,
+    /// Where tensors live.
+    pub device: Device,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The checkpoint folder.
+    pub out_dir: PathBuf,
+    /// Epochs completed in total (including those before a resume).
+    pub epochs_completed: usize,
+    /// The epoch the run resumed at, if it resumed.
+    pub resumed_at_epoch: Option<usize>,
+    /// Optimizer steps taken in total.
+    pub global_step: usize,
+    /// One record per completed epoch.
+    pub records: Vec<EpochRecord>,
+    /// The last evaluation on the test split.
+    pub final_eval: Option<EvalReport>,
+    /// Images pushed through the backbone by this process (training and evaluation); in
+    /// `probe` mode each image's features are computed exactly once.
+    pub backbone_images: u64,
+}
+
+/// Runs `job`: trains, evaluates and checkpoints after every epoch.
+pub fn run(job: &TrainJob) -> Result<RunSummary> {
+    run_with_hooks(job, &mut [])
+}
+
+/// [`run`] with `hooks` called at their points of every step and epoch, in order.
+pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<RunSummary> {
+    // Every step frees and reallocates the same large buffers: keep them (see the function).
+    cv_data::keep_freed_memory();
+    let c = &job.config;
+    let (session, mut counters) = Session::start(job)?;
+    let resumed_at_epoch = job
+        .resume
+        .then_some(counters.start_epoch)
+        .filter(|&e| e > 0);
+    let mut optimizers = Optimizers::new(std::mem::take(&mut counters.saved_optimizer));
+    let state_file = job.out_dir.join(STATE_FILE);
+    let mut final_eval = None;
+    for epoch in counters.start_epoch..c.epochs {
+        let mode = c.mode_at(epoch);
+        let opt = optimizers.for_mode(&session.varmap, job.architecture, mode, c, &state_file)?;
+        let started = Instant::now();
+        let progress = EpochProgress::new(
+            epoch + 1,
+            c.epochs,
+            session.steps_per_epoch,
+            job.settings.quiet,
+        );
+        let (train, lr) = train_epoch(&session, &mut counters, opt, epoch, mode, hooks, &progress)?;
+        let images_per_s = train.images() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let eval = if (epoch + 1) % c.eval_every == 0 || epoch + 1 == c.epochs {
+            let (report, images) = session.evaluate(mode)?;
+            counters.backbone_images += images;
+            Some(report)
+        } else {
+            None
+        };
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            train_loss: train.mean_loss(),
+            train_acc: train.accuracy(),
+            test_loss: eval.as_ref().map(|r| r.loss),
+            test_acc: eval.as_ref().map(|r| r.accuracy),
+            test_top5: eval.as_ref().map(|r| r.top5),
+            seconds: started.elapsed().as_secs_f64(),
+            images_per_s,
+        };
+        progress.finish(summary_line(&record));
+        counters.records.push(record.clone());
+        session.save(&counters, opt)?;
+        let end = EpochEnd {
+            record: &record,
+            eval: eval.as_ref(),
+            checkpoint: session.dir.path(),
+            vars: &session.varmap,
+        };
+        let mut flow = Flow::Continue;
+        for hook in hooks.iter_mut() {
+            if hook.after_epoch(&end)? == Flow::Stop {
+                flow = Flow::Stop;
+            }
+        }
+        if eval.is_some() {
+            final_eval = eval;
+        }
+        if flow == Flow::Stop {
+            break;
+        }
+    }
+    Ok(RunSummary {
+        out_dir: job.out_dir.clone(),
+        epochs_completed: counters.records.len(),
+        resumed_at_epoch,
+        global_step: counters.global_step,
+        records: counters.records,
+        final_eval,
+        backbone_images: counters.backbone_images,
+    })
+}
+
+/// One pass over the training batches of `epoch`; returns the epoch's training metrics and
+/// the last learning rate.
+#[allow(clippy::too_many_arguments)]
+fn train_epoch(
+    session: &Session,
+    counters: &mut Counters,
+    opt: &mut AnyOptimizer,
+    epoch: usize,
+    mode: TrainMode,
+    hooks: &mut [&mut dyn Hook],
+    progress: &EpochProgress,
+) -> Result<(MetricsAccumulator, f64)> {
+    let job = session.job;
+    let c = &job.config;
+    let step = TrainStep::new(
+        &session.model,
+        &session.frozen,
+        mode,
+        c.precision,
+        c.label_smoothing,
+    );
+    let total_steps = session.steps_per_epoch * c.epochs;
+    let started = Instant::now();
+    let mut metrics = MetricsAccumulator::new(job.splits.classes.len());
+    let mut lr = c.lr;
+    for (b, batch) in session.batches(epoch, mode)?.enumerate() {
+        lr = c.schedule.lr_at(c.lr, counters.global_step, total_steps);
+        opt.set_learning_rate(lr);
+        let ctx = StepContext {
+            epoch,
+            batch: b,
+            global_step: counters.global_step,
+            mode,
+            lr,
+        };
+        let mut batch = batch?;
+        for hook in hooks.iter_mut() {
+            batch = hook.on_batch(batch, &ctx)?;
+        }
+        let out = step.run(&batch, opt, hooks, &ctx)?;
+        for hook in hooks.iter_mut() {
+            hook.after_step(&out, &session.varmap, &ctx)?;
+        }
+        let labels = batch.labels.to_vec1::<u32>()?;
+        metrics.update(&out.logits, &labels, out.loss as f64)?;
+        counters.global_step += 1;
+        if mode != TrainMode::Probe {
+            counters.backbone_images += labels.len() as u64;
+        }
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        progress.update(
+            metrics.mean_loss(),
+            metrics.accuracy(),
+            metrics.images() as f64 / secs,
+        );
+    }
+    Ok((metrics, lr))
+}
+
+/// The line the progress bar ends an epoch with.
+fn summary_line(r: &EpochRecord) -> String {
+    let test = r
+        .test_acc
+        .map(|a| format!(" test {:.1}%", 100.0 * a))
+        .unwrap_or_default();
+    format!(
+        "loss {:.4} acc {:.1}%{test} {:.0} img/s {:.1}s",
+        r.train_loss,
+        100.0 * r.train_acc,
+        r.images_per_s,
+        r.seconds
+    )
+}

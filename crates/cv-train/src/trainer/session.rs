@@ -1,0 +1,373 @@
+//! Everything a run sets up before its first epoch and reads during it: the checks, the
+//! folder, the model (initialised, pretrained or resumed), the loaders, the probe's feature
+//! cache; and what it writes at the end of each epoch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use cv_data::{Loader, LoaderConfig, Pipeline};
+use cv_models::Model;
+use rand::seq::SliceRandom;
+
+use super::pipelines::{eval_pipeline, train_pipeline};
+use super::step::TrainBatch;
+use super::{Init, TrainJob};
+use crate::checkpoint::{
+    CheckpointConfig, CheckpointDir, ModelCard, StateMeta, TrainState, STATE_FILE, STATE_VERSION,
+};
+use crate::config::{Precision, TrainMode};
+use crate::error::{Result, TrainError};
+use crate::metrics::{evaluate, evaluate_logits, EvalReport};
+use crate::optim::AnyOptimizer;
+use crate::report::EpochRecord;
+
+/// What changes while a run goes on.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    /// The first epoch this process trains (0, or where a resume picks up).
+    pub start_epoch: usize,
+    /// Optimizer steps taken in total.
+    pub global_step: usize,
+    /// One record per completed epoch, those before a resume included.
+    pub records: Vec<EpochRecord>,
+    /// Images pushed through the backbone by this process.
+    pub backbone_images: u64,
+    /// The optimizer state a resume starts from.
+    pub saved_optimizer: HashMap<String, Tensor>,
+}
+
+/// Backbone features of the eval transforms, computed once for `probe` mode.
+struct ProbeCache {
+    train: (Tensor, Tensor),
+    test: (Tensor, Tensor),
+}
+
+/// A run's fixed parts.
+pub(super) struct Session<'j> {
+    pub job: &'j TrainJob,
+    pub dir: CheckpointDir,
+    pub varmap: VarMap,
+    pub model: Model,
+    /// `model.detached()`: evaluation and the frozen backbone run on it.
+    pub frozen: Model,
+    train_loader: Loader,
+    test_loader: Loader,
+    probe: Option<ProbeCache>,
+    pub steps_per_epoch: usize,
+    /// `config.json` as of the start; each epoch fills in its progress.
+    config_json: CheckpointConfig,
+}
+
+impl<'j> Session<'j> {
+    /// Checks the job, opens its folder, builds the model and the loaders.
+    pub fn start(job: &'j TrainJob) -> Result<(Self, Counters)> {
+        check(job)?;
+        let c = &job.config;
+        let device = &job.device;
+        let (dir, previous) = CheckpointDir::open(&job.out_dir, job.resume, device)?;
+        let num_classes = job.splits.classes.len();
+        let varmap = VarMap::new();
+        let model = Model::new(
+            job.architecture,
+            num_classes,
+            VarBuilder::from_varmap(&varmap, DType::F32, device),
+        )?;
+        // PyTorch init from the seed (the head of a pretrained model keeps it), then the
+        // pretrained weights or the resume state.
+        let init_seed = match &job.init {
+            Init::Scratch { seed } => *seed,
+            Init::Pretrained { .. } => c.seed,
+        };
+        cv_models::init::initialise(&varmap, job.architecture, init_seed)?;
+        let counters = match previous {
+            Some(state) => restore(job, &varmap, state)?,
+            None => {
+                if let Init::Pretrained { path, .. } = &job.init {
+                    load_pretrained(job, &varmap, path)?;
+                }
+                Counters::default()
+            }
+        };
+
+        let (mean, std) = job.init.normalization();
+        let train_data = Arc::new(job.splits.train.clone());
+        let test_data = Arc::new(job.splits.test.clone());
+        let train_tf = train_pipeline(c.augment, c.image_size, &train_data, mean, std);
+        let eval_tf = eval_pipeline(c.image_size, &test_data, mean, std);
+        let loader = |data: &Arc<cv_data::Dataset>, tf: &Pipeline, shuffle: bool| {
+            Loader::new(
+                data.clone(),
+                tf.clone(),
+                LoaderConfig {
+                    batch_size: c.batch_size,
+                    shuffle,
+                    drop_last: shuffle && c.drop_last,
+                    seed: c.seed,
+                    prefetch: job.settings.prefetch,
+                },
+                device.clone(),
+            )
+        };
+        let train_loader = loader(&train_data, &train_tf, true)?;
+        let test_loader = loader(&test_data, &eval_tf, false)?;
+        let steps_per_epoch = train_loader.num_batches();
+        if steps_per_epoch == 0 {
+            return Err(TrainError::Config(format!(
+                "no training batch: {} images, batch_size {} with drop_last",
+                train_data.len(),
+                c.batch_size
+            )));
+        }
+
+        let frozen = model.detached();
+        let mut counters = counters;
+        // A probe trains on features of the eval transforms: record what it really saw.
+        let probe_tf = eval_pipeline(c.image_size, &train_data, mean, std);
+        let probe = if c.mode == TrainMode::Probe && counters.start_epoch < c.epochs {
+            let train_eval_loader = loader(&train_data, &probe_tf, false)?;
+            counters.backbone_images += (train_data.len() + test_data.len()) as u64;
+            Some(ProbeCache {
+                train: features(&frozen, &train_eval_loader)?,
+                test: features(&frozen, &test_loader)?,
+            })
+        } else {
+            None
+        };
+        let config_json = CheckpointConfig {
+            card: ModelCard {
+                architecture: job.architecture,
+                classes: job.splits.classes.clone(),
+                image_size: c.image_size,
+                eval_transforms: eval_tf,
+                weights_from: match &job.init {
+                    Init::Pretrained { origin, .. } => Some(origin.clone()),
+                    Init::Scratch { .. } => None,
+                },
+            },
+            train_transforms: if c.mode == TrainMode::Probe {
+                probe_tf
+            } else {
+                train_tf
+            },
+            train: c.clone(),
+            runtime: job.settings.clone(),
+            data: job.data.clone(),
+            init: job.init.record(),
+            seed: c.seed,
+            epochs_completed: 0,
+            test_accuracy: None,
+        };
+        let session = Session {
+            job,
+            dir,
+            varmap,
+            model,
+            frozen,
+            train_loader,
+            test_loader,
+            probe,
+            steps_per_epoch,
+            config_json,
+        };
+        Ok((session, counters))
+    }
+
+    /// The training batches of 0-based `epoch` in `mode`: augmented images from the loader,
+    /// or shuffled cached features in `probe` mode.
+    pub fn batches(
+        &self,
+        epoch: usize,
+        mode: TrainMode,
+    ) -> Result<Box<dyn Iterator<Item = Result<TrainBatch>> + '_>> {
+        let c = &self.job.config;
+        match (&self.probe, mode) {
+            (Some(probe), TrainMode::Probe) => {
+                let (feats, labels) = &probe.train;
+                let n = feats.dim(0)?;
+                let mut order: Vec<u32> = (0..n as u32).collect();
+                order.shuffle(&mut cv_data::seed::shuffle_rng(c.seed, epoch as u64));
+                let device = self.job.device.clone();
+                let steps = self.steps_per_epoch;
+                Ok(Box::new((0..steps).map(move |b| {
+                    let idx = &order[b * c.batch_size..((b + 1) * c.batch_size).min(n)];
+                    let idx = Tensor::new(idx, &device)?;
+                    Ok(TrainBatch::new(
+                        feats.index_select(&idx, 0)?,
+                        labels.index_select(&idx, 0)?,
+                    ))
+                })))
+            }
+            _ => Ok(Box::new(self.train_loader.epoch(epoch as u64).map(|b| {
+                let b = b?;
+                Ok(TrainBatch::new(b.images, b.labels))
+            }))),
+        }
+    }
+
+    /// The eval step over the test split: on cached features in `probe` mode, else through
+    /// the whole network. Returns the report and the images that crossed the backbone.
+    pub fn evaluate(&self, mode: TrainMode) -> Result<(EvalReport, u64)> {
+        let classes = &self.job.splits.classes;
+        match (&self.probe, mode) {
+            (Some(probe), TrainMode::Probe) => {
+                let head = self.frozen.head();
+                let (feats, labels) = &probe.test;
+                let n = feats.dim(0)?;
+                let size = self.job.config.batch_size;
+                let batches = (0..n).step_by(size).map(|start| {
+                    let len = size.min(n - start);
+                    Ok((
+                        head.forward(&feats.narrow(0, start, len)?)?,
+                        labels.narrow(0, start, len)?,
+                    ))
+                });
+                Ok((evaluate_logits(batches, classes)?, 0))
+            }
+            _ => Ok((
+                evaluate(&self.model, &self.test_loader)?,
+                self.job.splits.test.len() as u64,
+            )),
+        }
+    }
+
+    /// Writes the folder's files for the epochs completed so far.
+    pub fn save(&self, counters: &Counters, opt: &AnyOptimizer) -> Result<()> {
+        let c = &self.job.config;
+        let records = &counters.records;
+        let epochs_completed = records.len();
+        let config_json = CheckpointConfig {
+            epochs_completed,
+            test_accuracy: records.iter().rev().find_map(|r| r.test_acc),
+            ..self.config_json.clone()
+        };
+        let state = TrainState {
+            meta: StateMeta {
+                version: STATE_VERSION,
+                epochs_completed,
+                global_step: counters.global_step,
+                seed: c.seed,
+                config: c.clone(),
+                classes: self.job.splits.classes.clone(),
+                records: records.clone(),
+            },
+            model: cv_models::state::state_dict(&self.varmap)?,
+            optimizer: opt.state_tensors()?,
+        };
+        self.dir.save_epoch(&config_json, &state, records)
+    }
+}
+
+/// What cannot train, refused before anything is written.
+fn check(job: &TrainJob) -> Result<()> {
+    let c = &job.config;
+    c.validate()?;
+    job.architecture.check_image_size(c.image_size)?;
+    if job.splits.classes.is_empty() {
+        return Err(TrainError::Config("the dataset has no classes".into()));
+    }
+    if job.splits.train.is_empty() || job.splits.test.is_empty() {
+        return Err(TrainError::Config(format!(
+            "the train split has {} images and the test split {}: both need at least one",
+            job.splits.train.len(),
+            job.splits.test.len()
+        )));
+    }
+    if c.precision == Precision::Bf16 && !job.device.is_cuda() {
+        return Err(TrainError::Config(format!(
+            "precision bf16 needs a CUDA device (got {:?}): build with --features cuda and \
+             pass --device cuda, or use --precision f32",
+            job.device
+        )));
+    }
+    Ok(())
+}
+
+/// The recipe fields that may change between a run and its resume: the length of the run,
+/// how often it evaluates, and the arithmetic (the weights are f32 either way).
+fn resumable_view(c: &crate::config::TrainConfig) -> crate::config::TrainConfig {
+    crate::config::TrainConfig {
+        epochs: 0,
+        eval_every: 1,
+        precision: Precision::F32,
+        ..c.clone()
+    }
+}
+
+/// Loads a resume state into `varmap` after checking it belongs to this job.
+fn restore(job: &TrainJob, varmap: &VarMap, state: TrainState) -> Result<Counters> {
+    let path = job.out_dir.join(STATE_FILE);
+    let refuse = |message: String| TrainError::State {
+        path: path.clone(),
+        message,
+    };
+    if state.meta.classes != job.splits.classes {
+        return Err(refuse(format!(
+            "saved with classes {:?}, the data has {:?}",
+            state.meta.classes, job.splits.classes
+        )));
+    }
+    if resumable_view(&state.meta.config) != resumable_view(&job.config) {
+        return Err(refuse(
+            "saved with other hyper-parameters (only epochs, eval_every and precision may \
+             change on resume)"
+                .into(),
+        ));
+    }
+    cv_models::state::load_state_dict(varmap, &state.model).map_err(|e| {
+        refuse(format!(
+            "the saved model does not fit {} with {} classes: {e}",
+            job.architecture,
+            job.splits.classes.len()
+        ))
+    })?;
+    Ok(Counters {
+        start_epoch: state.meta.epochs_completed,
+        global_step: state.meta.global_step,
+        records: state.meta.records,
+        backbone_images: 0,
+        saved_optimizer: state.optimizer,
+    })
+}
+
+/// Pretrained weights into `varmap`, the head replaced when the class count differs.
+fn load_pretrained(job: &TrainJob, varmap: &VarMap, path: &std::path::Path) -> Result<()> {
+    let tensors = cv_models::state::read_safetensors(path, &job.device)?;
+    let num_classes = job.splits.classes.len();
+    let load = cv_models::state::load_pretrained(varmap, job.architecture, tensors, num_classes)
+        .map_err(|e| TrainError::Pretrained {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if let Some(h) = &load.head_replaced {
+        log::info!(
+            "{}: checkpoint head {} has {} classes, the model {}: {} replaced by a freshly \
+             initialised one",
+            path.display(),
+            h.module,
+            h.from_classes,
+            h.to_classes,
+            h.module
+        );
+    }
+    log::info!(
+        "{}: loaded {} tensors into {}",
+        path.display(),
+        load.loaded,
+        job.architecture
+    );
+    Ok(())
+}
+
+/// Features of every image of `loader` through the frozen backbone, in dataset order.
+fn features(frozen: &Model, loader: &Loader) -> Result<(Tensor, Tensor)> {
+    let mut feats = Vec::new();
+    let mut labels = Vec::new();
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        feats.push(frozen.features(&batch.images, false)?.detach());
+        labels.push(batch.labels);
+    }
+    Ok((Tensor::cat(&feats, 0)?, Tensor::cat(&labels, 0)?))
+}
