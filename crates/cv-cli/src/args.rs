@@ -57,12 +57,12 @@ impl Cli {
 pub enum Command {
     /// Train a model from scratch (the tutorial's first half).
     #[command(
-        after_help = "Example:\n  cv train --model cnn --data data/cifar-10-batches-bin --epochs 10 --out runs/cnn"
+        after_help = "Examples:\n  cv train --model cnn --data data/cifar-10-batches-bin --epochs 10 --out runs/cnn\n  cv train --config runs/cnn --out runs/cnn-again     # replay a run from its config.json"
     )]
     Train(TrainArgs),
     /// Fine-tune pretrained weights on your data (the tutorial's second half).
     #[command(
-        after_help = "Examples:\n  cv finetune                                   # resnet18.tv_in1k on CIFAR-10, recipe defaults\n  cv finetune --mode full --epochs 3 --image-size 64\n  cv finetune --weights my.safetensors --data flowers/ --mode head"
+        after_help = "Examples:\n  cv finetune                                   # resnet18.tv_in1k on CIFAR-10, recipe defaults\n  cv finetune --mode full --epochs 3 --image-size 64\n  cv finetune --weights my.safetensors --data flowers/ --mode head\n  cv finetune --config runs/finetune --epochs 20 --out runs/longer   # replay, one value changed"
     )]
     Finetune(FinetuneArgs),
     /// Evaluate a checkpoint: loss, top-1, top-5, per-class accuracy, confusion matrix.
@@ -145,9 +145,24 @@ pub enum PrecisionArg {
     Bf16,
 }
 
-/// Flags shared by `train` and `finetune`. A flag left out takes the recipe's default.
+/// The weights `cv finetune` starts from when `--weights` is not given.
+pub const DEFAULT_WEIGHTS: &str = "resnet18.tv_in1k";
+
+/// Where `--data` looks when it is not given (nor recorded in a replayed config).
+pub const DEFAULT_DATA: &str = "data/cifar-10-batches-bin";
+
+/// Flags shared by `train` and `finetune`. A flag left out takes the recipe's default, or with
+/// `--config` the replayed run's value.
 #[derive(Debug, Args)]
 pub struct CommonTrainArgs {
+    /// Replay a run: its recipe, data, model and starting weights from its config.json (a run
+    /// folder or the file). Flags given beside it override single values.
+    #[arg(long, value_name = "RUN/config.json")]
+    pub config: Option<PathBuf>,
+    /// A CIFAR-10 batch folder (or its parent) or an image-folder root with train/ and test/
+    /// [default: data/cifar-10-batches-bin].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Passes over the training split.
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -214,12 +229,9 @@ pub struct CommonTrainArgs {
 /// `cv train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Network to train.
-    #[arg(long, value_enum, default_value = "cnn")]
-    pub model: ModelArg,
-    /// A CIFAR-10 batch folder (or its parent) or an image-folder root with train/ and test/.
-    #[arg(long, default_value = "data/cifar-10-batches-bin")]
-    pub data: PathBuf,
+    /// Network to train [default: cnn].
+    #[arg(long, value_enum)]
+    pub model: Option<ModelArg>,
     #[command(flatten)]
     pub common: CommonTrainArgs,
 }
@@ -227,12 +239,10 @@ pub struct TrainArgs {
 /// `cv finetune`.
 #[derive(Debug, Args)]
 pub struct FinetuneArgs {
-    /// A registry name (see `cv weights list`), a .safetensors file or a checkpoint folder.
-    #[arg(long, default_value = "resnet18.tv_in1k")]
-    pub weights: String,
-    /// A CIFAR-10 batch folder (or its parent) or an image-folder root with train/ and test/.
-    #[arg(long, default_value = "data/cifar-10-batches-bin")]
-    pub data: PathBuf,
+    /// A registry name (see `cv weights list`), a .safetensors file or a checkpoint folder
+    /// [default: resnet18.tv_in1k].
+    #[arg(long)]
+    pub weights: Option<String>,
     /// What trains.
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,

@@ -16,11 +16,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Optimizer, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 use cv_models::params::{trainable_vars, Trainable};
 use cv_models::{init, Architecture, Model};
-use cv_train::loss::cross_entropy;
-use cv_train::optim::{ParamGroup, Sgd, SgdConfig};
+use cv_train::config::{Precision, TrainMode};
+use cv_train::optim::{AnyOptimizer, ParamGroup, Sgd, SgdConfig};
+use cv_train::trainer::{StepContext, TrainBatch, TrainStep};
 
 use super::{Measurement, Reference, Report, Settings};
 
@@ -171,7 +172,7 @@ fn prepare(w: &Workload, varmap: &VarMap) -> anyhow::Result<Step> {
                 }));
             }
             let labels: Vec<u32> = (0..w.batch as u32).map(|i| (i * 7) % 10).collect();
-            let y = Tensor::from_vec(labels, w.batch, &dev)?;
+            let batch = TrainBatch::new(x, Tensor::from_vec(labels, w.batch, &dev)?);
             let group = ParamGroup {
                 name: "all".into(),
                 vars: trainable_vars(varmap, arch, Trainable::All),
@@ -183,16 +184,19 @@ fn prepare(w: &Workload, varmap: &VarMap) -> anyhow::Result<Step> {
                 momentum: MOMENTUM,
                 ..SgdConfig::default()
             };
-            let mut opt = Sgd::with_groups(vec![group], config)?;
+            let mut opt = AnyOptimizer::Sgd(Sgd::with_groups(vec![group], config)?);
+            let frozen = model.detached();
+            let ctx = StepContext {
+                epoch: 0,
+                batch: 0,
+                global_step: 0,
+                mode: TrainMode::Full,
+                lr: LR,
+            };
+            // The trainer's own step: forward, loss, backward, update (and the finite-loss check).
             Ok(Box::new(move || {
-                let logits = model.forward_t(&x, true)?;
-                let loss = cross_entropy(&logits, &y, 0.0)?;
-                let grads = loss.backward()?;
-                opt.step(&grads)?;
-                let loss = loss.to_scalar::<f32>()?;
-                if !loss.is_finite() {
-                    bail!("the loss became {loss}");
-                }
+                let step = TrainStep::new(&model, &frozen, TrainMode::Full, Precision::F32, 0.0);
+                step.run(&batch, &mut opt, &mut [], &ctx)?;
                 Ok(())
             }))
         }

@@ -1,11 +1,14 @@
-//! `cv train`, `cv finetune` and `cv eval`: flags -> `cv_train` job, then a summary.
+//! `cv train`, `cv finetune` and `cv eval`: flags (over a replayed run's `config.json` when
+//! `--config` names one) -> `cv_train` job, then a summary.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use cv_data::DataSource;
 use cv_models::Architecture;
-use cv_train::config::{Augment, OptimizerKind, Precision, TrainConfig, TrainMode};
+use cv_train::checkpoint::{CheckpointConfig, InitRecord};
+use cv_train::config::{Augment, OptimizerKind, Precision, RunSettings, TrainConfig, TrainMode};
 use cv_train::schedule::Schedule;
 use cv_train::trainer::{run, Init, TrainJob};
 use cv_weights::predict::Classifier;
@@ -13,41 +16,122 @@ use cv_weights::source::{resolve, ResolveOptions, WeightsSource};
 
 use crate::args::{
     rgb, usage, AugmentArg, CommonTrainArgs, EvalArgs, FinetuneArgs, ModeArg, ModelArg,
-    OptimizerArg, PrecisionArg, ScheduleArg, TrainArgs,
+    OptimizerArg, PrecisionArg, ScheduleArg, TrainArgs, DEFAULT_DATA, DEFAULT_WEIGHTS,
 };
 
-/// Training from scratch.
+/// Training from scratch, or replaying a run that did (`--config`).
 pub fn train(a: &TrainArgs) -> Result<()> {
-    let arch = match a.model {
-        ModelArg::Cnn => Architecture::SimpleCnn,
-        ModelArg::Resnet18 => Architecture::ResNet18,
+    let replay = read_replay(&a.common)?;
+    if let Some(InitRecord::Pretrained { .. }) = replay.as_ref().map(|r| &r.init) {
+        return Err(usage(
+            "--config: that run fine-tuned pretrained weights: replay it with `cv finetune --config`",
+        ));
+    }
+    let arch = match (a.model, &replay) {
+        (Some(ModelArg::Cnn), _) => Architecture::SimpleCnn,
+        (Some(ModelArg::Resnet18), _) => Architecture::ResNet18,
+        (None, Some(r)) => r.card.architecture,
+        (None, None) => Architecture::SimpleCnn,
     };
-    let mut config = cv_train::config::recipe_scratch(arch);
+    let mut config = match &replay {
+        Some(r) => r.train.clone(),
+        None => cv_train::config::recipe_scratch(arch),
+    };
     apply_common(&mut config, &a.common)?;
     check_image_size(arch, &config)?;
-    let splits = open_data(&a.data, &a.common)?;
-    let init = Init::Scratch { seed: config.seed };
-    let out = a
-        .common
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("runs/train-{arch}")));
+    let data = data_source(&a.common, replay.as_ref(), &config);
+    let splits = open_data(&data)?;
+    let out = out_dir(&a.common, format!("runs/train-{arch}"));
     finish_config(&mut config, &a.common, splits.train.len());
     execute(TrainJob {
         splits,
         architecture: arch,
-        init,
+        init: Init::Scratch { seed: config.seed },
         config,
+        settings: run_settings(&a.common),
+        data: Some(data),
         out_dir: out,
         resume: a.common.resume,
         device: device(&a.common.device)?,
     })
 }
 
-/// Fine-tuning pretrained weights.
+/// Fine-tuning pretrained weights, or replaying a run that did (`--config`).
 pub fn finetune(a: &FinetuneArgs) -> Result<()> {
-    let source = super::parse_weights(&a.weights)?;
-    let mut config = cv_train::config::recipe_finetune();
+    let replay = read_replay(&a.common)?;
+    let replayed_source = match replay.as_ref().map(|r| &r.init) {
+        Some(InitRecord::Scratch { .. }) => {
+            return Err(usage(
+                "--config: that run trained from scratch: replay it with `cv train --config`",
+            ))
+        }
+        Some(InitRecord::Pretrained { source, .. }) => source.clone(),
+        None => None,
+    };
+    let weights_arg = match (&a.weights, &replay, replayed_source) {
+        (Some(w), _, _) => w.clone(),
+        (None, Some(_), Some(recorded)) => recorded,
+        (None, Some(_), None) => {
+            return Err(usage(
+                "--config: that config.json does not record where its weights came from \
+                 (written before replay existed): pass --weights",
+            ))
+        }
+        (None, None, _) => DEFAULT_WEIGHTS.to_string(),
+    };
+    let source = super::parse_weights(&weights_arg)?;
+    let mut config = match &replay {
+        Some(r) => r.train.clone(),
+        None => cv_train::config::recipe_finetune(),
+    };
+    apply_finetune(&mut config, a);
+    apply_common(&mut config, &a.common)?;
+    let data = data_source(&a.common, replay.as_ref(), &config);
+    let splits = open_data(&data)?;
+    // A replay keeps the normalisation the run used unless flags say otherwise.
+    let recorded = replay.as_ref().map(|r| &r.card.eval_transforms);
+    let options = ResolveOptions {
+        offline: a.offline,
+        mean: rgb(&a.mean, "mean")?.or(recorded.map(|p| p.mean)),
+        std: rgb(&a.std, "std")?.or(recorded.map(|p| p.std)),
+        progress: !a.common.quiet,
+        hub: None,
+    };
+    let weights = resolve(&source, &options)?;
+    if let Some(note) = &weights.note {
+        log::info!("{note}");
+    }
+    check_image_size(weights.architecture, &config)?;
+    let init = Init::Pretrained {
+        path: weights.path.clone(),
+        source: weights_arg,
+        origin: weights.origin.clone(),
+        mean: weights.eval_transforms.mean,
+        std: weights.eval_transforms.std,
+    };
+    let out = out_dir(&a.common, "runs/finetune".into());
+    finish_config(&mut config, &a.common, splits.train.len());
+    log::info!(
+        "fine-tuning {} ({} mode) on {} classes",
+        weights.origin,
+        mode_name(config.mode),
+        splits.classes.len()
+    );
+    execute(TrainJob {
+        splits,
+        architecture: weights.architecture,
+        init,
+        config,
+        settings: run_settings(&a.common),
+        data: Some(data),
+        out_dir: out,
+        resume: a.common.resume,
+        device: device(&a.common.device)?,
+    })
+}
+
+/// The fine-tuning flags over the recipe.
+fn apply_finetune(config: &mut TrainConfig, a: &FinetuneArgs) {
     if let Some(m) = a.mode {
         config.mode = match m {
             ModeArg::Full => TrainMode::Full,
@@ -64,42 +148,57 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     if let Some(s) = a.backbone_lr_scale {
         config.backbone_lr_scale = s;
     }
-    apply_common(&mut config, &a.common)?;
-    let splits = open_data(&a.data, &a.common)?;
-    let options = ResolveOptions {
-        offline: a.offline,
-        mean: rgb(&a.mean, "mean")?,
-        std: rgb(&a.std, "std")?,
-        progress: !a.common.quiet,
-        hub: None,
+}
+
+/// The run `--config` names, if any.
+fn read_replay(c: &CommonTrainArgs) -> Result<Option<CheckpointConfig>> {
+    let Some(path) = &c.config else {
+        return Ok(None);
     };
-    let weights = resolve(&source, &options)?;
-    if let Some(note) = &weights.note {
-        log::info!("{note}");
-    }
-    check_image_size(weights.architecture, &config)?;
-    let init = Init::from_resolved(&weights);
-    let out = a
-        .common
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs/finetune"));
-    finish_config(&mut config, &a.common, splits.train.len());
+    let config = CheckpointConfig::read(path).with_context(|| {
+        format!(
+            "--config {}: not a run's config.json (train and finetune write one into their --out folder)",
+            path.display()
+        )
+    })?;
     log::info!(
-        "fine-tuning {} ({} mode) on {} classes",
-        weights.origin,
-        mode_name(config.mode),
-        splits.classes.len()
+        "replaying {} ({} after {} epochs)",
+        path.display(),
+        config.card.architecture,
+        config.epochs_completed
     );
-    execute(TrainJob {
-        splits,
-        architecture: weights.architecture,
-        init,
-        config,
-        out_dir: out,
-        resume: a.common.resume,
-        device: device(&a.common.device)?,
-    })
+    Ok(Some(config))
+}
+
+/// The data the flags name, else the replayed run's, else the default folder.
+fn data_source(
+    c: &CommonTrainArgs,
+    replay: Option<&CheckpointConfig>,
+    config: &TrainConfig,
+) -> DataSource {
+    let recorded = replay.and_then(|r| r.data.clone());
+    let base = recorded
+        .clone()
+        .unwrap_or_else(|| DataSource::new(DEFAULT_DATA));
+    DataSource {
+        path: c.data.clone().unwrap_or(base.path),
+        skip_bad: c.skip_bad || base.skip_bad,
+        limit_train: c.limit_train.or(base.limit_train),
+        limit_test: c.limit_test.or(base.limit_test),
+        subset_seed: config.seed,
+    }
+}
+
+fn out_dir(c: &CommonTrainArgs, default: String) -> PathBuf {
+    c.out.clone().unwrap_or_else(|| PathBuf::from(default))
+}
+
+fn run_settings(c: &CommonTrainArgs) -> RunSettings {
+    RunSettings {
+        quiet: c.quiet,
+        device: c.device.clone(),
+        ..RunSettings::default()
+    }
 }
 
 /// Evaluating a checkpoint on the test split.
@@ -185,28 +284,15 @@ fn execute(job: TrainJob) -> Result<()> {
     Ok(())
 }
 
-fn open_data(path: &std::path::Path, c: &CommonTrainArgs) -> Result<cv_data::Splits> {
-    let mut splits = cv_data::open(
-        path,
-        &cv_data::OpenOptions {
-            skip_bad: c.skip_bad,
-        },
-    )
-    .map_err(|e| match e {
+fn open_data(data: &DataSource) -> Result<cv_data::Splits> {
+    let splits = data.open().map_err(|e| match e {
         cv_data::DataError::Missing { .. } => anyhow::Error::new(e).context(format!(
             "no dataset at {} (run `cargo xtask fetch-data` for CIFAR-10, or pass --data DIR)",
-            path.display()
+            data.path.display()
         )),
         other => other.into(),
     })?;
     report_skipped(&splits);
-    let seed = c.seed.unwrap_or(0);
-    if let Some(n) = c.limit_train {
-        splits.train = splits.train.subset(n, seed);
-    }
-    if let Some(n) = c.limit_test {
-        splits.test = splits.test.subset(n, seed);
-    }
     Ok(splits)
 }
 
@@ -232,15 +318,10 @@ fn mode_name(m: TrainMode) -> &'static str {
     }
 }
 
-/// The small CNN's fc1 is 400 wide: it only fits 32x32 inputs.
+/// The architecture's one input-size rule, as a usage error naming the flag.
 fn check_image_size(arch: Architecture, config: &TrainConfig) -> Result<()> {
-    if arch == Architecture::SimpleCnn && config.image_size != 32 {
-        return Err(usage(format!(
-            "--image-size {}: the small CNN takes 32x32 images only (its fc1 expects 16x5x5 = 400 features); use --model resnet18 for other sizes",
-            config.image_size
-        )));
-    }
-    Ok(())
+    arch.check_image_size(config.image_size)
+        .map_err(|e| usage(format!("--image-size: {e}")))
 }
 
 fn apply_common(config: &mut TrainConfig, c: &CommonTrainArgs) -> Result<()> {
@@ -283,8 +364,6 @@ fn apply_common(config: &mut TrainConfig, c: &CommonTrainArgs) -> Result<()> {
             PrecisionArg::Bf16 => Precision::Bf16,
         };
     }
-    config.quiet = c.quiet;
-    config.device = c.device.clone();
     config.validate().map_err(|e| usage(e.to_string()))?;
     Ok(())
 }
