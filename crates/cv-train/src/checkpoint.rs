@@ -4,7 +4,8 @@
 //!   `torchvision.models.resnet18(num_classes=N).load_state_dict(load_file(path))` is strict-clean;
 //! - `config.json`: the [`ModelCard`] (flattened: architecture, classes, image size, eval
 //!   transforms) plus the train transforms, every hyper-parameter, the starting weights, seed;
-//! - `metrics.jsonl`, `curves.png` (+ `curves.txt`, its legend): see [`crate::report`];
+//! - `metrics.jsonl`, `curves.png` and `curves.svg` (one figure, two formats): see
+//!   [`crate::report`];
 //! - `train_state.safetensors`: everything a resume needs in ONE file, so it is always
 //!   self-consistent: the model (`model.<key>`), the optimizer state (`optim.<key>`) and a
 //!   JSON header (`meta.json`, stored as a u8 tensor: epoch, global step, seed, config,
@@ -31,6 +32,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// Loss and accuracy plot.
 pub const CURVES_FILE: &str = "curves.png";
+/// The same plot as SVG.
+pub const CURVES_SVG_FILE: &str = "curves.svg";
 /// Resume state.
 pub const STATE_FILE: &str = "train_state.safetensors";
 

@@ -19,8 +19,8 @@ use rand::seq::SliceRandom;
 
 use crate::atomic;
 use crate::checkpoint::{
-    CheckpointConfig, InitRecord, StateMeta, TrainState, CURVES_FILE, METRICS_FILE, MODEL_FILE,
-    STATE_FILE, STATE_VERSION,
+    CheckpointConfig, InitRecord, StateMeta, TrainState, METRICS_FILE, MODEL_FILE, STATE_FILE,
+    STATE_VERSION,
 };
 use crate::config::{Augment, OptimizerKind, Precision, TrainConfig, TrainMode};
 use crate::error::{Result, TrainError};
@@ -695,6 +695,6 @@ fn save_epoch(
     atomic::write_safetensors(&out.join(MODEL_FILE), &state.model)?;
     config.write(out)?;
     report::write_metrics(&out.join(METRICS_FILE), records)?;
-    report::plot_curves(&out.join(CURVES_FILE), records)?;
+    report::write_curves(out, records)?;
     state.write(out)
 }
