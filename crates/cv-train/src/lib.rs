@@ -23,7 +23,7 @@
 //! parameter groups, exportable state), [`schedule`], [`loss`], [`metrics`] (top-k,
 //! per-class, confusion, `cv eval --json`), [`config`], [`trainer`] (the loop and the
 //! fine-tuning modes), [`checkpoint`] (the output folder and resume state), [`report`]
-//! (`metrics.jsonl`, `curves.png`, progress), [`atomic`] (temp file + fsync + rename).
+//! (`metrics.jsonl`, `curves.png`/`.svg`, progress), [`atomic`] (temp file + fsync + rename).
 
 pub mod atomic;
 pub mod checkpoint;
