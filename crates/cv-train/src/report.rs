@@ -195,7 +195,8 @@ fn draw_panel<DB: DrawingBackend>(
     y_label: &dyn Fn(&f64) -> String,
     curves: &[Curve],
 ) -> std::result::Result<(), String> {
-    let (chart_area, legend_area) = area.split_vertically(area.dim_in_pixel().1 - LEGEND_HEIGHT);
+    let (chart_area, legend_area) =
+        area.split_vertically(area.dim_in_pixel().1.saturating_sub(LEGEND_HEIGHT));
     let mut chart = ChartBuilder::on(&chart_area)
         .margin(10)
         .caption(caption, (FONT, 18))
