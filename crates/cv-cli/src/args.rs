@@ -206,7 +206,7 @@ pub struct CommonTrainArgs {
     /// weights, BatchNorm and loss; CUDA only).
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
-    /// Output folder for model.safetensors, config.json, metrics.jsonl, curves.png.
+    /// Output folder for model.safetensors, config.json, metrics.jsonl, curves.png/.svg.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run saved in --out from its last completed epoch.

@@ -28,7 +28,7 @@
 //! [`schedule`], [`loss`], [`metrics`] (top-k, per-class, confusion, the eval step,
 //! `cv eval --json`), [`config`] (the recipe apart from the run-time settings),
 //! [`checkpoint`] (the output folder: one owner of its file names, `config.json` and the
-//! resume state), [`report`] (`metrics.jsonl`, curves, progress), [`atomic`] (temp file +
+//! resume state), [`report`] (`metrics.jsonl`, `curves.png`/`.svg`, progress), [`atomic`] (temp file +
 //! fsync + rename, the one crash-safe writer).
 
 pub mod atomic;

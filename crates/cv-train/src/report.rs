@@ -1,18 +1,22 @@
-//! What a run reports: `metrics.jsonl` (one object per epoch), `curves.png` (loss and
-//! accuracy per epoch) and a progress bar per epoch.
+//! What a run reports: `metrics.jsonl` (one object per epoch), `curves.png` and `curves.svg`
+//! (loss and accuracy per epoch) and a progress bar per epoch.
 //!
-//! The PNG has no text: plotters needs a font backend to draw text, and the workspace builds
-//! it without one (no system fonts, no bundled font crate). The colours are therefore
-//! described in [`CURVES_LEGEND`], written beside the plot as `curves.txt`.
+//! Both figures explain themselves: a title, axis titles, tick values and a legend per panel.
+//! The SVG holds its text as `<text>` elements; the PNG's text is rasterised by plotters'
+//! `ab_glyph` backend from a font bundled in the crate (`assets/`), so no system font is needed.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic;
+use crate::checkpoint::{CURVES_FILE, CURVES_SVG_FILE};
 use crate::error::{Result, TrainError};
 
 /// One line of `metrics.jsonl`.
@@ -75,112 +79,318 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochRecord>> {
     Ok(out)
 }
 
-/// How to read `curves.png`, written beside it as `curves.txt`.
-pub const CURVES_LEGEND: &str = "\
-curves.png: left panel = loss per epoch, right panel = accuracy per epoch (0..1).
-x axis: epoch (first epoch at the left edge, last at the right); grid lines are light grey.
-red    = training split (loss / top-1 accuracy)
-blue   = test split (loss / top-1 accuracy)
-green  = test top-5 accuracy (right panel only)
-Dots mark the epochs where a value was measured.
-";
+/// The font of every text in the plots: DejaVu Sans cut down to printable ASCII (see
+/// `assets/README.md`), so PNGs get text without system fonts.
+const FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
+/// The family name the text styles ask for; [`FONT_BYTES`] is registered under it.
+const FONT: &str = "sans-serif";
+
+/// Pixel size of both images.
+const SIZE: (u32, u32) = (1000, 500);
+/// Height of the strip under each panel that holds its legend (two rows of entries).
+const LEGEND_HEIGHT: u32 = 50;
+/// Curves with more points than this are drawn without markers.
+const MAX_MARKERS: usize = 60;
 
 const TRAIN: RGBColor = RGBColor(220, 40, 40);
 const TEST: RGBColor = RGBColor(30, 90, 220);
 const TOP5: RGBColor = RGBColor(30, 160, 60);
+const GRID_LIGHT: RGBColor = RGBColor(235, 235, 235);
+const GRID_BOLD: RGBColor = RGBColor(200, 200, 200);
 
-type Series = Vec<(f64, f64)>;
+/// The shape marking each measured value, so series stay apart without colour too.
+#[derive(Debug, Clone, Copy)]
+enum Marker {
+    Circle,
+    Triangle,
+    Square,
+}
 
-fn draw_panel<DB: DrawingBackend>(
-    area: &DrawingArea<DB, plotters::coord::Shift>,
-    x_max: f64,
-    y_range: (f64, f64),
-    lines: &[(&Series, RGBColor)],
+/// One curve: its legend label, colour, marker and `(epoch, value)` points.
+struct Curve {
+    label: &'static str,
+    color: RGBColor,
+    marker: Marker,
+    points: Vec<(f64, f64)>,
+}
+
+/// Registers [`FONT_BYTES`] with plotters once per process; text layout fails without it.
+fn register_font() -> std::result::Result<(), String> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES).is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err("the bundled font does not parse".to_string())
+    }
+}
+
+/// Draws one marker at `at` (chart coordinates on a chart's plotting area, pixels on a
+/// plain area).
+fn draw_marker<DB: DrawingBackend, CT: CoordTranslate>(
+    area: &DrawingArea<DB, CT>,
+    at: CT::From,
+    marker: Marker,
+    color: RGBColor,
 ) -> std::result::Result<(), String> {
-    let mut chart = ChartBuilder::on(area)
-        .margin(12)
-        .build_cartesian_2d(1.0..x_max, y_range.0..y_range.1)
+    let style = color.filled();
+    match marker {
+        Marker::Circle => area.draw(&Circle::new(at, 4, style)),
+        Marker::Triangle => area.draw(&TriangleMarker::new(at, 6, style)),
+        Marker::Square => {
+            area.draw(&(EmptyElement::at(at) + Rectangle::new([(-3, -3), (4, 4)], style)))
+        }
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// The epoch axis: whole epochs from `first` to `last`, padded so edge markers stay whole.
+struct EpochAxis {
+    first: f64,
+    last: f64,
+    range: std::ops::Range<f64>,
+    /// At most this many ticks; with `range` spanning `last - first + 1` whole numbers,
+    /// plotters then picks a step of one epoch or more.
+    ticks: usize,
+}
+
+impl EpochAxis {
+    fn new(records: &[EpochRecord]) -> Self {
+        let first = records.iter().map(|r| r.epoch).min().unwrap_or(1);
+        let last = records
+            .iter()
+            .map(|r| r.epoch)
+            .max()
+            .unwrap_or(1)
+            .max(first);
+        let (first, last) = (first as f64, last as f64);
+        let pad = (0.02 * (last - first)).max(0.5);
+        EpochAxis {
+            first,
+            last,
+            range: first - pad..last + pad,
+            ticks: ((last - first) as usize + 1).min(10),
+        }
+    }
+
+    /// Tick label: whole epochs inside the run; nothing for padding or fractional ticks.
+    fn label(&self, v: f64) -> String {
+        if (v - v.round()).abs() < 1e-9 && v >= self.first && v <= self.last {
+            format!("{v:.0}")
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// One panel: a chart with caption, axis titles and ticks, over a legend strip.
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    caption: &str,
+    y_title: &str,
+    epochs: &EpochAxis,
+    y_range: std::ops::Range<f64>,
+    y_label: &dyn Fn(&f64) -> String,
+    curves: &[Curve],
+) -> std::result::Result<(), String> {
+    let (chart_area, legend_area) =
+        area.split_vertically(area.dim_in_pixel().1.saturating_sub(LEGEND_HEIGHT));
+    let mut chart = ChartBuilder::on(&chart_area)
+        .margin(10)
+        .caption(caption, (FONT, 18))
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(epochs.range.clone(), y_range)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .x_labels(0)
-        .y_labels(0)
-        .light_line_style(RGBColor(235, 235, 235))
-        .bold_line_style(RGBColor(200, 200, 200))
+        .x_desc("epoch")
+        .y_desc(y_title)
+        .x_labels(epochs.ticks)
+        .x_label_formatter(&|v| epochs.label(*v))
+        .y_labels(6)
+        .y_label_formatter(y_label)
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(GRID_LIGHT)
+        .bold_line_style(GRID_BOLD)
         .draw()
         .map_err(|e| e.to_string())?;
-    // The frame stands in for axes (axes live in label areas, which need text).
-    chart
-        .plotting_area()
-        .draw(&Rectangle::new(
-            [(1.0, y_range.0), (x_max, y_range.1)],
-            BLACK.stroke_width(1),
-        ))
-        .map_err(|e| e.to_string())?;
-    for (points, color) in lines {
+    for curve in curves {
         chart
             .draw_series(LineSeries::new(
-                points.iter().copied(),
-                color.stroke_width(2),
+                curve.points.iter().copied(),
+                curve.color.stroke_width(2),
             ))
             .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+        // Markers show where values were measured (a single epoch is only a marker); past
+        // `MAX_MARKERS` points they would merge into a thick band, and the line says it all.
+        if curve.points.len() <= MAX_MARKERS {
+            for &p in &curve.points {
+                draw_marker(chart.plotting_area(), p, curve.marker, curve.color)?;
+            }
+        }
+    }
+    draw_legend(&legend_area, curves)
+}
+
+/// The legend: a line-and-marker sample and the label per curve, in centred rows that wrap
+/// when the panel is too narrow for one.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    curves: &[Curve],
+) -> std::result::Result<(), String> {
+    const SAMPLE: i32 = 28; // length of the line sample
+    const GAP: i32 = 6; // between sample and label
+    const SPACING: i32 = 22; // between entries
+    const ROW: i32 = 20; // row height
+    let style = TextStyle::from((FONT, 14).into_font())
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    let width = area.dim_in_pixel().0 as i32;
+    let mut rows: Vec<Vec<(&Curve, i32)>> = vec![Vec::new()];
+    let mut row_width = 0;
+    for curve in curves {
+        let (text_w, _) = area
+            .estimate_text_size(curve.label, &style)
             .map_err(|e| e.to_string())?;
+        let entry = SAMPLE + GAP + text_w as i32;
+        let needed = if row_width == 0 {
+            entry
+        } else {
+            row_width + SPACING + entry
+        };
+        if needed > width - 20 && row_width > 0 {
+            rows.push(Vec::new());
+            row_width = entry;
+        } else {
+            row_width = needed;
+        }
+        if let Some(row) = rows.last_mut() {
+            row.push((curve, entry));
+        }
+    }
+    for (i, row) in rows.iter().enumerate() {
+        let total: i32 = row.iter().map(|e| e.1).sum::<i32>() + SPACING * (row.len() as i32 - 1);
+        let y = ROW / 2 + 4 + ROW * i as i32;
+        let mut x = (width - total) / 2;
+        for (curve, entry) in row {
+            area.draw(&PathElement::new(
+                vec![(x, y), (x + SAMPLE, y)],
+                curve.color.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?;
+            draw_marker(area, (x + SAMPLE / 2, y), curve.marker, curve.color)?;
+            area.draw(&Text::new(
+                curve.label,
+                (x + SAMPLE + GAP, y),
+                style.clone(),
+            ))
+            .map_err(|e| e.to_string())?;
+            x += entry + SPACING;
+        }
     }
     Ok(())
 }
 
-/// Draws `curves.png` (800x400, no text; see [`CURVES_LEGEND`]) atomically.
-pub fn plot_curves(path: &Path, records: &[EpochRecord]) -> Result<()> {
-    let series = |f: &dyn Fn(&EpochRecord) -> Option<f64>| -> Series {
+/// Draws the whole figure (title, loss panel, accuracy panel) on `root`.
+fn draw_curves<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    records: &[EpochRecord],
+) -> std::result::Result<(), String> {
+    register_font()?;
+    let series = |f: &dyn Fn(&EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
         records
             .iter()
             .filter_map(|r| f(r).filter(|v| v.is_finite()).map(|v| (r.epoch as f64, v)))
             .collect()
     };
-    let train_loss = series(&|r| Some(r.train_loss));
-    let test_loss = series(&|r| r.test_loss);
-    let train_acc = series(&|r| Some(r.train_acc));
-    let test_acc = series(&|r| r.test_acc);
-    let test_top5 = series(&|r| r.test_top5);
-    let x_max = records.iter().map(|r| r.epoch).max().unwrap_or(1).max(2) as f64;
-    let loss_max = train_loss
+    let curve = |label, color, marker, f: &dyn Fn(&EpochRecord) -> Option<f64>| Curve {
+        label,
+        color,
+        marker,
+        points: series(f),
+    };
+    let loss = [
+        curve("train loss", TRAIN, Marker::Circle, &|r| Some(r.train_loss)),
+        curve("test loss", TEST, Marker::Triangle, &|r| r.test_loss),
+    ];
+    let accuracy = [
+        curve("train accuracy", TRAIN, Marker::Circle, &|r| {
+            Some(r.train_acc)
+        }),
+        curve("test accuracy", TEST, Marker::Triangle, &|r| r.test_acc),
+        curve("test top-5", TOP5, Marker::Square, &|r| r.test_top5),
+    ];
+    let epochs = EpochAxis::new(records);
+    // Loss from 0 to a little over its largest value (1 when nothing finite was measured).
+    let loss_max = loss
         .iter()
-        .chain(&test_loss)
-        .map(|p| p.1)
-        .fold(0.0f64, f64::max)
-        .max(1e-3)
-        * 1.05;
+        .flat_map(|c| c.points.iter().map(|p| p.1))
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+        .filter(|m| *m > 0.0)
+        .unwrap_or(1.0);
+
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let n = records.len();
+    let title = format!(
+        "Training curves: {n} epoch{}",
+        if n == 1 { "" } else { "s" }
+    );
+    let body = root.titled(&title, (FONT, 24)).map_err(|e| e.to_string())?;
+    let (left, right) = body.split_horizontally(body.dim_in_pixel().0 / 2);
+    draw_panel(
+        &left,
+        "Loss",
+        "loss",
+        &epochs,
+        0.0..loss_max * 1.08,
+        &|v| format!("{v:.2}"),
+        &loss,
+    )?;
+    draw_panel(
+        &right,
+        "Accuracy",
+        "accuracy",
+        &epochs,
+        0.0..1.02,
+        &|v| format!("{v:.1}"),
+        &accuracy,
+    )?;
+    root.present().map_err(|e| e.to_string())
+}
+
+fn plot_error(path: &Path) -> impl Fn(String) -> TrainError + '_ {
+    move |message| TrainError::Plot {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// Draws `curves.png` (1000x500: title, loss and accuracy panels with axis titles, ticks and
+/// legends) atomically.
+pub fn plot_curves(path: &Path, records: &[EpochRecord]) -> Result<()> {
     atomic::write_with(path, |tmp| {
-        let plot_err = |message: String| TrainError::Plot {
-            path: path.to_path_buf(),
-            message,
-        };
-        {
-            let root = BitMapBackend::new(tmp, (800, 400)).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| plot_err(e.to_string()))?;
-            let (left, right) = root.split_horizontally(400);
-            draw_panel(
-                &left,
-                x_max,
-                (0.0, loss_max),
-                &[(&train_loss, TRAIN), (&test_loss, TEST)],
-            )
-            .map_err(plot_err)?;
-            draw_panel(
-                &right,
-                x_max,
-                (0.0, 1.0),
-                &[(&train_acc, TRAIN), (&test_acc, TEST), (&test_top5, TOP5)],
-            )
-            .map_err(plot_err)?;
-            root.present().map_err(|e| plot_err(e.to_string()))?;
-        }
-        Ok(())
-    })?;
-    let legend = path.with_extension("txt");
-    atomic::write_bytes(&legend, CURVES_LEGEND.as_bytes())
+        let root = BitMapBackend::new(tmp, SIZE).into_drawing_area();
+        draw_curves(&root, records).map_err(plot_error(path))
+    })
+}
+
+/// Draws the same figure as [`plot_curves`] as `curves.svg` atomically: text as `<text>`
+/// elements (searchable, sharp at any zoom).
+pub fn plot_curves_svg(path: &Path, records: &[EpochRecord]) -> Result<()> {
+    atomic::write_with(path, |tmp| {
+        let root = SVGBackend::new(tmp, SIZE).into_drawing_area();
+        draw_curves(&root, records).map_err(plot_error(path))
+    })
+}
+
+/// Writes both figures into the run folder `out`: [`CURVES_FILE`] and [`CURVES_SVG_FILE`].
+pub fn write_curves(out: &Path, records: &[EpochRecord]) -> Result<()> {
+    plot_curves(&out.join(CURVES_FILE), records)?;
+    plot_curves_svg(&out.join(CURVES_SVG_FILE), records)
 }
 
 /// A progress bar for one epoch (hidden when `quiet`).
@@ -266,30 +476,135 @@ mod tests {
         assert_eq!(read_metrics(&p).unwrap(), records);
     }
 
-    #[test]
-    fn curves_png_has_the_colours_of_the_legend() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("curves.png");
-        let records: Vec<_> = (1..=5)
+    /// Five epochs, the test split evaluated every epoch.
+    fn five_epochs() -> Vec<EpochRecord> {
+        (1..=5)
             .map(|e| rec(e, 2.0 / e as f64, 0.15 * e as f64, true))
-            .collect();
-        plot_curves(&p, &records).unwrap();
-        let img = image::open(&p).unwrap().to_rgb8();
-        assert_eq!(img.dimensions(), (800, 400));
-        let has = |c: RGBColor| img.pixels().any(|px| px.0 == [c.0, c.1, c.2]);
-        assert!(has(TRAIN) && has(TEST) && has(TOP5));
-        assert!(std::fs::read_to_string(dir.path().join("curves.txt"))
+            .collect()
+    }
+
+    /// The folder holds exactly `names`: no temporary file left behind.
+    fn assert_only(dir: &Path, names: &[&str]) {
+        let mut found: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
-            .contains("red"));
-        // Only the PNG and its legend: no temporary file left.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        found.sort();
+        assert_eq!(found, names);
+    }
+
+    /// The contents of the SVG's `<text>` elements, trimmed.
+    fn svg_texts(svg: &str) -> Vec<&str> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| {
+                t.split_once('>')
+                    .and_then(|(_, rest)| rest.split_once("</text>"))
+            })
+            .map(|(text, _)| text.trim())
+            .collect()
     }
 
     #[test]
-    fn a_single_epoch_still_plots() {
+    fn curves_svg_holds_title_axis_titles_ticks_and_legend_as_text() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("curves.png");
-        plot_curves(&p, &[rec(1, f64::NAN, 0.1, false)]).unwrap();
-        assert!(p.exists());
+        let p = dir.path().join(CURVES_SVG_FILE);
+        plot_curves_svg(&p, &five_epochs()).unwrap();
+        let svg = std::fs::read_to_string(&p).unwrap();
+        let texts = svg_texts(&svg);
+        for expected in [
+            "Training curves: 5 epochs",
+            "Loss",
+            "Accuracy",
+            "epoch",
+            "loss",
+            "accuracy",
+            "train loss",
+            "test loss",
+            "train accuracy",
+            "test accuracy",
+            "test top-5",
+            // Epoch ticks (whole epochs only) and value ticks of both panels.
+            "1",
+            "3",
+            "5",
+            "0.0",
+            "0.4",
+            "1.0",
+            "0.00",
+        ] {
+            assert!(texts.contains(&expected), "{expected:?} not in {texts:?}");
+        }
+        // No fractional or padding epochs among the ticks.
+        assert!(!texts.contains(&"1.5") && !texts.contains(&"0.5") && !texts.contains(&"6"));
+        // Both panels carry their own epoch axis title.
+        assert_eq!(texts.iter().filter(|t| **t == "epoch").count(), 2);
+        assert_only(dir.path(), &["curves.svg"]);
+    }
+
+    #[test]
+    fn curves_png_has_the_colours_and_dark_text_in_the_title_band() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(CURVES_FILE);
+        plot_curves(&p, &five_epochs()).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), SIZE);
+        let has = |c: RGBColor| img.pixels().any(|px| px.0 == [c.0, c.1, c.2]);
+        assert!(has(TRAIN) && has(TEST) && has(TOP5));
+        // Nothing but the title is drawn in the top 30 rows; without a font they stay white.
+        let dark = |x0: u32, y0: u32, x1: u32, y1: u32| {
+            (y0..y1)
+                .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                .filter(|&(x, y)| img.get_pixel(x, y).0.iter().all(|&c| c < 100))
+                .count()
+        };
+        assert!(dark(0, 0, SIZE.0, 30) > 200, "no title text");
+        // The title is centred: its ink sits in the middle half.
+        assert_eq!(dark(0, 0, SIZE.0 / 4, 30), 0);
+        // The legend strips (bottom rows, below the x axis titles) hold label text too.
+        assert!(
+            dark(0, SIZE.1 - 40, SIZE.0 / 2, SIZE.1) > 100,
+            "no loss legend"
+        );
+        assert!(
+            dark(SIZE.0 / 2, SIZE.1 - 40, SIZE.0, SIZE.1) > 100,
+            "no accuracy legend"
+        );
+        assert_only(dir.path(), &["curves.png"]);
+    }
+
+    #[test]
+    fn write_curves_writes_both_formats_into_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        write_curves(dir.path(), &five_epochs()).unwrap();
+        assert_only(dir.path(), &["curves.png", "curves.svg"]);
+    }
+
+    #[test]
+    fn a_single_epoch_still_plots_with_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = [rec(1, 2.3, 0.1, true)];
+        write_curves(dir.path(), &records).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join(CURVES_SVG_FILE)).unwrap();
+        assert!(svg_texts(&svg).contains(&"Training curves: 1 epoch"));
+        // Five markers at epoch 1 (two loss, three accuracy), each drawn in its colour.
+        let img = image::open(dir.path().join(CURVES_FILE)).unwrap().to_rgb8();
+        let count = |c: RGBColor| img.pixels().filter(|px| px.0 == [c.0, c.1, c.2]).count();
+        // Legend samples alone draw a few dozen pixels per colour; the markers add more.
+        assert!(count(TOP5) > 60, "{}", count(TOP5));
+    }
+
+    #[test]
+    fn epochs_without_test_evaluation_and_nan_values_still_plot() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = [
+            rec(1, 2.0, 0.2, false),
+            rec(2, 1.5, 0.4, true),
+            rec(3, f64::NAN, 0.5, false),
+        ];
+        write_curves(dir.path(), &records).unwrap();
+        write_curves(dir.path(), &[rec(1, f64::NAN, 0.1, false)]).unwrap();
+        write_curves(dir.path(), &[]).unwrap();
+        assert_only(dir.path(), &["curves.png", "curves.svg"]);
     }
 }

@@ -167,7 +167,7 @@ fn small_cnn_learns_and_writes_the_checkpoint_folder() {
             "fc3.weight"
         ]
     );
-    for f in ["curves.png", "curves.txt", STATE_FILE, CONFIG_FILE] {
+    for f in ["curves.png", "curves.svg", STATE_FILE, CONFIG_FILE] {
         assert!(out.join(f).is_file(), "{f}");
     }
     // No temporary file left behind.

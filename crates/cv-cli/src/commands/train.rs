@@ -277,7 +277,7 @@ fn execute(job: TrainJob) -> Result<()> {
         .map(|r| format!("{:.2}%", r.accuracy * 100.0))
         .unwrap_or_else(|| "n/a".into());
     println!(
-        "done: {} epochs, test accuracy {acc}; wrote {}/{{model.safetensors, config.json, metrics.jsonl, curves.png}}",
+        "done: {} epochs, test accuracy {acc}; wrote {}/{{model.safetensors, config.json, metrics.jsonl, curves.png, curves.svg}}",
         summary.epochs_completed,
         out.display()
     );

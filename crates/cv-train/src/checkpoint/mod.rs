@@ -6,7 +6,8 @@
 //! - `config.json`: [`CheckpointConfig`], the [`ModelCard`] (flattened: architecture, classes,
 //!   image size, eval transforms) plus the train transforms, the recipe, the run-time settings,
 //!   the data source, the starting weights and the seed;
-//! - `metrics.jsonl`, `curves.png`: see [`crate::report`];
+//! - `metrics.jsonl`, `curves.png` and `curves.svg` (one figure, two formats): see
+//!   [`crate::report`];
 //! - `train_state.safetensors`: [`TrainState`], what a resume needs.
 //!
 //! Inference code reads a folder through [`ModelCard::read`] and [`MODEL_FILE`].
@@ -36,6 +37,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// Loss and accuracy plot.
 pub const CURVES_FILE: &str = "curves.png";
+/// The same plot as SVG.
+pub const CURVES_SVG_FILE: &str = "curves.svg";
 /// Resume state.
 pub const STATE_FILE: &str = "train_state.safetensors";
 
@@ -166,7 +169,7 @@ impl CheckpointDir {
         atomic::write_safetensors(&dir.join(MODEL_FILE), &state.model)?;
         config.write(dir)?;
         report::write_metrics(&dir.join(METRICS_FILE), records)?;
-        report::plot_curves(&dir.join(CURVES_FILE), records)?;
+        report::write_curves(dir, records)?;
         state.write(dir)
     }
 }
