@@ -189,6 +189,83 @@ fn resume_gives_the_same_weights_as_one_run() {
 }
 
 #[test]
+fn replay_from_config_json_gives_identical_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = cifar(tmp.path(), 30, 20);
+    let first = tmp.path().join("first");
+    expect_code(
+        cv(tmp.path())
+            .args([
+                "train",
+                "--model",
+                "cnn",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "20",
+                "--lr",
+                "0.03",
+                "--label-smoothing",
+                "0.1",
+                "--seed",
+                "5",
+                "--limit-train",
+                "100",
+                "--schedule",
+                "onecycle",
+                "--quiet",
+                "--data",
+            ])
+            .arg(&data)
+            .arg("--out")
+            .arg(&first),
+        0,
+    );
+    // Everything comes from the config: no flag but where to write.
+    let again = tmp.path().join("again");
+    expect_code(
+        cv(tmp.path())
+            .args(["train", "--quiet", "--config"])
+            .arg(first.join("config.json"))
+            .arg("--out")
+            .arg(&again),
+        0,
+    );
+    let a = std::fs::read(first.join("model.safetensors")).unwrap();
+    let b = std::fs::read(again.join("model.safetensors")).unwrap();
+    assert!(a == b, "the replay's weights differ from the run's");
+    let config = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+    };
+    assert_eq!(config(&first)["train"], config(&again)["train"]);
+    assert_eq!(config(&again)["data"]["limit_train"], 100);
+
+    // A flag beside --config overrides one value; the folder form of --config works too.
+    let shorter = tmp.path().join("shorter");
+    expect_code(
+        cv(tmp.path())
+            .args(["train", "--quiet", "--epochs", "1", "--config"])
+            .arg(&first)
+            .arg("--out")
+            .arg(&shorter),
+        0,
+    );
+    assert_eq!(config(&shorter)["train"]["epochs"], 1);
+    assert_eq!(config(&shorter)["train"]["lr"], 0.03);
+
+    // A scratch run is replayed by `cv train`, and a config that is not one is named.
+    let o = expect_code(cv(tmp.path()).args(["finetune", "--config"]).arg(&first), 2);
+    assert_clean_error(&o, "cv train --config");
+    let o = expect_code(
+        cv(tmp.path())
+            .args(["train", "--config"])
+            .arg(first.join("metrics.jsonl")),
+        1,
+    );
+    assert_clean_error(&o, "metrics.jsonl");
+}
+
+#[test]
 fn sigkill_mid_epoch_leaves_a_loadable_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let data = cifar(tmp.path(), 400, 50);
@@ -379,6 +456,24 @@ fn finetune_probe_and_full_from_the_hub_stand_in() {
         serde_json::from_str(&std::fs::read_to_string(probe.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["architecture"], "resnet18");
     assert_eq!(cfg["classes"], serde_json::json!(["blue", "green", "red"]));
+
+    // Replayed from its config alone, offline (the weights come from the cache by the name
+    // the run recorded): the same weights, bit for bit.
+    let replay = tmp.path().join("probe-replay");
+    expect_code(
+        cv(tmp.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .args(["finetune", "--quiet", "--config"])
+            .arg(&probe)
+            .arg("--out")
+            .arg(&replay),
+        0,
+    );
+    assert!(
+        std::fs::read(probe.join("model.safetensors")).unwrap()
+            == std::fs::read(replay.join("model.safetensors")).unwrap(),
+        "the fine-tuning replay's weights differ"
+    );
 
     // Full fine-tuning, this time from the checkpoint file the hub stand-in put in the cache,
     // given as a path (offline: nothing may be downloaded).
