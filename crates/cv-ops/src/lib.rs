@@ -18,6 +18,7 @@
 //! thread pool off the cores these kernels use.
 
 mod bias;
+mod buffers;
 mod conv_pool;
 mod direct;
 mod elem;
@@ -25,8 +26,10 @@ mod error;
 mod fold;
 mod geom;
 mod im2col;
+mod im2col_gemm;
 mod kernels;
 mod linear;
+mod matmul;
 mod op;
 mod padded_direct;
 mod relu;

@@ -11,7 +11,7 @@ use gemm::Parallelism;
 
 use crate::elem::Elem;
 use crate::error::OpsError;
-use crate::kernels::{inner_parallelism, matmul, threads};
+use crate::matmul::{inner_parallelism, matmul, threads};
 use crate::op::{common_float, typed_slice};
 
 const OP: &str = "cv-ops linear";

@@ -15,12 +15,12 @@
 //! output's width are computed and dropped) and the valid columns are copied out. A band is
 //! sized so its input and output stay in L2 while every output channel is computed from it.
 
+#[cfg(target_arch = "x86_64")]
+use crate::buffers::{grow, SendPtr};
 use crate::direct;
 #[cfg(target_arch = "x86_64")]
 use crate::direct::{Flat, BLOCK};
 use crate::geom::Geom;
-#[cfg(target_arch = "x86_64")]
-use crate::kernels::{grow, SendPtr};
 #[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -206,7 +206,7 @@ mod tests {
             let g = Geom::new(n, c, h, w, co, k, k, 1, pad, pad).unwrap();
             let x = values(n * c * h * w, 1);
             let wt = values(co * c * k * k, 2);
-            let want = crate::kernels::forward_im2col(&x, &wt, &g);
+            let want = crate::im2col_gemm::forward_im2col(&x, &wt, &g);
             let got = forward(&x, &wt, &g);
             assert_eq!(got.len(), want.len());
             let worst = got

@@ -9,9 +9,10 @@
 //! as the columns. Forward, input gradient and weight gradient, each parallel over pairs that
 //! write disjoint outputs (pixels, input pixels, taps), or one gemm at a time on all threads.
 
+use crate::buffers::SendPtr;
 use crate::elem::Elem;
 use crate::geom::Geom;
-use crate::kernels::{inner_parallelism, matmul, threads, SendPtr};
+use crate::matmul::{inner_parallelism, matmul, threads};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};

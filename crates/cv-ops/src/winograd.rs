@@ -9,9 +9,10 @@
 //! transform writes each tile's 2x2 outputs. Tiles run over (image, tile row, tile column) so
 //! small feature maps are batched across images.
 
+use crate::buffers::{grow, SendPtr};
 use crate::elem::Elem;
 use crate::geom::Geom;
-use crate::kernels::{grow, inner_parallelism, threads, SendPtr};
+use crate::matmul::{inner_parallelism, threads};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -226,7 +227,7 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
             // SAFETY: E[xi] is co x nb and V[xi] is c x nb (read transposed), row-major in
             // their buffers; M[xi] is this task's own co x c accumulator.
             unsafe {
-                crate::kernels::matmul(
+                crate::matmul::matmul(
                     co,
                     c,
                     nb,
@@ -613,9 +614,9 @@ mod tests {
         let x = make(g.n * g.c * g.h * g.w, 1);
         let k = make(g.co * g.c * 9, 2);
         let dy = make(g.n * g.co * g.oh * g.ow, 3);
-        let want = crate::kernels::forward_im2col(&x, &k, g);
+        let want = crate::im2col_gemm::forward_im2col(&x, &k, g);
         assert_close(&forward(&x, &k, g), &want, tol, &format!("forward {g:?}"));
-        let want = crate::kernels::weight_grad_im2col(&x, &dy, g);
+        let want = crate::im2col_gemm::weight_grad_im2col(&x, &dy, g);
         let what = format!("weight gradient {g:?}");
         assert_close(&weight_grad(&x, &dy, g), &want, tol, &what);
     }
