@@ -9,8 +9,7 @@
 
 use crate::elem::Elem;
 use crate::error::OpsError;
-use crate::op::slice;
-use candle_core::backend::BackendStorage;
+use crate::op::float_op;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,23 +59,6 @@ fn relu_back<T: Elem>(y: T, g: T) -> T {
     }
 }
 
-/// `$body` on the storages' values when all are f32 or all f64, else the dtype error.
-macro_rules! float_map {
-    ($op:expr, ($($s:expr),+), |$($v:ident),+| $body:expr) => {
-        match ($($s,)+) {
-            ($(CpuStorage::F32($v),)+) => CpuStorage::F32($body),
-            ($(CpuStorage::F64($v),)+) => CpuStorage::F64($body),
-            _ => {
-                return Err(OpsError::DType {
-                    op: $op,
-                    dtype: format!("{:?}", [$($s.dtype()),+]),
-                }
-                .into())
-            }
-        }
-    };
-}
-
 /// The error for two layouts of different shapes.
 fn same_shape(op: &'static str, a: &Layout, b: &Layout) -> Result<()> {
     if a.shape() == b.shape() {
@@ -124,17 +106,15 @@ fn pairwise_fwd<P: Pairwise>(
     (s2, l2): (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
     same_shape(P::NAME, l1, l2)?;
-    let out = float_map!(P::NAME, (s1, s2), |a, b| {
-        let (a, b) = (
-            slice(a, l1, P::NAME, P::ARGS[0])?,
-            slice(b, l2, P::NAME, P::ARGS[1])?,
-        );
+    let out = float_op!(
+        P::NAME,
+        [(a, s1, l1, P::ARGS[0]), (b, s2, l2, P::ARGS[1])],
         a.par_iter()
             .zip(b.par_iter())
             .with_min_len(MIN_TASK)
             .map(|(&a, &b)| P::value(a, b))
             .collect()
-    });
+    );
     Ok((out, l1.shape().clone()))
 }
 
@@ -144,13 +124,14 @@ impl CustomOp1 for Relu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = float_map!(RELU, (s), |x| {
-            let x = slice(x, l, RELU, "input")?;
+        let out = float_op!(
+            RELU,
+            [(x, s, l, "input")],
             x.par_iter()
                 .with_min_len(MIN_TASK)
                 .map(|&v| relu(v))
                 .collect()
-        });
+        );
         Ok((out, l.shape().clone()))
     }
 
