@@ -5,7 +5,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use crate::conv::{conv2d, detach_linear, Conv2d};
 use crate::error::{ModelError, Result};
-use crate::ops::{max_pool2d, MaxPool2dConfig};
+use cv_ops::{max_pool2d, MaxPool2dConfig};
 
 /// Input side the network is built for: the fc1 width (16*5*5 = 400) fixes it.
 pub const INPUT_SIZE: usize = 32;

@@ -17,6 +17,8 @@
 //! backward. [`leave_threads_to_rayon`] keeps candle's own
 //! thread pool off the cores these kernels use.
 
+mod batch_norm_eval;
+mod batch_norm_train;
 mod bias;
 mod buffers;
 mod conv_pool;
@@ -30,6 +32,7 @@ mod im2col_gemm;
 mod kernels;
 mod linear;
 mod matmul;
+mod max_pool;
 mod op;
 mod padded_direct;
 mod relu;
@@ -39,8 +42,11 @@ mod test_data;
 mod winograd;
 mod winograd_avx2;
 
+pub use batch_norm_eval::{batch_norm_eval, batch_norm_eval_composed, BatchNormEvalParams};
+pub use batch_norm_train::{batch_norm_train, batch_norm_train_composed, BatchStats};
 pub use error::OpsError;
 pub use fold::fold_batchnorm;
+pub use max_pool::{max_pool2d, max_pool2d_composed, MaxPool2dConfig};
 pub use padded_direct::set_padded_direct_enabled;
 #[doc(hidden)]
 pub use relu::set_relu_ops_enabled;
