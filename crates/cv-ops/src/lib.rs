@@ -36,6 +36,7 @@ mod max_pool;
 mod op;
 mod padded_direct;
 mod relu;
+mod sgd;
 mod tapwise;
 #[cfg(test)]
 mod test_data;
@@ -50,6 +51,7 @@ pub use max_pool::{max_pool2d, max_pool2d_composed, MaxPool2dConfig};
 pub use padded_direct::set_padded_direct_enabled;
 #[doc(hidden)]
 pub use relu::set_relu_ops_enabled;
+pub use sgd::{sgd_update, sgd_update_applies, SgdStep};
 pub use tapwise::set_tapwise_enabled;
 pub use winograd::set_winograd_enabled;
 

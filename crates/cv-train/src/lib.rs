@@ -34,7 +34,6 @@ pub mod metrics;
 pub mod optim;
 pub mod report;
 pub mod schedule;
-mod sgd_inplace;
 pub mod trainer;
 
 pub use config::{Augment, OptimizerKind, Precision, TrainConfig, TrainMode};
