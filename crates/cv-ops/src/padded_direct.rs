@@ -27,7 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static DISABLED: AtomicBool = AtomicBool::new(false);
 
-/// Turns this path off (or back on), for benchmarks and tests that compare it with the others.
+/// Turns the padded direct path of [`crate::conv2d`] (and its input gradient) off, or back on,
+/// for benchmarks and tests that compare it with the other paths. Process-wide; on by default.
 pub fn set_padded_direct_enabled(on: bool) {
     DISABLED.store(!on, Ordering::Relaxed);
 }

@@ -20,7 +20,8 @@ const RELU_BWD: &str = "cv-ops relu backward";
 
 static DISABLED: AtomicBool = AtomicBool::new(false);
 
-/// Turns these ops off (candle's `relu` and `add` instead) or back on, for benchmarks.
+/// Turns the ops of [`crate::relu`] and [`crate::add_relu`] off (candle's `relu` and `add`
+/// instead) or back on, for benchmarks that compare them. Process-wide; on by default.
 pub fn set_relu_ops_enabled(on: bool) {
     DISABLED.store(!on, Ordering::Relaxed);
 }

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static DISABLED: AtomicBool = AtomicBool::new(false);
 
-/// Turns this path off (or back on), for benchmarks that compare it with im2col.
+/// Turns the tapwise path of [`crate::conv2d`] (outputs of at most 4x4 pixels) off, or back
+/// on, for benchmarks that compare it with im2col. Process-wide; on by default.
 pub fn set_tapwise_enabled(on: bool) {
     DISABLED.store(!on, Ordering::Relaxed);
 }

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static DISABLED: AtomicBool = AtomicBool::new(false);
 
-/// Turns the Winograd path off (or back on), for benchmarks that compare it with im2col.
+/// Turns the Winograd path of [`crate::conv2d`] (and its gradients) off, or back on, for
+/// benchmarks that compare it with im2col. Process-wide; on by default.
 pub fn set_winograd_enabled(on: bool) {
     DISABLED.store(!on, Ordering::Relaxed);
 }
