@@ -2,8 +2,8 @@
 //! `+ residual`, optionally followed by ReLU.
 //!
 //! Why: composed from candle ops, eval BN is a broadcast mul, a broadcast add, a ReLU and
-//! (after a block's second BN) a residual add, each a single-threaded full-tensor pass; they
-//! took more time than the GEMM convs of a ResNet-18 eval forward on the CPU. Here
+//! (after a block's second BN) a residual add, each a single-threaded full-tensor pass, which
+//! together cost more than the GEMM convs of a ResNet-18 eval forward on the CPU. Here
 //! `scale = gamma / sqrt(var + eps)` and `shift = beta - mean * scale` are found once per
 //! call (C values) and the rest is one rayon pass over the N*C planes, with the composed
 //! path's roundings (`x * scale`, `+ shift`, `+ residual`), so both give the same bits.

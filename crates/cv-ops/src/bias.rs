@@ -1,6 +1,6 @@
 //! Per-channel bias of an NCHW tensor as one op. candle's `broadcast_add` backward sums the
-//! gradient over the broadcast dimensions with a strided, single-threaded reduction: 15% of
-//! the small CNN's training step (perf). Here the forward adds in one parallel pass and the
+//! gradient over the broadcast dimensions with a strided, single-threaded reduction, a large
+//! share of a small network's training step. Here the forward adds in one parallel pass and the
 //! backward passes the gradient through and sums each channel's planes contiguously.
 
 use crate::error::OpsError;

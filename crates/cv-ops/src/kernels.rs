@@ -30,8 +30,8 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
 
 /// Whether the input gradient runs as a forward convolution of the output gradient with the
 /// rotated, transposed kernel (stride 1 and padding below the kernel size: no scatter needed).
-/// Only where its im2col matrix is no larger than the scatter's (else heavy padding, e.g. the
-/// small CNN's 5x5 unpadded conv, makes it ~5x slower, measured).
+/// Only where its im2col matrix is no larger than the scatter's: with heavy padding (e.g. the
+/// small CNN's 5x5 unpadded conv) that matrix is mostly zeros and the scatter is faster.
 fn dgrad_as_forward(g: &Geom) -> bool {
     g.stride == 1 && g.ph < g.kh && g.pw < g.kw && g.co * g.h * g.w <= g.c * g.oh * g.ow
 }

@@ -1,15 +1,14 @@
 //! Stride-1, zero-padded f32 convolutions with few channels on large maps through the direct
 //! kernels of [`crate::direct`], no im2col; the input gradient of such a layer is one too (see
 //! `kernels::input_grad`), so both directions use it. `kernels::forward` tries Winograd first,
-//! which since its AVX2 transforms is faster still for 3x3 layers of 64 channels (ResNet's
-//! layer1 at 224x224: 22.1 ms against 29.8 here, batch 16); this path keeps other kernel sizes
-//! and narrower layers off im2col. Only on x86-64 (elsewhere [`applies`] is never asked).
+//! which is faster still for the 3x3 layers of 64 channels it takes (ResNet's layer1 at
+//! 224x224); this path keeps other kernel sizes and narrower layers off im2col. Only on x86-64
+//! (elsewhere [`applies`] is never asked).
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 //!
 //! Why: with 64 channels, im2col + gemm copies the input 9x and gemm packs it again, and
-//! Winograd's transforms cost as much as they save. Measured on the 2-core build machine
-//! (fastest of 15 alternating runs, batch 16, 64 channels at 56x56): forward 121-125 ->
-//! 133-143 GFLOP/s, input gradient 123-133 -> 131-145. Here a band of rows of every input plane is copied once into a
+//! Winograd's transforms cost as much as they save. Here a band of rows of every input plane
+//! is copied once into a
 //! zero-padded buffer whose rows are `w + 2 * pad` wide; the convolution over the *flattened*
 //! band is then a run of unit-stride vector FMAs (the `2 * pad` columns of each row past the
 //! output's width are computed and dropped) and the valid columns are copied out. A band is
@@ -37,8 +36,8 @@ pub fn set_padded_direct_enabled(on: bool) {
 /// band, so small maps with many channels are bound by reading them.
 const MIN_PIXELS: usize = 28 * 28;
 
-/// Channels (in plus out) above which the gemm paths stay: at 128 channels on 28x28 maps this
-/// path ran at 123 GFLOP/s, im2col at 137 and Winograd at 180 (same runs as above).
+/// Channels (in plus out) above which the gemm paths stay: from 128 channels on 28x28 maps
+/// im2col and Winograd are faster than this path.
 const MAX_CHANNELS: usize = 128;
 
 #[cfg(target_arch = "x86_64")]

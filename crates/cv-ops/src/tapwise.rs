@@ -3,8 +3,8 @@
 //!
 //! Why: on a 1x1 map a padded 3x3 conv sees its input through the centre tap only, on 2x2 maps
 //! through 4 of 9 taps; im2col fills the other rows with zeros and gemm multiplies them, so
-//! ResNet-18's last two stages on CIFAR-sized images did 2.25-9x the work that counts (about
-//! 40% of the network's convolution work was zeros). Here each pair is a gemm over the batch
+//! ResNet-18's last two stages on CIFAR-sized images do 2.25-9x the work that counts. Here
+//! each pair is a gemm over the batch
 //! with strided operands (no copies): `y[:, :, p] += W[:, :, tap] . x[:, :, at]` with images
 //! as the columns. Forward, input gradient and weight gradient, each parallel over pairs that
 //! write disjoint outputs (pixels, input pixels, taps), or one gemm at a time on all threads.

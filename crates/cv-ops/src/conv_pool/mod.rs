@@ -4,7 +4,7 @@
 //! Why: as separate ops the layer is a conv, a bias add, a ReLU and a pool forward and about a
 //! dozen ops backward, each a pass over a batch-sized buffer (470 K values for conv1 at batch
 //! 100) that has left the cache, and candle runs the big elementwise ones on its own spinning
-//! thread pool (together ~45% of the training step's samples, perf). Here one rayon task takes
+//! thread pool. Here one rayon task takes
 //! a few images through the convolution (the direct AVX2 kernels of `via_direct`, else im2col
 //! and one gemm in `via_gemm`) and the bias/ReLU/pool epilogue while they sit in L2,
 //! and keeps one byte per pooled value (which window element won, whether ReLU let it through)
