@@ -9,7 +9,7 @@ use candle_core::{DType, ModuleT, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::error::ModelError;
-use crate::ops::{batch_norm_eval, batch_norm_train, BatchNormEvalParams};
+use cv_ops::{batch_norm_eval, batch_norm_train, BatchNormEvalParams};
 
 /// BatchNorm hyper-parameters (PyTorch's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -5,7 +5,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use crate::conv::{conv2d, detach_linear, Conv2d};
 use crate::error::{ModelError, Result};
-use crate::ops::{max_pool2d, MaxPool2dConfig};
+use cv_ops::{max_pool2d, MaxPool2dConfig};
 
 /// Input side the network is built for: the fc1 width (16*5*5 = 400) fixes it.
 pub const INPUT_SIZE: usize = 32;
@@ -99,10 +99,8 @@ impl SimpleCnn {
 
 /// `max_pool2d(relu(conv(x)), 2)`: on the CPU in f32/f64 one fused op
 /// ([`cv_ops::conv_relu_pool2d`]: a few images at a time through conv, bias, ReLU and pool
-/// while they are in cache: on the 2-core build machine the training step went from 4,250 to
-/// about 13,500 images/s with this alone, 22,800 with [`dense`] and later tuning, see
-/// `docs/benchmarks.md`);
-/// elsewhere (GPU, bf16) the separate ops.
+/// while they are in cache, instead of a pass per op over a batch-sized buffer; see
+/// `docs/benchmarks.md`); elsewhere (GPU, bf16) the separate ops.
 fn conv_relu_pool(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
     let w = conv.weight().to_dtype(x.dtype())?;
     let plain = conv.config().stride == 1 && conv.config().padding == 0;
@@ -118,8 +116,8 @@ fn conv_relu_pool(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
 }
 
 /// `l(x)`, then ReLU if `relu`: one op with its own backward on the CPU
-/// ([`cv_ops::linear`]; candle's chain of ops made the 400-120-84-10 head a quarter of the
-/// training step), candle's ops elsewhere.
+/// ([`cv_ops::linear`]; candle's chain of ops, each allocating, dominates a head this
+/// small), candle's ops elsewhere.
 fn dense(l: &Linear, x: &Tensor, relu: bool) -> Result<Tensor> {
     match l.bias() {
         Some(b) if x.rank() == 2 => Ok(cv_ops::linear(x, l.weight(), b, relu)?),

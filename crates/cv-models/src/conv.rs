@@ -63,8 +63,9 @@ impl Conv2d {
 
 impl Module for Conv2d {
     /// On the CPU in f32/f64, `cv_ops::conv2d` (GEMM-lowered forward, input and weight
-    /// gradients: candle 0.11's CPU conv is 2-13x slower, its input gradient goes through a
-    /// scalar `conv_transpose2d`); elsewhere candle's own conv, which `cv_ops` falls back to.
+    /// gradients: candle 0.11's CPU conv is several times slower, its input gradient goes
+    /// through a scalar `conv_transpose2d`); elsewhere candle's own conv, which `cv_ops` falls
+    /// back to.
     ///
     /// Mixed precision (bf16 input, f32 master weights): the weights are cast to the input's
     /// dtype, differentiably, so gradients reach the f32 `Var`s; a no-op when dtypes agree.

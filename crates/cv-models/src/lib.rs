@@ -40,7 +40,6 @@ pub mod conv;
 pub mod device;
 pub mod error;
 pub mod init;
-pub mod ops;
 pub mod params;
 pub mod resnet;
 pub mod state;

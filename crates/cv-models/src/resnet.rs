@@ -6,7 +6,7 @@ use candle_nn::{Linear, VarBuilder};
 use crate::batch_norm::{batch_norm2d, BatchNorm2d, BatchNormConfig};
 use crate::conv::{conv2d_no_bias, detach_linear, Conv2d};
 use crate::error::{ModelError, Result};
-use crate::ops::{max_pool2d, MaxPool2dConfig};
+use cv_ops::{max_pool2d, MaxPool2dConfig};
 
 /// Smallest input side accepted (CIFAR-10's).
 pub const MIN_INPUT_SIZE: usize = 32;

@@ -2,7 +2,7 @@
 //!
 //! Why: for the small CNN's 3->6 and 6->16 5x5 convolutions, im2col writes 25x the input and
 //! gemm then packs it again; with so few channels the copies cost more than the arithmetic
-//! (im2col alone was 24% of the training step, perf). These kernels read the image in place.
+//! (im2col alone is a large share of the small CNN's training step). These kernels read the image in place.
 //!
 //! The trick is the *flattened* output: for a stride-1, unpadded conv of an `h x w` plane, the
 //! output at flat position `j = oy * w + ox` is `sum_t wt[t] * x[j + ky * w + kx]`, so every
@@ -53,8 +53,8 @@ pub(crate) struct Flat {
     pub cout: usize,
     pub blocks: usize,
     /// Positions of each input plane that may be non-zero; kernel rows that read only zeros
-    /// outside it are skipped (the input gradient's zero border: about 30% of its taps for
-    /// the small CNN's conv2). `(0, usize::MAX)` reads everything.
+    /// outside it are skipped (the input gradient's zero border, a large part of its taps
+    /// for the small CNN's conv2). `(0, usize::MAX)` reads everything.
     pub nonzero: (usize, usize),
 }
 
@@ -169,7 +169,7 @@ unsafe fn conv_group<const CG: usize>(
 }
 
 /// Output channels and taps of one weight-gradient register block: 10 accumulators, two
-/// gradient vectors and one input vector fit AVX2's 16 registers (3 x 4 spilled, perf), and
+/// gradient vectors and one input vector fit AVX2's 16 registers (3 x 4 spills), and
 /// five taps are one kernel row of a 5x5 conv.
 const DW_CG: usize = 2;
 const DW_TG: usize = 5;
@@ -262,7 +262,7 @@ unsafe fn dw_block<const CG: usize, const TG: usize>(b: &DwBlock) {
         *o = b.plane * f.in_stride + (t / f.k) * f.row_w + t % f.k;
     }
     // Separate, flat accumulator arrays and one walking pointer per stream keep LLVM from
-    // shuffling a 2-D accumulator array through spare registers (perf: moves and spills).
+    // shuffling a 2-D accumulator array through spare registers (moves and spills).
     let mut acc0 = [_mm256_setzero_ps(); TG];
     let mut acc1 = [_mm256_setzero_ps(); TG];
     let steps = f.blocks * BLOCK / LANES;

@@ -27,6 +27,13 @@ pub(crate) trait Elem:
     /// f32 values as `Self` (only called where [`Elem::as_f32`] gave `Some`).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn from_f32(v: Vec<f32>) -> Option<Vec<Self>>;
+
+    /// Whether the value is NaN.
+    fn is_nan_(self) -> bool;
+    /// The value as f64 (exact for both types).
+    fn to_f64(self) -> f64;
+    /// An f64 rounded to `Self`.
+    fn from_f64(v: f64) -> Self;
 }
 
 impl Elem for f32 {
@@ -42,6 +49,18 @@ impl Elem for f32 {
     fn from_f32(v: Vec<f32>) -> Option<Vec<Self>> {
         Some(v)
     }
+
+    fn is_nan_(self) -> bool {
+        self.is_nan()
+    }
+
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
 }
 
 impl Elem for f64 {
@@ -56,5 +75,17 @@ impl Elem for f64 {
 
     fn from_f32(_: Vec<f32>) -> Option<Vec<Self>> {
         None
+    }
+
+    fn is_nan_(self) -> bool {
+        self.is_nan()
+    }
+
+    fn to_f64(self) -> f64 {
+        self
+    }
+
+    fn from_f64(v: f64) -> Self {
+        v
     }
 }

@@ -24,12 +24,13 @@ pub enum OpsError {
         /// What disagreed.
         message: String,
     },
-    /// A dtype this kernel does not implement (the public functions fall back to candle instead).
-    #[error("{op}: dtype {dtype} is not supported by the CPU kernel (f32 and f64 are)")]
+    /// Arguments that are not all f32 or all f64, the dtypes the CPU kernels implement (the
+    /// public functions fall back to candle instead).
+    #[error("{op}: the CPU kernel takes all-f32 or all-f64 arguments, got {dtype}")]
     DType {
         /// The op that refused it.
         op: &'static str,
-        /// The dtype given.
+        /// Each argument's name and dtype.
         dtype: String,
     },
     /// A tensor's memory layout is not contiguous where the kernel needs it to be.

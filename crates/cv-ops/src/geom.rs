@@ -102,8 +102,8 @@ const DEFAULT_TILE_ELEMS: usize = 96 * 1024;
 const MIN_COLS: usize = 64;
 const MAX_COLS: usize = 1024;
 
-/// Overrides the im2col tile budget (elements), for benchmarks; 0 restores the default.
-pub fn set_tile_elems(elems: usize) {
+/// Overrides the im2col tile budget (elements); 0 restores the default (see `crate::set_tile_elems`).
+pub(crate) fn set_tile_elems(elems: usize) {
     TILE_ELEMS.store(elems, Ordering::Relaxed);
 }
 

@@ -66,8 +66,8 @@ fn scatter_add_stride2<T: Elem>(dst: &mut [T], src: &[T]) {
 }
 
 /// Output rows at most this wide use the offset table ([`Taps`]): their runs are a few pixels
-/// long, and the per-run bookkeeping of the run-based path cost more than the copies (ResNet-18
-/// on 32x32 images: 8x8 down to 1x1 maps, where im2col took 18% of a training step).
+/// long, and the per-run bookkeeping of the run-based path costs more than the copies
+/// (ResNet-18 on 32x32 images: 8x8 down to 1x1 maps).
 const SMALL_OW: usize = 8;
 
 /// For small maps: the offset in its input plane that each (tap, output pixel) reads, or

@@ -1,10 +1,12 @@
-//! Fast CPU convolution for candle: forward, input gradient and weight gradient lowered onto
-//! the `gemm` crate, wrapped as candle custom ops so autograd uses them.
+//! Fast CPU kernels for candle as custom ops, with their backward passes: convolution
+//! (forward, input gradient and weight gradient lowered onto the `gemm` crate), fused layers,
+//! pooling, BatchNorm and the SGD update. Every op here runs on the CPU in f32 and f64 (the SGD
+//! update in f32); the public functions call candle's own ops elsewhere.
 //!
-//! Why: candle 0.11's CPU conv2d reaches ~36 GFLOP/s (a scalar NCHW->NHWC copy and nested
-//! threading), its input gradient is a scalar `conv_transpose2d` and its weight gradient a
-//! degenerate GEMM. Here each direction is one gemm per tile of output pixels, straight from
-//! NCHW (see `kernels`), with the tile batched across images for small feature maps.
+//! Why: candle 0.11's CPU conv2d goes through a scalar NCHW->NHWC copy and nested threading,
+//! its input gradient is a scalar `conv_transpose2d` and its weight gradient a degenerate GEMM.
+//! Here each direction is one gemm per tile of output pixels, straight from NCHW (see
+//! `kernels`), with the tile batched across images for small feature maps.
 //!
 //! [`conv2d`] is a drop-in for `x.conv2d(w, padding, stride, 1, 1)` (no groups, no dilation).
 //! On other devices and dtypes it calls candle's own convolution. Besides im2col it has
@@ -14,10 +16,23 @@
 //! Fused layers for small networks, where per-op overhead is most of the time:
 //! [`conv_relu_pool2d`] (conv + bias + ReLU + 2x2 max-pool, with direct AVX2 kernels),
 //! [`linear`] (+ ReLU) and [`add_channel_bias`]; [`relu`] and [`add_relu`] with a one-pass
-//! backward. [`leave_threads_to_rayon`] keeps candle's own
-//! thread pool off the cores these kernels use.
+//! backward.
+//!
+//! Where candle's ops are wrong or imprecise: [`max_pool2d`] (PyTorch's tie rule and gradient,
+//! kernel != stride), [`batch_norm_train`] (f64 statistics, analytic backward) and
+//! [`batch_norm_eval`] (eval BatchNorm + residual + ReLU in one pass). [`sgd_update`] is SGD's
+//! step in place on f32 parameters.
+//!
+//! [`leave_threads_to_rayon`] keeps candle's own thread pool off the cores these kernels use.
+//! The `set_*` switches turn single paths off for tests and benchmarks that compare them
+//! ([`set_winograd_enabled`], [`set_padded_direct_enabled`], [`set_tapwise_enabled`],
+//! [`set_direct_conv_enabled`], [`set_relu_ops_enabled`]) or tune the im2col tile
+//! ([`set_tile_elems`]); they are process-wide and default to on.
 
+mod batch_norm_eval;
+mod batch_norm_train;
 mod bias;
+mod buffers;
 mod conv_pool;
 mod direct;
 mod elem;
@@ -25,22 +40,29 @@ mod error;
 mod fold;
 mod geom;
 mod im2col;
+mod im2col_gemm;
 mod kernels;
 mod linear;
+mod matmul;
+mod max_pool;
 mod op;
 mod padded_direct;
 mod relu;
+mod sgd;
 mod tapwise;
 #[cfg(test)]
 mod test_data;
 mod winograd;
 mod winograd_avx2;
 
+pub use batch_norm_eval::{batch_norm_eval, batch_norm_eval_composed, BatchNormEvalParams};
+pub use batch_norm_train::{batch_norm_train, batch_norm_train_composed, BatchStats};
 pub use error::OpsError;
 pub use fold::fold_batchnorm;
+pub use max_pool::{max_pool2d, max_pool2d_composed, MaxPool2dConfig};
 pub use padded_direct::set_padded_direct_enabled;
-#[doc(hidden)]
 pub use relu::set_relu_ops_enabled;
+pub use sgd::{sgd_update, sgd_update_applies, SgdStep};
 pub use tapwise::set_tapwise_enabled;
 pub use winograd::set_winograd_enabled;
 
@@ -49,8 +71,7 @@ use candle_core::{DType, Result, Tensor};
 /// Leaves the CPU's threads to rayon: sets `CANDLE_NUM_THREADS=1` unless the user set it, so
 /// candle 0.11 runs its large elementwise ops on the calling thread instead of its own pool,
 /// whose workers spin for a while after each op on cores that rayon's workers (our kernels,
-/// gemm) need. Measured on the 2-core build machine (`xtask bench models`, images per
-/// CPU-second): small CNN training +5-10%, ResNet-18 eval +15-40%, training -5% to +25%.
+/// gemm) need (`xtask bench models` measures the effect; see `docs/benchmarks.md`).
 ///
 /// Call it first thing in `main`, before any thread starts or candle runs an op (the variable
 /// is read once): setting the environment while other threads read it is a data race.
@@ -205,14 +226,13 @@ pub fn conv2d_weight_grad(
 }
 
 /// Turns the direct f32 kernels of [`conv_relu_pool2d`] off (im2col + gemm instead) or back
-/// on, for tests and benchmarks of both paths.
-#[doc(hidden)]
+/// on, for tests and benchmarks of both paths. Process-wide; on by default.
 pub fn set_direct_conv_enabled(on: bool) {
     conv_pool::set_direct_enabled(on)
 }
 
-/// Tuning knob for benchmarks: the element budget of one im2col tile (0 = the default).
-#[doc(hidden)]
+/// Sets the element budget of one im2col tile (the tile is `k x cols`), for benchmarks that
+/// tune it; 0 restores the default. Process-wide.
 pub fn set_tile_elems(elems: usize) {
     geom::set_tile_elems(elems)
 }

@@ -2,17 +2,17 @@
 //!
 //! Why: candle builds this from a transpose, a matmul, a broadcast add and a ReLU, and its
 //! backward from about ten ops (the bias gradient a strided reduction, ReLU's gradient three
-//! elementwise passes), each allocating; for the small CNN's 400-120-84-10 head at batch 100
-//! that overhead made the head a quarter of the training step (measured). Here the forward is
+//! elementwise passes), each allocating, an overhead that dominates a small head such as the
+//! small CNN's 400-120-84-10. Here the forward is
 //! one gemm plus one pass for bias and ReLU, the backward one masking pass and two gemms.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 
 use crate::elem::Elem;
 use crate::error::OpsError;
-use crate::kernels::{inner_parallelism, matmul, threads};
-use crate::op::{common_float, typed_slice};
+use crate::matmul::{inner_parallelism, matmul, threads};
+use crate::op::{cpu_storage, float_op};
 
 const OP: &str = "cv-ops linear";
 
@@ -154,46 +154,20 @@ fn backward<T: Elem>(
     (dx, dw, db)
 }
 
-impl Linear {
-    fn bwd_typed<T: Elem + WithDType>(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
-        use candle_core::Storage::Cpu;
-        let dims = sizes(x.dims(), w.dims(), &[w.dims()[0]])?;
-        let ((xs, xl), (ws, wl), (ys, yl), (gs, gl)) = (
-            x.storage_and_layout(),
-            w.storage_and_layout(),
-            y.storage_and_layout(),
-            dy.storage_and_layout(),
-        );
-        let (Cpu(xs), Cpu(ws), Cpu(ys), Cpu(gs)) = (&*xs, &*ws, &*ys, &*gs) else {
-            return Err(OpsError::Mismatch {
-                op: OP,
-                message: "backward needs CPU tensors".into(),
-            }
-            .into());
-        };
-        let (dx, dw, db) = backward(
-            typed_slice::<T>(xs, xl, OP, "input")?,
-            typed_slice::<T>(ws, wl, OP, "weight")?,
-            typed_slice::<T>(ys, yl, OP, "output")?,
-            typed_slice::<T>(gs, gl, OP, "output gradient")?,
-            dims,
-            self.relu,
-            x.track_op(),
-        );
-        let dev = x.device();
-        Ok((
-            dx.map(|v| Tensor::from_vec(v, x.shape(), dev))
-                .transpose()?,
-            Tensor::from_vec(dw, w.shape(), dev)?,
-            Tensor::from_vec(db, w.dims()[0], dev)?,
-        ))
-    }
+/// The gradients [`backward`] found, as tensors shaped like `x`, `w` and `w`'s rows.
+#[allow(clippy::type_complexity)]
+fn grad_tensors<T: WithDType>(
+    (dx, dw, db): (Option<Vec<T>>, Vec<T>, Vec<T>),
+    x: &Tensor,
+    w: &Tensor,
+) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+    let dev = x.device();
+    Ok((
+        dx.map(|v| Tensor::from_vec(v, x.shape(), dev))
+            .transpose()?,
+        Tensor::from_vec(dw, w.shape(), dev)?,
+        Tensor::from_vec(db, w.dims()[0], dev)?,
+    ))
 }
 
 impl CustomOp3 for Linear {
@@ -211,23 +185,15 @@ impl CustomOp3 for Linear {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = sizes(l1.dims(), l2.dims(), l3.dims())?;
-        let out = if common_float(OP, [s1, s2, s3])? == DType::F32 {
-            CpuStorage::F32(forward::<f32>(
-                typed_slice(s1, l1, OP, "input")?,
-                typed_slice(s2, l2, OP, "weight")?,
-                typed_slice(s3, l3, OP, "bias")?,
-                dims,
-                self.relu,
-            ))
-        } else {
-            CpuStorage::F64(forward::<f64>(
-                typed_slice(s1, l1, OP, "input")?,
-                typed_slice(s2, l2, OP, "weight")?,
-                typed_slice(s3, l3, OP, "bias")?,
-                dims,
-                self.relu,
-            ))
-        };
+        let out = float_op!(
+            OP,
+            [
+                (x, s1, l1, "input"),
+                (w, s2, l2, "weight"),
+                (b, s3, l3, "bias")
+            ],
+            forward(x, w, b, dims, self.relu)
+        );
         Ok((out, Shape::from((dims.0, dims.2))))
     }
 
@@ -240,17 +206,33 @@ impl CustomOp3 for Linear {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (dx, dw, db) = match x.dtype() {
-            DType::F32 => self.bwd_typed::<f32>(x, w, res, &grad)?,
-            DType::F64 => self.bwd_typed::<f64>(x, w, res, &grad)?,
-            other => {
-                return Err(OpsError::DType {
-                    op: OP,
-                    dtype: format!("{other:?}"),
-                }
-                .into())
-            }
-        };
+        let dims = sizes(x.dims(), w.dims(), &[w.dims()[0]])?;
+        let ((xs, xl), (ws, wl), (ys, yl), (gs, gl)) = (
+            x.storage_and_layout(),
+            w.storage_and_layout(),
+            res.storage_and_layout(),
+            grad.storage_and_layout(),
+        );
+        let (xs, ws, ys, gs) = (
+            cpu_storage(OP, &xs)?,
+            cpu_storage(OP, &ws)?,
+            cpu_storage(OP, &ys)?,
+            cpu_storage(OP, &gs)?,
+        );
+        let (dx, dw, db) = float_op!(
+            raw OP,
+            [
+                (xv, xs, xl, "input"),
+                (wv, ws, wl, "weight"),
+                (yv, ys, yl, "output"),
+                (gv, gs, gl, "output gradient"),
+            ],
+            grad_tensors(
+                backward(xv, wv, yv, gv, dims, self.relu, x.track_op()),
+                x,
+                w
+            )?
+        );
         Ok((dx, w.track_op().then_some(dw), b.track_op().then_some(db)))
     }
 }

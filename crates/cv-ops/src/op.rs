@@ -1,11 +1,13 @@
-//! The candle custom ops wrapping the kernels: the convolution itself (with a backward built
-//! from the two gradient ops) and the two gradient ops (forward-only, so no double backward).
+//! What every custom op of the crate shares ([`float_op!`]: the dtype dispatch, contiguous
+//! slices, the dtype error), and the convolution's own ops: the convolution itself (with a
+//! backward built from the two gradient ops) and the two gradient ops (forward-only, so no
+//! double backward).
 
 use crate::error::OpsError;
 use crate::geom::Geom;
 use crate::kernels;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 
 /// The contiguous slice a layout describes.
 pub(crate) fn slice<'a, T>(
@@ -20,31 +22,62 @@ pub(crate) fn slice<'a, T>(
     }
 }
 
-/// The contiguous `T` values a CPU storage and its layout describe (an error for another
-/// dtype or a strided layout).
-pub(crate) fn typed_slice<'a, T: candle_core::WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    op: &'static str,
-    what: &'static str,
-) -> Result<&'a [T]> {
-    slice(T::cpu_storage_as_slice(s)?, l, op, what)
+/// The error for arguments that are not all f32 or all f64: each argument's name and dtype.
+pub(crate) fn dtype_error(op: &'static str, args: &[(&CpuStorage, &str)]) -> candle_core::Error {
+    let dtypes: Vec<String> = args
+        .iter()
+        .map(|(s, what)| format!("{what} {:?}", s.dtype()))
+        .collect();
+    OpsError::DType {
+        op,
+        dtype: dtypes.join(", "),
+    }
+    .into()
 }
 
-/// The float dtype (f32 or f64) three storages share, or the error naming theirs.
-pub(crate) fn common_float(op: &'static str, s: [&CpuStorage; 3]) -> Result<candle_core::DType> {
-    let d = s[0].dtype();
-    if matches!(d, candle_core::DType::F32 | candle_core::DType::F64)
-        && s.iter().all(|x| x.dtype() == d)
-    {
-        return Ok(d);
+/// The storage of a tensor that must be on the CPU (an op's backward reads its arguments).
+pub(crate) fn cpu_storage<'a>(op: &'static str, s: &'a Storage) -> Result<&'a CpuStorage> {
+    match s {
+        Storage::Cpu(s) => Ok(s),
+        _ => Err(OpsError::Mismatch {
+            op,
+            message: "backward needs CPU tensors".into(),
+        }
+        .into()),
     }
-    Err(OpsError::DType {
-        op,
-        dtype: format!("{:?}/{:?}/{:?}", s[0].dtype(), s[1].dtype(), s[2].dtype()),
-    }
-    .into())
 }
+
+/// The one dtype dispatch of the crate's ops. `float_op!(OP, [(x, s1, l1, "input"), ...],
+/// body)` binds each `x` to the contiguous values of its `(storage, layout)` pair, all `&[f32]`
+/// or all `&[f64]`, and evaluates `body` (generic code, written once, compiled for both types)
+/// to a `Vec` that it returns as the matching [`CpuStorage`]; `float_op!(raw OP, ...)` returns
+/// the body's value as it is (it must have one type for both). Other dtypes, mixed dtypes and
+/// strided layouts return the op's error from the enclosing function.
+macro_rules! float_op {
+    (raw $op:expr, [$(($v:ident, $s:expr, $l:expr, $what:expr)),+ $(,)?], $body:expr) => {
+        $crate::op::float_op!(@ $op, [$(($v, $s, $l, $what)),+], std::convert::identity,
+            std::convert::identity, $body)
+    };
+    ($op:expr, [$(($v:ident, $s:expr, $l:expr, $what:expr)),+ $(,)?], $body:expr) => {
+        $crate::op::float_op!(@ $op, [$(($v, $s, $l, $what)),+], candle_core::CpuStorage::F32,
+            candle_core::CpuStorage::F64, $body)
+    };
+    (@ $op:expr, [$(($v:ident, $s:expr, $l:expr, $what:expr)),+], $f32:path, $f64:path,
+        $body:expr) => {
+        match ($($s,)+) {
+            ($(candle_core::CpuStorage::F32($v),)+) => {
+                $(let $v = $crate::op::slice($v, $l, $op, $what)?;)+
+                $f32($body)
+            }
+            ($(candle_core::CpuStorage::F64($v),)+) => {
+                $(let $v = $crate::op::slice($v, $l, $op, $what)?;)+
+                $f64($body)
+            }
+            _ => return Err($crate::op::dtype_error($op, &[$(($s, $what)),+])),
+        }
+    };
+}
+pub(crate) use float_op;
 
 fn dims4(l: &Layout, op: &'static str, what: &'static str) -> Result<[usize; 4]> {
     match *l.dims() {
@@ -54,36 +87,6 @@ fn dims4(l: &Layout, op: &'static str, what: &'static str) -> Result<[usize; 4]>
             what,
             shape: other.to_vec(),
             expected: "rank 4".into(),
-        }
-        .into()),
-    }
-}
-
-/// Runs `f` on the two storages as slices of one float type.
-fn with_slices(
-    op: &'static str,
-    (s1, l1, what1): (&CpuStorage, &Layout, &'static str),
-    (s2, l2, what2): (&CpuStorage, &Layout, &'static str),
-    f32_fn: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
-    f64_fn: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
-) -> Result<CpuStorage> {
-    match (s1, s2) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => Ok(CpuStorage::F32(f32_fn(
-            slice(a, l1, op, what1)?,
-            slice(b, l2, op, what2)?,
-        ))),
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => Ok(CpuStorage::F64(f64_fn(
-            slice(a, l1, op, what1)?,
-            slice(b, l2, op, what2)?,
-        ))),
-        (a, b) if a.dtype() != b.dtype() => Err(OpsError::Mismatch {
-            op,
-            message: format!("{what1} is {:?} but {what2} is {:?}", a.dtype(), b.dtype()),
-        }
-        .into()),
-        (a, _) => Err(OpsError::DType {
-            op,
-            dtype: format!("{:?}", a.dtype()),
         }
         .into()),
     }
@@ -141,13 +144,11 @@ impl CustomOp2 for Conv2d {
         let x = dims4(l1, CONV, "input")?;
         let w = dims4(l2, CONV, "weight")?;
         let g = geom(CONV, x, w, self.stride, self.padding)?;
-        let out = with_slices(
+        let out = float_op!(
             CONV,
-            (s1, l1, "input"),
-            (s2, l2, "weight"),
-            |x, w| kernels::forward(x, w, &g),
-            |x, w| kernels::forward(x, w, &g),
-        )?;
+            [(x, s1, l1, "input"), (w, s2, l2, "weight")],
+            kernels::forward(x, w, &g)
+        );
         Ok((out, Shape::from((g.n, g.co, g.oh, g.ow))))
     }
 
@@ -235,13 +236,11 @@ impl CustomOp2 for ConvInputGrad {
         let dy = dims4(l1, CONV_DX, "output gradient")?;
         let w = dims4(l2, CONV_DX, "weight")?;
         let g = self.geom(dy, w)?;
-        let out = with_slices(
+        let out = float_op!(
             CONV_DX,
-            (s1, l1, "output gradient"),
-            (s2, l2, "weight"),
-            |dy, w| kernels::input_grad(dy, w, &g),
-            |dy, w| kernels::input_grad(dy, w, &g),
-        )?;
+            [(dy, s1, l1, "output gradient"), (w, s2, l2, "weight")],
+            kernels::input_grad(dy, w, &g)
+        );
         Ok((out, Shape::from((g.n, g.c, g.h, g.w))))
     }
 }
@@ -279,13 +278,43 @@ impl CustomOp2 for ConvWeightGrad {
             }
             .into());
         }
-        let out = with_slices(
+        let out = float_op!(
             CONV_DW,
-            (s1, l1, "input"),
-            (s2, l2, "output gradient"),
-            |x, dy| kernels::weight_grad(x, dy, &g),
-            |x, dy| kernels::weight_grad(x, dy, &g),
-        )?;
+            [(x, s1, l1, "input"), (dy, s2, l2, "output gradient")],
+            kernels::weight_grad(x, dy, &g)
+        );
         Ok((out, Shape::from((g.co, g.c, g.kh, g.kw))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<CpuStorage> {
+        Ok(float_op!(
+            "test add",
+            [(a, s1, l1, "a"), (b, s2, l2, "b")],
+            a.iter().zip(b).map(|(&x, &y)| x + y).collect()
+        ))
+    }
+
+    #[test]
+    fn float_op_runs_both_types_and_names_every_argument_of_mixed_dtypes() {
+        let l = Layout::contiguous(2);
+        let (a32, a64) = (
+            CpuStorage::F32(vec![1.0, 2.0]),
+            CpuStorage::F64(vec![1.0, 2.0]),
+        );
+        assert!(matches!(add(&a32, &l, &a32, &l), Ok(CpuStorage::F32(v)) if v == [2.0, 4.0]));
+        assert!(matches!(add(&a64, &l, &a64, &l), Ok(CpuStorage::F64(v)) if v == [2.0, 4.0]));
+        let e = add(&a32, &l, &a64, &l).err().map(|e| e.to_string());
+        let e = e.unwrap_or_default();
+        assert!(e.contains("test add") && e.contains("a F32, b F64"), "{e}");
+        let b = CpuStorage::F32(vec![1.0; 4]);
+        let l4 = Layout::contiguous((2, 2));
+        let strided = l4.transpose(0, 1);
+        let e = strided.map(|t| add(&b, &t, &b, &l4).err().map(|e| e.to_string()));
+        assert!(matches!(e, Ok(Some(m)) if m.contains("a is not contiguous")));
     }
 }

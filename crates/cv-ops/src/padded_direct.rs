@@ -1,33 +1,33 @@
 //! Stride-1, zero-padded f32 convolutions with few channels on large maps through the direct
 //! kernels of [`crate::direct`], no im2col; the input gradient of such a layer is one too (see
 //! `kernels::input_grad`), so both directions use it. `kernels::forward` tries Winograd first,
-//! which since its AVX2 transforms is faster still for 3x3 layers of 64 channels (ResNet's
-//! layer1 at 224x224: 22.1 ms against 29.8 here, batch 16); this path keeps other kernel sizes
-//! and narrower layers off im2col. Only on x86-64 (elsewhere [`applies`] is never asked).
+//! which is faster still for the 3x3 layers of 64 channels it takes (ResNet's layer1 at
+//! 224x224); this path keeps other kernel sizes and narrower layers off im2col. Only on x86-64
+//! (elsewhere [`applies`] is never asked).
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 //!
 //! Why: with 64 channels, im2col + gemm copies the input 9x and gemm packs it again, and
-//! Winograd's transforms cost as much as they save. Measured on the 2-core build machine
-//! (fastest of 15 alternating runs, batch 16, 64 channels at 56x56): forward 121-125 ->
-//! 133-143 GFLOP/s, input gradient 123-133 -> 131-145. Here a band of rows of every input plane is copied once into a
+//! Winograd's transforms cost as much as they save. Here a band of rows of every input plane
+//! is copied once into a
 //! zero-padded buffer whose rows are `w + 2 * pad` wide; the convolution over the *flattened*
 //! band is then a run of unit-stride vector FMAs (the `2 * pad` columns of each row past the
 //! output's width are computed and dropped) and the valid columns are copied out. A band is
 //! sized so its input and output stay in L2 while every output channel is computed from it.
 
+#[cfg(target_arch = "x86_64")]
+use crate::buffers::{grow, SendPtr};
 use crate::direct;
 #[cfg(target_arch = "x86_64")]
 use crate::direct::{Flat, BLOCK};
 use crate::geom::Geom;
-#[cfg(target_arch = "x86_64")]
-use crate::kernels::{grow, SendPtr};
 #[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static DISABLED: AtomicBool = AtomicBool::new(false);
 
-/// Turns this path off (or back on), for benchmarks and tests that compare it with the others.
+/// Turns the padded direct path of [`crate::conv2d`] (and its input gradient) off, or back on,
+/// for benchmarks and tests that compare it with the other paths. Process-wide; on by default.
 pub fn set_padded_direct_enabled(on: bool) {
     DISABLED.store(!on, Ordering::Relaxed);
 }
@@ -36,8 +36,8 @@ pub fn set_padded_direct_enabled(on: bool) {
 /// band, so small maps with many channels are bound by reading them.
 const MIN_PIXELS: usize = 28 * 28;
 
-/// Channels (in plus out) above which the gemm paths stay: at 128 channels on 28x28 maps this
-/// path ran at 123 GFLOP/s, im2col at 137 and Winograd at 180 (same runs as above).
+/// Channels (in plus out) above which the gemm paths stay: from 128 channels on 28x28 maps
+/// im2col and Winograd are faster than this path.
 const MAX_CHANNELS: usize = 128;
 
 #[cfg(target_arch = "x86_64")]
@@ -206,7 +206,7 @@ mod tests {
             let g = Geom::new(n, c, h, w, co, k, k, 1, pad, pad).unwrap();
             let x = values(n * c * h * w, 1);
             let wt = values(co * c * k * k, 2);
-            let want = crate::kernels::forward_im2col(&x, &wt, &g);
+            let want = crate::im2col_gemm::forward_im2col(&x, &wt, &g);
             let got = forward(&x, &wt, &g);
             assert_eq!(got.len(), want.len());
             let worst = got

@@ -1,16 +1,14 @@
 //! ReLU, and the residual `relu(a + b)`, as ops whose backward is one parallel pass.
 //!
 //! Why: candle 0.11 differentiates `relu` as `grad * (x >= 0).to_dtype()`, four full-size
-//! passes and three temporaries, its comparison op alone taking 2 ns per value here (measured
-//! at ResNet-18's 224x224 stem: 55 ms of backward per 12.8M values against 13 ms for a plain
-//! product). Here the backward reads the output and the gradient once and writes the result.
+//! passes and three temporaries, and its comparison op alone costs several times a plain
+//! product. Here the backward reads the output and the gradient once and writes the result.
 //! The arithmetic is PyTorch's: the forward keeps NaN (`x <= 0 ? 0 : x`), the backward is
 //! `threshold_backward` on the output (`y <= 0 ? 0 : g`, so the gradient at 0 is 0).
 
 use crate::elem::Elem;
 use crate::error::OpsError;
-use crate::op::slice;
-use candle_core::backend::BackendStorage;
+use crate::op::float_op;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +19,8 @@ const RELU_BWD: &str = "cv-ops relu backward";
 
 static DISABLED: AtomicBool = AtomicBool::new(false);
 
-/// Turns these ops off (candle's `relu` and `add` instead) or back on, for benchmarks.
+/// Turns the ops of [`crate::relu`] and [`crate::add_relu`] off (candle's `relu` and `add`
+/// instead) or back on, for benchmarks that compare them. Process-wide; on by default.
 pub fn set_relu_ops_enabled(on: bool) {
     DISABLED.store(!on, Ordering::Relaxed);
 }
@@ -58,23 +57,6 @@ fn relu_back<T: Elem>(y: T, g: T) -> T {
     } else {
         g
     }
-}
-
-/// `$body` on the storages' values when all are f32 or all f64, else the dtype error.
-macro_rules! float_map {
-    ($op:expr, ($($s:expr),+), |$($v:ident),+| $body:expr) => {
-        match ($($s,)+) {
-            ($(CpuStorage::F32($v),)+) => CpuStorage::F32($body),
-            ($(CpuStorage::F64($v),)+) => CpuStorage::F64($body),
-            _ => {
-                return Err(OpsError::DType {
-                    op: $op,
-                    dtype: format!("{:?}", [$($s.dtype()),+]),
-                }
-                .into())
-            }
-        }
-    };
 }
 
 /// The error for two layouts of different shapes.
@@ -124,17 +106,15 @@ fn pairwise_fwd<P: Pairwise>(
     (s2, l2): (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
     same_shape(P::NAME, l1, l2)?;
-    let out = float_map!(P::NAME, (s1, s2), |a, b| {
-        let (a, b) = (
-            slice(a, l1, P::NAME, P::ARGS[0])?,
-            slice(b, l2, P::NAME, P::ARGS[1])?,
-        );
+    let out = float_op!(
+        P::NAME,
+        [(a, s1, l1, P::ARGS[0]), (b, s2, l2, P::ARGS[1])],
         a.par_iter()
             .zip(b.par_iter())
             .with_min_len(MIN_TASK)
             .map(|(&a, &b)| P::value(a, b))
             .collect()
-    });
+    );
     Ok((out, l1.shape().clone()))
 }
 
@@ -144,13 +124,14 @@ impl CustomOp1 for Relu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = float_map!(RELU, (s), |x| {
-            let x = slice(x, l, RELU, "input")?;
+        let out = float_op!(
+            RELU,
+            [(x, s, l, "input")],
             x.par_iter()
                 .with_min_len(MIN_TASK)
                 .map(|&v| relu(v))
                 .collect()
-        });
+        );
         Ok((out, l.shape().clone()))
     }
 

@@ -3,22 +3,24 @@
 //!
 //! Why: on a 1x1 map a padded 3x3 conv sees its input through the centre tap only, on 2x2 maps
 //! through 4 of 9 taps; im2col fills the other rows with zeros and gemm multiplies them, so
-//! ResNet-18's last two stages on CIFAR-sized images did 2.25-9x the work that counts (about
-//! 40% of the network's convolution work was zeros). Here each pair is a gemm over the batch
+//! ResNet-18's last two stages on CIFAR-sized images do 2.25-9x the work that counts. Here
+//! each pair is a gemm over the batch
 //! with strided operands (no copies): `y[:, :, p] += W[:, :, tap] . x[:, :, at]` with images
 //! as the columns. Forward, input gradient and weight gradient, each parallel over pairs that
 //! write disjoint outputs (pixels, input pixels, taps), or one gemm at a time on all threads.
 
+use crate::buffers::SendPtr;
 use crate::elem::Elem;
 use crate::geom::Geom;
-use crate::kernels::{inner_parallelism, matmul, threads, SendPtr};
+use crate::matmul::{inner_parallelism, matmul, threads};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static DISABLED: AtomicBool = AtomicBool::new(false);
 
-/// Turns this path off (or back on), for benchmarks that compare it with im2col.
+/// Turns the tapwise path of [`crate::conv2d`] (outputs of at most 4x4 pixels) off, or back
+/// on, for benchmarks that compare it with im2col. Process-wide; on by default.
 pub fn set_tapwise_enabled(on: bool) {
     DISABLED.store(!on, Ordering::Relaxed);
 }

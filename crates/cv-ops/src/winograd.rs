@@ -9,27 +9,27 @@
 //! transform writes each tile's 2x2 outputs. Tiles run over (image, tile row, tile column) so
 //! small feature maps are batched across images.
 
+use crate::buffers::{grow, SendPtr};
 use crate::elem::Elem;
 use crate::geom::Geom;
-use crate::kernels::{grow, inner_parallelism, threads, SendPtr};
+use crate::matmul::{inner_parallelism, threads};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static DISABLED: AtomicBool = AtomicBool::new(false);
 
-/// Turns the Winograd path off (or back on), for benchmarks that compare it with im2col.
+/// Turns the Winograd path of [`crate::conv2d`] (and its gradients) off, or back on, for
+/// benchmarks that compare it with im2col. Process-wide; on by default.
 pub fn set_winograd_enabled(on: bool) {
     DISABLED.store(!on, Ordering::Relaxed);
 }
 
 /// Whether `g` runs through Winograd: a 3x3 stride-1 kernel, enough channels for the gemms to
-/// dominate the transforms, and maps of at least 7x7. Measured per CPU-second against im2col on
-/// the 2-core machine, batch 16, before the AVX2 transforms: 128 channels at 28x28 gain
-/// 1.2-1.6x, 256 at 14x14 1.75-2x, 512 at 7x7 1.3-1.5x, 256 at 8x8 (batch 64) 1.2x. With them
-/// (fastest of 7 alternating runs): 64 channels at 56x56 forward 31.3 -> 22.1 ms, input
-/// gradient 27.6 -> 19.9, weight gradient 33.2 -> 22.6; at 8x8 (batch 64) 64 channels break
-/// even forward and lose 2x on the weight gradient, so they stay on im2col there.
+/// dominate the transforms, and maps of at least 7x7. With 64 channels the transforms cost as
+/// much as the gemms save on small maps (and the weight gradient loses), so such layers run
+/// here only on large maps; these are the bounds where it beats im2col in `xtask bench`
+/// (figures in `docs/benchmarks.md`).
 pub(crate) fn applies(g: &Geom) -> bool {
     let wide = g.c >= MIN_CHANNELS && g.co >= MIN_CHANNELS;
     let narrow_on_large_map = g.c >= MIN_NARROW_CHANNELS
@@ -52,20 +52,19 @@ const MIN_NARROW_CHANNELS: usize = 64;
 const MIN_NARROW_MAP: usize = 28;
 
 /// Whether the weight gradient of `g` runs through Winograd: [`applies`], and at least 80% of
-/// the tiles' outputs inside the map. Measured (fastest of 9 alternating runs, batch 16): 128
-/// channels at 28x28 and 256 at 14x14 gain 1.2x over im2col, 512 at 7x7 (49 of 64 tile outputs
-/// used) loses 2-4%.
+/// the tiles' outputs inside the map. Below that (512 channels at 7x7 uses 49 of 64 tile
+/// outputs) the wasted tile work outweighs the saved multiplies and im2col is faster.
 pub(crate) fn weight_grad_applies(g: &Geom) -> bool {
     let tiled = 4 * g.oh.div_ceil(2) * g.ow.div_ceil(2);
     applies(g) && 5 * g.oh * g.ow >= 4 * tiled
 }
 
 /// Smaller maps stay on im2col: at 4x4 a tile is mostly padding. 7x7 (ResNet's last stage at
-/// 224) still gains 1.3x with 512 channels.
+/// 224) still gains with 512 channels.
 const MIN_MAP: usize = 7;
 
 /// Tiles per unit at least: fewer make each of the 16 gemms too thin (N = tiles) to amortise
-/// packing the transformed kernel (measured best at 64 for 256 and 512 channels).
+/// packing the transformed kernel (64 is the best for 256 and 512 channels).
 const MIN_UNIT_TILES: usize = 64;
 
 /// Fewer channels than this stay on im2col, except on large maps (see [`applies`]).
@@ -226,7 +225,7 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
             // SAFETY: E[xi] is co x nb and V[xi] is c x nb (read transposed), row-major in
             // their buffers; M[xi] is this task's own co x c accumulator.
             unsafe {
-                crate::kernels::matmul(
+                crate::matmul::matmul(
                     co,
                     c,
                     nb,
@@ -407,7 +406,7 @@ fn pad_input<T: Elem>(x: &[T], g: &Geom) -> Padded<T> {
 }
 
 /// `dst.copy_from_slice(src)` for at most [`LANES`] values, without a `memcpy` call for the
-/// common full run (a call per 8 values cost 14% of the 64-channel layers).
+/// common full run (a library call per 8 values is a visible cost of the 64-channel layers).
 #[inline(always)]
 fn copy_lanes<T: Elem>(dst: &mut [T], src: &[T]) {
     if let (Ok(d), Ok(s)) = (
@@ -613,9 +612,9 @@ mod tests {
         let x = make(g.n * g.c * g.h * g.w, 1);
         let k = make(g.co * g.c * 9, 2);
         let dy = make(g.n * g.co * g.oh * g.ow, 3);
-        let want = crate::kernels::forward_im2col(&x, &k, g);
+        let want = crate::im2col_gemm::forward_im2col(&x, &k, g);
         assert_close(&forward(&x, &k, g), &want, tol, &format!("forward {g:?}"));
-        let want = crate::kernels::weight_grad_im2col(&x, &dy, g);
+        let want = crate::im2col_gemm::weight_grad_im2col(&x, &dy, g);
         let what = format!("weight gradient {g:?}");
         assert_close(&weight_grad(&x, &dy, g), &want, tol, &what);
     }

@@ -1,8 +1,8 @@
 //! AVX2 versions of Winograd's per-tile transforms for f32, eight tiles (one per lane) at a
 //! time: the generic lane-wise code in `winograd.rs` gathers each patch value with a scalar
-//! load and scatters each output with a scalar store, and the transforms took more than half of
-//! the Winograd forward (thread time at 128 channels on 28x28 maps, batch 16: input and output
-//! transforms 32 ms of 66). Here a patch row of eight tiles is four unaligned loads split into
+//! load and scatters each output with a scalar store, which makes the transforms about as
+//! costly as the gemms of the Winograd forward. Here a patch row of eight tiles is four
+//! unaligned loads split into
 //! even and odd lanes, and an output row is two interleaved stores; shorter runs of tiles (a
 //! 14x14 map has rows of 7) use masked loads and stores.
 

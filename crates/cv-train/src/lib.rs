@@ -40,7 +40,6 @@ pub mod metrics;
 pub mod optim;
 pub mod report;
 pub mod schedule;
-mod sgd_inplace;
 pub mod trainer;
 
 pub use error::{Result, TrainError};

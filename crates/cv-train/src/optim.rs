@@ -262,17 +262,17 @@ impl Sgd {
             let theta = p.var.as_detached_tensor();
             let lr = c.lr * p.lr_scale;
             let buf = self.momentum_buffers.get(&p.name);
-            let in_place = crate::sgd_inplace::applies(&[&theta, grad])
-                && buf.is_none_or(|b| crate::sgd_inplace::applies(&[b]));
+            let in_place = cv_ops::sgd_update_applies(&[&theta, grad])
+                && buf.is_none_or(|b| cv_ops::sgd_update_applies(&[b]));
             if in_place {
-                let step = crate::sgd_inplace::Step {
+                let step = cv_ops::SgdStep {
                     lr: lr as f32,
                     momentum: c.momentum as f32,
                     dampening: c.dampening as f32,
                     weight_decay: p.weight_decay as f32,
                     nesterov: c.nesterov,
                 };
-                if let Some(b) = crate::sgd_inplace::update(&theta, grad, buf, step)? {
+                if let Some(b) = cv_ops::sgd_update(&theta, grad, buf, step)? {
                     self.momentum_buffers.insert(p.name.clone(), b);
                 }
                 continue;
@@ -628,7 +628,7 @@ mod tests {
             (0.9, 0.0, 0.01, true),
             (0.5, 0.0, 0.1, false),
         ] {
-            // f32 takes the in-place kernels (sgd_inplace), f64 candle's ops.
+            // f32 takes the in-place kernels (cv_ops::sgd_update), f64 candle's ops.
             for dtype in [DType::F32, DType::F64] {
                 let p0 = Tensor::new(&[1.5f32, 1.5], &Device::Cpu).unwrap();
                 let p = Var::from_tensor(&p0.to_dtype(dtype).unwrap()).unwrap();

@@ -4,7 +4,7 @@
 //! Why: as separate ops the layer is a conv, a bias add, a ReLU and a pool forward and about a
 //! dozen ops backward, each a pass over a batch-sized buffer (470 K values for conv1 at batch
 //! 100) that has left the cache, and candle runs the big elementwise ones on its own spinning
-//! thread pool (together ~45% of the training step's samples, perf). Here one rayon task takes
+//! thread pool. Here one rayon task takes
 //! a few images through the convolution (the direct AVX2 kernels of `via_direct`, else im2col
 //! and one gemm in `via_gemm`) and the bias/ReLU/pool epilogue while they sit in L2,
 //! and keeps one byte per pooled value (which window element won, whether ReLU let it through)
@@ -18,12 +18,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 
 use crate::elem::Elem;
 use crate::error::OpsError;
 use crate::geom::{Geom, Unit};
-use crate::op::{common_float, typed_slice};
+use crate::op::{cpu_storage, float_op};
 
 #[cfg(target_arch = "x86_64")]
 mod via_direct;
@@ -308,28 +308,21 @@ impl PathFor for f32 {
 }
 
 impl ConvReluPool {
-    fn fwd_typed<T: PathFor>(
-        &self,
-        (s1, l1): (&CpuStorage, &Layout),
-        (s2, l2): (&CpuStorage, &Layout),
-        (s3, l3): (&CpuStorage, &Layout),
-        d: &Dims,
-    ) -> Result<CpuStorage> {
-        let x = typed_slice::<T>(s1, l1, OP, "input")?;
-        let w = typed_slice::<T>(s2, l2, OP, "weight")?;
-        let b = typed_slice::<T>(s3, l3, OP, "bias")?;
+    fn forward<T: PathFor>(&self, x: &[T], w: &[T], b: &[T], d: &Dims) -> Result<Vec<T>> {
         let (out, mask) = T::conv_relu_pool_forward(x, w, b, d, self.record);
         if self.record {
             *self.mask.lock().map_err(|_| poisoned())? = Some(mask);
         }
-        Ok(T::to_cpu_storage_owned(out))
+        Ok(out)
     }
 
-    fn bwd_typed<T: PathFor>(
+    /// The gradients of `x` (if `want_dx`), `w` and the bias, from the input values `xv`, the
+    /// weights `wv` and the output gradient `gv`.
+    #[allow(clippy::type_complexity)]
+    fn backward<T: PathFor>(
         &self,
-        x: &Tensor,
-        w: &Tensor,
-        grad: &Tensor,
+        (x, w): (&Tensor, &Tensor),
+        (xv, wv, gv): (&[T], &[T], &[T]),
         want_dx: bool,
     ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
         let d = Dims::new(x.dims(), w.dims(), &[w.dims()[0]])?;
@@ -338,29 +331,7 @@ impl ConvReluPool {
             op: OP,
             message: "backward without a recorded forward".into(),
         })?;
-        let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = w.storage_and_layout();
-        let (gs, gl) = grad.storage_and_layout();
-        let (
-            candle_core::Storage::Cpu(xs),
-            candle_core::Storage::Cpu(ws),
-            candle_core::Storage::Cpu(gs),
-        ) = (&*xs, &*ws, &*gs)
-        else {
-            return Err(OpsError::Mismatch {
-                op: OP,
-                message: "backward needs CPU tensors".into(),
-            }
-            .into());
-        };
-        let grads = T::conv_relu_pool_backward(
-            typed_slice::<T>(xs, xl, OP, "input")?,
-            typed_slice::<T>(ws, wl, OP, "weight")?,
-            typed_slice::<T>(gs, gl, OP, "output gradient")?,
-            mask,
-            &d,
-            want_dx,
-        );
+        let grads = T::conv_relu_pool_backward(xv, wv, gv, mask, &d, want_dx);
         let dev = x.device();
         let dx = match grads.dx {
             Some(v) => Some(Tensor::from_vec(v, x.shape(), dev)?),
@@ -397,12 +368,15 @@ impl CustomOp3 for ConvReluPool {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = Dims::new(l1.dims(), l2.dims(), l3.dims())?;
-        let args = ((s1, l1), (s2, l2), (s3, l3));
-        let out = if common_float(OP, [s1, s2, s3])? == DType::F32 {
-            self.fwd_typed::<f32>(args.0, args.1, args.2, &d)?
-        } else {
-            self.fwd_typed::<f64>(args.0, args.1, args.2, &d)?
-        };
+        let out = float_op!(
+            OP,
+            [
+                (x, s1, l1, "input"),
+                (w, s2, l2, "weight"),
+                (b, s3, l3, "bias")
+            ],
+            self.forward(x, w, b, &d)?
+        );
         Ok((out, Shape::from((d.g.n, d.g.co, d.ph, d.pw))))
     }
 
@@ -417,17 +391,25 @@ impl CustomOp3 for ConvReluPool {
         let grad = grad.contiguous()?;
         // The images need no gradient: skip the input-gradient gemm and scatter for them.
         let want_dx = x.track_op();
-        let (dx, dw, db) = match x.dtype() {
-            DType::F32 => self.bwd_typed::<f32>(x, w, &grad, want_dx)?,
-            DType::F64 => self.bwd_typed::<f64>(x, w, &grad, want_dx)?,
-            other => {
-                return Err(OpsError::DType {
-                    op: OP,
-                    dtype: format!("{other:?}"),
-                }
-                .into())
-            }
-        };
+        let ((xs, xl), (ws, wl), (gs, gl)) = (
+            x.storage_and_layout(),
+            w.storage_and_layout(),
+            grad.storage_and_layout(),
+        );
+        let (xs, ws, gs) = (
+            cpu_storage(OP, &xs)?,
+            cpu_storage(OP, &ws)?,
+            cpu_storage(OP, &gs)?,
+        );
+        let (dx, dw, db) = float_op!(
+            raw OP,
+            [
+                (xv, xs, xl, "input"),
+                (wv, ws, wl, "weight"),
+                (gv, gs, gl, "output gradient"),
+            ],
+            self.backward((x, w), (xv, wv, gv), want_dx)?
+        );
         Ok((dx, w.track_op().then_some(dw), b.track_op().then_some(db)))
     }
 }

@@ -4,9 +4,9 @@
 use rayon::prelude::*;
 
 use super::{sum_partials, unpool_plane, Dims, Grads, Scratch};
+use crate::buffers::{grow, SendPtr};
 use crate::direct::{Flat, BLOCK};
 use crate::geom::Geom;
-use crate::kernels::{grow, SendPtr};
 
 /// Buffer sizes of the direct path for one layer.
 #[derive(Clone, Copy, Debug)]

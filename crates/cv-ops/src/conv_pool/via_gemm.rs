@@ -5,9 +5,10 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{pool_plane, sum_partials, unpool_plane, Dims, Grads, Scratch};
+use crate::buffers::{grow, SendPtr};
 use crate::elem::Elem;
 use crate::im2col::{col2im_add, im2col};
-use crate::kernels::{grow, matmul, SendPtr};
+use crate::matmul::matmul;
 
 /// Forward: the pooled output `[n, co, ph, pw]` and, if `record`, the mask.
 pub(super) fn forward<T: Elem>(

@@ -2,8 +2,8 @@
 //! `+ residual`, optionally followed by ReLU.
 //!
 //! Why: composed from candle ops, eval BN is a broadcast mul, a broadcast add, a ReLU and
-//! (after a block's second BN) a residual add, each a single-threaded full-tensor pass; they
-//! took more time than the GEMM convs of a ResNet-18 eval forward on the CPU. Here
+//! (after a block's second BN) a residual add, each a single-threaded full-tensor pass, which
+//! together cost more than the GEMM convs of a ResNet-18 eval forward on the CPU. Here
 //! `scale = gamma / sqrt(var + eps)` and `shift = beta - mean * scale` are found once per
 //! call (C values) and the rest is one rayon pass over the N*C planes, with the composed
 //! path's roundings (`x * scale`, `+ shift`, `+ residual`), so both give the same bits.
@@ -12,13 +12,14 @@
 //! graph (a `detached()` model); anything that tracks gradients goes through
 //! [`batch_norm_eval_composed`], whose autograd is candle's.
 
-use candle_core::{
-    backend::BackendStorage, bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape,
-    Tensor,
-};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_slice, Float};
+use crate::elem::Elem;
+use crate::op::float_op;
+
+const BN_EVAL: &str = "cv-batch-norm-eval";
+const BN_EVAL_RESIDUAL: &str = "cv-batch-norm-eval-residual";
 
 /// The per-channel tensors of an eval-mode BatchNorm2d, all `[C]` in one dtype.
 #[derive(Debug, Clone, Copy)]
@@ -138,17 +139,17 @@ struct BatchNormEval {
 const MIN_ELEMS_PER_TASK: usize = 16 * 1024;
 
 impl BatchNormEval {
-    fn run<T: Float + Mul>(
+    fn run<T: Elem + Mul>(
         &self,
         x: &[T],
         residual: Option<&[T]>,
         layout: &Layout,
-    ) -> Result<(Vec<T>, Shape)> {
+    ) -> Result<Vec<T>> {
         let (_, c, h, w) = layout.shape().dims4()?;
         let hw = h * w;
         let mut y = vec![T::ZERO; x.len()];
         if hw == 0 || x.is_empty() {
-            return Ok((y, layout.shape().clone()));
+            return Ok(y);
         }
         if c != self.scale.len() {
             bail!(
@@ -178,11 +179,11 @@ impl BatchNormEval {
                 }
             }),
         }
-        Ok((y, layout.shape().clone()))
+        Ok(y)
     }
 }
 
-/// The arithmetic the kernel needs beyond [`Float`], written so that it vectorises.
+/// The arithmetic the kernel needs beyond [`Elem`], written so that it vectorises.
 trait Mul: Sized + std::ops::Add<Output = Self> {
     /// `self * s + b`, two roundings (as the composed mul then add; no libm `fma` call).
     fn mul_add_(self, s: Self, b: Self) -> Self;
@@ -213,27 +214,22 @@ impl_mul!(f32, f64);
 
 impl CustomOp1 for BatchNormEval {
     fn name(&self) -> &'static str {
-        "cv-batch-norm-eval"
+        BN_EVAL
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        match storage {
-            CpuStorage::F32(v) => {
-                let (y, s) = self.run(contiguous_slice(v, layout, "input")?, None, layout)?;
-                Ok((CpuStorage::F32(y), s))
-            }
-            CpuStorage::F64(v) => {
-                let (y, s) = self.run(contiguous_slice(v, layout, "input")?, None, layout)?;
-                Ok((CpuStorage::F64(y), s))
-            }
-            other => bail!("batch_norm eval: unsupported dtype {:?}", other.dtype()),
-        }
+        let y = float_op!(
+            BN_EVAL,
+            [(x, storage, layout, "input")],
+            self.run(x, None, layout)?
+        );
+        Ok((y, layout.shape().clone()))
     }
 }
 
 impl CustomOp2 for BatchNormEval {
     fn name(&self) -> &'static str {
-        "cv-batch-norm-eval-residual"
+        BN_EVAL_RESIDUAL
     }
 
     fn cpu_fwd(
@@ -250,24 +246,11 @@ impl CustomOp2 for BatchNormEval {
                 l1.shape()
             )
         }
-        match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(r)) => {
-                let x = contiguous_slice(x, l1, "input")?;
-                let r = contiguous_slice(r, l2, "residual")?;
-                let (y, s) = self.run(x, Some(r), l1)?;
-                Ok((CpuStorage::F32(y), s))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(r)) => {
-                let x = contiguous_slice(x, l1, "input")?;
-                let r = contiguous_slice(r, l2, "residual")?;
-                let (y, s) = self.run(x, Some(r), l1)?;
-                Ok((CpuStorage::F64(y), s))
-            }
-            (a, b) => bail!(
-                "batch_norm eval: unsupported dtypes {:?}/{:?}",
-                a.dtype(),
-                b.dtype()
-            ),
-        }
+        let y = float_op!(
+            BN_EVAL_RESIDUAL,
+            [(x, s1, l1, "input"), (r, s2, l2, "residual")],
+            self.run(x, Some(r), l1)?
+        );
+        Ok((y, l1.shape().clone()))
     }
 }

@@ -1,11 +1,11 @@
 //! SGD's update as two in-place passes over each contiguous f32 parameter on the CPU: the
-//! momentum buffer, then the parameter, where they lie, in parallel chunks.
+//! momentum buffer, then the parameter, where they lie, in parallel chunks. Other dtypes,
+//! strided tensors and other devices are the caller's to update (see [`sgd_update_applies`]).
 //!
 //! Why: through candle ops one update is five full passes and four fresh allocations per
-//! parameter (scale, add, scale, subtract, then `Var::set` copies back); for ResNet-18's
-//! 11.7 M parameters that was 10% of a training step at batch 64 (20 ms of 197, measured on the
-//! 2-core build machine). The arithmetic is PyTorch's, in the same order:
-//! `buf = m * buf + (1 - dampening) * (g + wd * p)` and `p = p - lr * buf` (Nesterov:
+//! parameter (scale, add, scale, subtract, then `Var::set` copies back), a visible share of a
+//! ResNet-18 training step for its 11.7 M parameters. The arithmetic is PyTorch's, in the same
+//! order: `buf = m * buf + (1 - dampening) * (g + wd * p)` and `p = p - lr * buf` (Nesterov:
 //! `p = p - lr * ((g + wd * p) + m * buf)`).
 
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
@@ -14,17 +14,22 @@ use rayon::prelude::*;
 /// Elements per parallel chunk; smaller parameters are updated on the calling thread.
 const CHUNK: usize = 1 << 16;
 
-/// The hyper-parameters of one parameter's update, as f32.
+/// The hyper-parameters of one parameter's update, as f32 (PyTorch's `torch.optim.SGD`).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Step {
+pub struct SgdStep {
+    /// Learning rate.
     pub lr: f32,
+    /// Momentum factor (0: plain SGD, no buffer).
     pub momentum: f32,
+    /// Dampening of the gradient's share of the momentum buffer.
     pub dampening: f32,
+    /// L2 penalty added to the gradient (`g + wd * p`).
     pub weight_decay: f32,
+    /// Nesterov momentum.
     pub nesterov: bool,
 }
 
-impl Step {
+impl SgdStep {
     /// The gradient with L2 weight decay, PyTorch's `grad.add(p, alpha=wd)`.
     #[inline]
     fn decayed(&self, g: f32, p: f32) -> f32 {
@@ -36,8 +41,8 @@ impl Step {
     }
 }
 
-/// Whether these tensors can be updated here: CPU, f32, contiguous.
-pub(crate) fn applies(tensors: &[&Tensor]) -> bool {
+/// Whether these tensors can be updated by [`sgd_update`]: CPU, f32, contiguous.
+pub fn sgd_update_applies(tensors: &[&Tensor]) -> bool {
     tensors
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
@@ -76,11 +81,11 @@ fn check_len(what: &str, a: usize, b: usize) -> Result<()> {
 }
 
 /// `buf = m * buf + (1 - dampening) * (g + wd * p)`: in place on the buffer, reading (g, p).
-struct Momentum(Step);
+struct Momentum(SgdStep);
 
 impl InplaceOp3 for Momentum {
     fn name(&self) -> &'static str {
-        "cv-train sgd momentum"
+        "cv-ops sgd momentum"
     }
 
     fn cpu_fwd(
@@ -110,11 +115,11 @@ impl InplaceOp3 for Momentum {
 }
 
 /// The first step's buffer, `g + wd * p`, written over a copy of `g`: in place, reading p.
-struct FirstBuffer(Step);
+struct FirstBuffer(SgdStep);
 
 impl InplaceOp2 for FirstBuffer {
     fn name(&self) -> &'static str {
-        "cv-train sgd first buffer"
+        "cv-ops sgd first buffer"
     }
 
     fn cpu_fwd(
@@ -140,11 +145,11 @@ impl InplaceOp2 for FirstBuffer {
 
 /// `p = p - lr * buf`, or with Nesterov `p = p - lr * ((g + wd * p) + m * buf)`: in place on
 /// the parameter, reading (buf, g). Without momentum `buf` is the gradient itself.
-struct Apply(Step);
+struct Apply(SgdStep);
 
 impl InplaceOp3 for Apply {
     fn name(&self) -> &'static str {
-        "cv-train sgd apply"
+        "cv-ops sgd apply"
     }
 
     fn cpu_fwd(
@@ -177,13 +182,13 @@ impl InplaceOp3 for Apply {
 }
 
 /// One SGD update of `param` from `grad`, with the momentum buffer `buf` (None before the
-/// first step, or without momentum); returns the buffer to keep. All three must pass
-/// [`applies`].
-pub(crate) fn update(
+/// first step, or without momentum), in place; returns the buffer to keep. All three must pass
+/// [`sgd_update_applies`] (else an error, and nothing is changed).
+pub fn sgd_update(
     param: &Tensor,
     grad: &Tensor,
     buf: Option<&Tensor>,
-    s: Step,
+    s: SgdStep,
 ) -> Result<Option<Tensor>> {
     if s.momentum == 0.0 {
         // p = p - lr * (g + wd * p): the decayed gradient in a scratch copy, then apply.
@@ -192,7 +197,7 @@ pub(crate) fn update(
         param.inplace_op3(
             &d,
             grad,
-            &Apply(Step {
+            &Apply(SgdStep {
                 nesterov: false,
                 ..s
             }),

@@ -8,16 +8,19 @@
 //! input element.
 
 use candle_core::{
-    backend::BackendStorage, bail, CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result,
-    Shape, Tensor, D,
+    bail, CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, D,
 };
 use rayon::prelude::*;
 
-use super::{contiguous_slice, Float};
+use crate::elem::Elem;
+use crate::op::float_op;
+
+const POOL: &str = "cv-max-pool2d";
+const POOL_BWD: &str = "cv-max-pool2d-backward";
 
 /// A 2-D max-pool: square kernel, stride and zero-sized-or-more `-inf` padding (PyTorch's
 /// `nn.MaxPool2d(kernel, stride, padding)` with `ceil_mode=False`, `dilation=1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxPool2dConfig {
     /// Window side.
     pub kernel: usize,
@@ -118,7 +121,7 @@ struct MaxPool2d(MaxPool2dConfig);
 /// Index (within the input plane) of the first maximum of the window at (oy, ox), or None
 /// when the window lies entirely in the padding (impossible with padding <= kernel/2).
 #[inline]
-fn window_argmax<T: Float>(
+fn window_argmax<T: Elem>(
     plane: &[T],
     h: usize,
     w: usize,
@@ -162,7 +165,7 @@ fn window_argmax<T: Float>(
 /// `max(a, b)` where a NaN in either wins (PyTorch's forward) and, between equal values, the
 /// earlier `a`; branch-free enough to vectorise.
 #[inline(always)]
-fn nan_max<T: Float>(a: T, b: T) -> T {
+fn nan_max<T: Elem>(a: T, b: T) -> T {
     if b > a || b.is_nan_() {
         b
     } else {
@@ -175,13 +178,13 @@ const MIN_ELEMS_PER_TASK: usize = 16 * 1024;
 
 /// Forward values only, separably: each input row's max over every window's columns, then
 /// the max over each window's rows, a vectorisable pass over whole output rows. Why not
-/// [`window_argmax`] per output: it rescans k*k elements with a NaN branch each (it was 8% of
-/// a ResNet-18 eval forward at 224). The values are the same: a NaN wins, ties are equal.
-fn pool_fwd<T: Float>(
+/// [`window_argmax`] per output: it rescans k*k elements with a NaN branch each, a visible
+/// part of a ResNet-18 eval forward. The values are the same: a NaN wins, ties are equal.
+fn pool_fwd<T: Elem>(
     x: &[T],
     (n, c, h, w): (usize, usize, usize, usize),
     cfg: &MaxPool2dConfig,
-) -> Result<(Vec<T>, Shape)> {
+) -> Result<Vec<T>> {
     let (oh, ow) = cfg.output_size(h, w)?;
     let mut out = vec![T::ZERO; n * c * oh * ow];
     // The window of output `o` clamped to [0, len): padding is -inf, so it never wins, and
@@ -219,15 +222,15 @@ fn pool_fwd<T: Float>(
                 },
             );
     }
-    Ok((out, Shape::from((n, c, oh, ow))))
+    Ok(out)
 }
 
-fn pool_bwd<T: Float>(
+fn pool_bwd<T: Elem>(
     x: &[T],
     g: &[T],
     (n, c, h, w): (usize, usize, usize, usize),
     cfg: &MaxPool2dConfig,
-) -> Result<(Vec<T>, Shape)> {
+) -> Result<Vec<T>> {
     let (oh, ow) = cfg.output_size(h, w)?;
     if g.len() != n * c * oh * ow {
         bail!(
@@ -251,27 +254,23 @@ fn pool_bwd<T: Float>(
                 }
             });
     }
-    Ok((dx, Shape::from((n, c, h, w))))
+    Ok(dx)
 }
 
 impl CustomOp1 for MaxPool2d {
     fn name(&self) -> &'static str {
-        "cv-max-pool2d"
+        POOL
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = layout.shape().dims4()?;
-        match storage {
-            CpuStorage::F32(v) => {
-                let (o, s) = pool_fwd(contiguous_slice(v, layout, "input")?, dims, &self.0)?;
-                Ok((CpuStorage::F32(o), s))
-            }
-            CpuStorage::F64(v) => {
-                let (o, s) = pool_fwd(contiguous_slice(v, layout, "input")?, dims, &self.0)?;
-                Ok((CpuStorage::F64(o), s))
-            }
-            other => bail!("max_pool2d: unsupported dtype {:?}", other.dtype()),
-        }
+        let dims @ (n, c, h, w) = layout.shape().dims4()?;
+        let (oh, ow) = self.0.output_size(h, w)?;
+        let out = float_op!(
+            POOL,
+            [(x, storage, layout, "input")],
+            pool_fwd(x, dims, &self.0)?
+        );
+        Ok((out, Shape::from((n, c, oh, ow))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -288,7 +287,7 @@ struct MaxPool2dBackward(MaxPool2dConfig);
 
 impl CustomOp2 for MaxPool2dBackward {
     fn name(&self) -> &'static str {
-        "cv-max-pool2d-backward"
+        POOL_BWD
     }
 
     fn cpu_fwd(
@@ -299,24 +298,11 @@ impl CustomOp2 for MaxPool2dBackward {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = l1.shape().dims4()?;
-        match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                let x = contiguous_slice(x, l1, "input")?;
-                let g = contiguous_slice(g, l2, "gradient")?;
-                let (d, s) = pool_bwd(x, g, dims, &self.0)?;
-                Ok((CpuStorage::F32(d), s))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                let x = contiguous_slice(x, l1, "input")?;
-                let g = contiguous_slice(g, l2, "gradient")?;
-                let (d, s) = pool_bwd(x, g, dims, &self.0)?;
-                Ok((CpuStorage::F64(d), s))
-            }
-            (a, b) => bail!(
-                "max_pool2d backward: unsupported dtypes {:?}/{:?}",
-                a.dtype(),
-                b.dtype()
-            ),
-        }
+        let out = float_op!(
+            POOL_BWD,
+            [(x, s1, l1, "input"), (g, s2, l2, "gradient")],
+            pool_bwd(x, g, dims, &self.0)?
+        );
+        Ok((out, l1.shape().clone()))
     }
 }

@@ -8,12 +8,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{
-    backend::BackendStorage, bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor,
-};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_slice, Float};
+use crate::elem::Elem;
+use crate::op::float_op;
+
+const BN: &str = "cv-batch-norm-train";
+const BN_BWD: &str = "cv-batch-norm-train-backward";
 
 /// Per-channel batch mean and biased variance found by a train-mode forward.
 #[derive(Debug, Clone)]
@@ -111,7 +113,7 @@ struct BatchNormTrain {
 }
 
 /// Per-channel (mean, biased variance), two passes in f64, parallel over channels.
-fn channel_stats<T: Float>(x: &[T], (n, c, hw): (usize, usize, usize)) -> Vec<(f64, f64)> {
+fn channel_stats<T: Elem>(x: &[T], (n, c, hw): (usize, usize, usize)) -> Vec<(f64, f64)> {
     let count = (n * hw) as f64;
     (0..c)
         .into_par_iter()
@@ -131,7 +133,7 @@ fn channel_stats<T: Float>(x: &[T], (n, c, hw): (usize, usize, usize)) -> Vec<(f
         .collect()
 }
 
-fn bn_fwd<T: Float>(
+fn bn_fwd<T: Elem>(
     x: &[T],
     w: &[T],
     b: &[T],
@@ -157,29 +159,25 @@ fn bn_fwd<T: Float>(
     (y, mean, var)
 }
 
-fn slices3<'a, T>(
-    a: &'a [T],
-    la: &Layout,
-    b: &'a [T],
-    lb: &Layout,
-    c: &'a [T],
-    lc: &Layout,
-) -> Result<(&'a [T], &'a [T], &'a [T])> {
-    Ok((
-        contiguous_slice(a, la, "batch_norm input")?,
-        contiguous_slice(b, lb, "batch_norm weight")?,
-        contiguous_slice(c, lc, "batch_norm bias/gradient")?,
-    ))
-}
-
 fn dims3(l: &Layout) -> Result<(usize, usize, usize)> {
     let (n, c, h, w) = l.shape().dims4()?;
     Ok((n, c, h * w))
 }
 
+impl BatchNormTrain {
+    /// [`bn_fwd`], leaving the statistics in `stats` and `saved`.
+    fn forward<T: Elem>(&self, x: &[T], w: &[T], b: &[T], dims: (usize, usize, usize)) -> Vec<T> {
+        let (y, mean, var) = bn_fwd(x, w, b, dims, self.eps);
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(mean.iter().copied().zip(var.iter().copied()).collect());
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some((mean, var));
+        y
+    }
+}
+
 impl CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
-        "cv-batch-norm-train"
+        BN
     }
 
     fn cpu_fwd(
@@ -192,22 +190,15 @@ impl CustomOp3 for BatchNormTrain {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = dims3(l1)?;
-        let (y, mean, var) = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                let (x, w, b) = slices3(x, l1, w, l2, b, l3)?;
-                let (y, m, v) = bn_fwd(x, w, b, dims, self.eps);
-                (CpuStorage::F32(y), m, v)
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                let (x, w, b) = slices3(x, l1, w, l2, b, l3)?;
-                let (y, m, v) = bn_fwd(x, w, b, dims, self.eps);
-                (CpuStorage::F64(y), m, v)
-            }
-            (a, _, _) => bail!("batch_norm: unsupported dtype {:?}", a.dtype()),
-        };
-        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(mean.iter().copied().zip(var.iter().copied()).collect());
-        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some((mean, var));
+        let y = float_op!(
+            BN,
+            [
+                (x, s1, l1, "input"),
+                (w, s2, l2, "weight"),
+                (b, s3, l3, "bias")
+            ],
+            self.forward(x, w, b, dims)
+        );
         Ok((y, l1.shape().clone()))
     }
 
@@ -243,7 +234,7 @@ struct BatchNormTrainBackward {
     stats: Option<Vec<(f64, f64)>>,
 }
 
-fn bn_bwd<T: Float>(
+fn bn_bwd<T: Elem>(
     x: &[T],
     w: &[T],
     dy: &[T],
@@ -302,7 +293,7 @@ fn bn_bwd<T: Float>(
 
 impl CustomOp3 for BatchNormTrainBackward {
     fn name(&self) -> &'static str {
-        "cv-batch-norm-train-backward"
+        BN_BWD
     }
 
     fn cpu_fwd(
@@ -315,17 +306,15 @@ impl CustomOp3 for BatchNormTrainBackward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = dims3(l1)?;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => {
-                let (x, w, g) = slices3(x, l1, w, l2, g, l3)?;
-                CpuStorage::F32(bn_bwd(x, w, g, dims, self.eps, self.stats.as_deref()))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => {
-                let (x, w, g) = slices3(x, l1, w, l2, g, l3)?;
-                CpuStorage::F64(bn_bwd(x, w, g, dims, self.eps, self.stats.as_deref()))
-            }
-            (a, _, _) => bail!("batch_norm backward: unsupported dtype {:?}", a.dtype()),
-        };
+        let out = float_op!(
+            BN_BWD,
+            [
+                (x, s1, l1, "input"),
+                (w, s2, l2, "weight"),
+                (g, s3, l3, "gradient")
+            ],
+            bn_bwd(x, w, g, dims, self.eps, self.stats.as_deref())
+        );
         let len = l1.shape().elem_count() + 2 * dims.1;
         Ok((out, Shape::from(len)))
     }
