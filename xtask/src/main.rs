@@ -1,12 +1,16 @@
-//! Project tasks run with `cargo xtask <task>`: fetching CIFAR-10 and benchmarks. Each task
-//! only parses flags and calls the library crates, which hold the logic.
+//! Project tasks run with `cargo xtask <task>`: fetching CIFAR-10, benchmarks, the CUDA build
+//! and the CI checks. Each task only parses flags and calls the library crates, which hold the
+//! logic.
 
 mod bench;
 mod build_cuda;
+mod ci;
 mod fetch_data;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::anyhow;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -25,6 +29,23 @@ enum Command {
     /// Build `cv` with `--features cuda` here, without a GPU (pinned CUDA 13.0 compiler from
     /// PyPI + link stubs under target/; binary in target/cuda/release/cv). See docs/gpu.md.
     BuildCuda(build_cuda::Args),
+    /// What CI runs, stopping at the first failure: fmt --check, clippy -D warnings, the tests
+    /// (parity fixtures required when ../shared/fixtures exists), docs with warnings denied.
+    Ci(ci::Args),
+}
+
+/// The workspace root: xtask lives in `<root>/xtask`.
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("xtask manifest dir {} has no parent", manifest.display()))
+}
+
+/// The cargo that runs us (`$CARGO` under `cargo run`), else `cargo` from PATH.
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
 fn main() -> ExitCode {
@@ -36,6 +57,7 @@ fn main() -> ExitCode {
         Command::FetchData(args) => fetch_data::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BuildCuda(args) => build_cuda::run(args),
+        Command::Ci(args) => ci::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
