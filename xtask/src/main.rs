@@ -6,6 +6,7 @@ mod bench;
 mod build_cuda;
 mod ci;
 mod fetch_data;
+mod release;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,7 +25,8 @@ struct Cli {
 enum Command {
     /// Download, verify and extract the CIFAR-10 binary dataset into data/.
     FetchData(fetch_data::Args),
-    /// Run benchmarks (build with --release) and optionally write the figures as JSON.
+    /// Run benchmarks and optionally write the figures as JSON (a build without optimisations
+    /// re-runs itself with `cargo run --release`).
     Bench(bench::Args),
     /// Build `cv` with `--features cuda` here, without a GPU (pinned CUDA 13.0 compiler from
     /// PyPI + link stubs under target/; binary in target/cuda/release/cv). See docs/gpu.md.
@@ -55,6 +57,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::FetchData(args) => fetch_data::run(args),
+        Command::Bench(_) if release::should_rerun() => {
+            return release::rerun().unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            })
+        }
         Command::Bench(args) => bench::run(args),
         Command::BuildCuda(args) => build_cuda::run(args),
         Command::Ci(args) => ci::run(args),
