@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -79,15 +80,7 @@ fn train_then_eval_then_predict() {
         );
     }
 
-    let o = expect_code(
-        cv(tmp.path())
-            .args(["eval", "--json", "--checkpoint"])
-            .arg(&out)
-            .arg("--data")
-            .arg(&data),
-        0,
-    );
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let v = eval_json(tmp.path(), &out, &data);
     assert_eq!(v["images"], 100);
     let acc = v["accuracy"].as_f64().unwrap();
     assert!(acc > 0.5, "accuracy {acc} after 5 epochs on learnable data");
@@ -109,13 +102,7 @@ fn train_then_eval_then_predict() {
 
     let png = tmp.path().join("ship.png");
     cifar_png(&png, 8);
-    let o = expect_code(
-        cv(tmp.path())
-            .args(["predict", "--json", "--top-k", "3", "--checkpoint"])
-            .arg(&out)
-            .arg(&png),
-        0,
-    );
+    let o = predict(tmp.path(), &out, &["--json", "--top-k", "3"], &[&png], 0);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let preds = v[0]["predictions"].as_array().unwrap();
     assert_eq!(preds.len(), 3);
@@ -123,6 +110,32 @@ fn train_then_eval_then_predict() {
     if acc > 0.9 {
         assert_eq!(preds[0]["class"], "ship");
     }
+}
+
+/// `cv eval --json` of the run in `out` on `data`.
+fn eval_json(home: &Path, out: &Path, data: &Path) -> serde_json::Value {
+    let o = expect_code(
+        cv(home)
+            .args(["eval", "--json", "--checkpoint"])
+            .arg(out)
+            .arg("--data")
+            .arg(data),
+        0,
+    );
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
+/// `cv predict --checkpoint RUN FLAGS... IMAGES...`, which must exit with `code`.
+fn predict(home: &Path, run: &Path, flags: &[&str], images: &[&Path], code: i32) -> Output {
+    expect_code(
+        cv(home)
+            .arg("predict")
+            .args(flags)
+            .arg("--checkpoint")
+            .arg(run)
+            .args(images),
+        code,
+    )
 }
 
 /// Trains the small CNN for one epoch on `data` into `out`.
@@ -146,16 +159,7 @@ fn a_folder_with_one_training_batch_trains_and_evaluates() {
     train_one_epoch(tmp.path(), &data, &out);
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 1, "{metrics}");
-    let o = expect_code(
-        cv(tmp.path())
-            .args(["eval", "--json", "--checkpoint"])
-            .arg(&out)
-            .arg("--data")
-            .arg(&data),
-        0,
-    );
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(v["images"], 20);
+    assert_eq!(eval_json(tmp.path(), &out, &data)["images"], 20);
 }
 
 #[test]
@@ -172,15 +176,9 @@ fn predict_classifies_the_good_images_and_names_the_bad_one() {
     std::fs::write(&bad, noise).unwrap();
     let frog = tmp.path().join("frog.png");
     cifar_png(&frog, 6);
-    let images = [&ship, &bad, &frog];
+    let images = [ship.as_path(), &bad, &frog];
 
-    let o = expect_code(
-        cv(tmp.path())
-            .args(["predict", "--top-k", "2", "--checkpoint"])
-            .arg(&out)
-            .args(images),
-        1,
-    );
+    let o = predict(tmp.path(), &out, &["--top-k", "2"], &images, 1);
     let text = stdout(&o);
     for good in [&ship, &frog] {
         assert!(text.contains(&good.display().to_string()), "{text}");
@@ -196,13 +194,7 @@ fn predict_classifies_the_good_images_and_names_the_bad_one() {
     assert!(errors[1].contains("1 of 3 images"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
-    let o = expect_code(
-        cv(tmp.path())
-            .args(["predict", "--json", "--top-k", "2", "--checkpoint"])
-            .arg(&out)
-            .args(images),
-        1,
-    );
+    let o = predict(tmp.path(), &out, &["--json", "--top-k", "2"], &images, 1);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let entries = v.as_array().unwrap();
     assert_eq!(entries.len(), 3);
