@@ -154,6 +154,8 @@ pub struct Cargo {
     pub root: PathBuf,
     /// Variables set for every step (tests point `CARGO_TARGET_DIR` at a scratch folder).
     pub env: Vec<(String, String)>,
+    /// Discard the commands' output (tests, whose failures are expected).
+    pub quiet: bool,
 }
 
 impl Cargo {
@@ -176,8 +178,11 @@ impl Runner for Cargo {
     }
 
     fn run(&mut self, step: &Step) -> Result<bool> {
-        let status = self
-            .command(step)
+        let mut cmd = self.command(step);
+        if self.quiet {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let status = cmd
             .args(&step.args)
             .status()
             .with_context(|| format!("cannot run `{}`", self.program))?;
@@ -261,6 +266,7 @@ pub fn run(_args: Args) -> Result<()> {
         program: crate::cargo(),
         root,
         env: Vec::new(),
+        quiet: false,
     };
     run_steps(&steps(&mode), &mut cargo, &mut std::io::stdout())
 }
@@ -398,6 +404,7 @@ mod tests {
                 "CARGO_TARGET_DIR".to_owned(),
                 dir.join("target").display().to_string(),
             )],
+            quiet: true,
         };
         (tmp, cargo)
     }
