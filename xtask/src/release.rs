@@ -18,11 +18,13 @@ pub fn should_rerun() -> bool {
     cfg!(debug_assertions) && std::env::var_os(RERUN_ENV).is_none()
 }
 
-/// `cargo run --release -p xtask -- ARGS` in the workspace at `root`.
+/// `cargo run --release -p xtask -- ARGS` for the workspace at `root`, from the caller's
+/// folder (so relative paths in ARGS, such as `--json FILE`, mean what they meant).
 fn command(cargo: &str, root: &Path, args: impl IntoIterator<Item = OsString>) -> Command {
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(root)
-        .args(["run", "--release", "--package", "xtask", "--"])
+    cmd.args(["run", "--release", "--manifest-path"])
+        .arg(root.join("Cargo.toml"))
+        .args(["--package", "xtask", "--"])
         .args(args)
         .env(RERUN_ENV, "1");
     cmd
@@ -64,6 +66,8 @@ mod tests {
             [
                 "run",
                 "--release",
+                "--manifest-path",
+                "/repo/Cargo.toml",
                 "--package",
                 "xtask",
                 "--",
@@ -72,7 +76,7 @@ mod tests {
                 "--quick"
             ]
         );
-        assert_eq!(cmd.get_current_dir(), Some(Path::new("/repo")));
+        assert_eq!(cmd.get_current_dir(), None);
         let guard = cmd.get_envs().find(|(k, _)| *k == RERUN_ENV);
         assert_eq!(guard, Some((RERUN_ENV.as_ref(), Some("1".as_ref()))));
     }
