@@ -28,6 +28,21 @@ fn inspect_cifar_json_counts_every_split_and_class() {
 }
 
 #[test]
+fn inspect_counts_a_folder_with_one_training_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = cv_testkit::cifar::write_cifar_dir_with(tmp.path(), 1, 30, 20, 1).unwrap();
+    let out = expect_code(cv(tmp.path()).args(["data", "inspect"]).arg(&dir), 0);
+    let text = stdout(&out);
+    assert!(text.contains("format cifar10"), "{text}");
+    let total = text.lines().find(|l| l.starts_with("total")).unwrap();
+    assert_eq!(
+        total.split_whitespace().collect::<Vec<_>>(),
+        ["total", "30", "20"]
+    );
+    assert!(text.contains("integrity: ok (50 images decoded"), "{text}");
+}
+
+#[test]
 fn inspect_image_folder_table() {
     let tmp = tempfile::tempdir().unwrap();
     let root = cv_testkit::folder::make_image_folder(

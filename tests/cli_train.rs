@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -79,15 +80,7 @@ fn train_then_eval_then_predict() {
         );
     }
 
-    let o = expect_code(
-        cv(tmp.path())
-            .args(["eval", "--json", "--checkpoint"])
-            .arg(&out)
-            .arg("--data")
-            .arg(&data),
-        0,
-    );
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let v = eval_json(tmp.path(), &out, &data);
     assert_eq!(v["images"], 100);
     let acc = v["accuracy"].as_f64().unwrap();
     assert!(acc > 0.5, "accuracy {acc} after 5 epochs on learnable data");
@@ -109,13 +102,7 @@ fn train_then_eval_then_predict() {
 
     let png = tmp.path().join("ship.png");
     cifar_png(&png, 8);
-    let o = expect_code(
-        cv(tmp.path())
-            .args(["predict", "--json", "--top-k", "3", "--checkpoint"])
-            .arg(&out)
-            .arg(&png),
-        0,
-    );
+    let o = predict(tmp.path(), &out, &["--json", "--top-k", "3"], &[&png], 0);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let preds = v[0]["predictions"].as_array().unwrap();
     assert_eq!(preds.len(), 3);
@@ -123,6 +110,102 @@ fn train_then_eval_then_predict() {
     if acc > 0.9 {
         assert_eq!(preds[0]["class"], "ship");
     }
+}
+
+/// `cv eval --json` of the run in `out` on `data`.
+fn eval_json(home: &Path, out: &Path, data: &Path) -> serde_json::Value {
+    let o = expect_code(
+        cv(home)
+            .args(["eval", "--json", "--checkpoint"])
+            .arg(out)
+            .arg("--data")
+            .arg(data),
+        0,
+    );
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
+/// `cv predict --checkpoint RUN FLAGS... IMAGES...`, which must exit with `code`.
+fn predict(home: &Path, run: &Path, flags: &[&str], images: &[&Path], code: i32) -> Output {
+    expect_code(
+        cv(home)
+            .arg("predict")
+            .args(flags)
+            .arg("--checkpoint")
+            .arg(run)
+            .args(images),
+        code,
+    )
+}
+
+/// Trains the small CNN for one epoch on `data` into `out`.
+fn train_one_epoch(home: &Path, data: &Path, out: &Path) {
+    expect_code(
+        cv(home)
+            .args(["train", "--model", "cnn", "--epochs", "1"])
+            .args(["--batch-size", "10", "--quiet", "--data"])
+            .arg(data)
+            .arg("--out")
+            .arg(out),
+        0,
+    );
+}
+
+#[test]
+fn a_folder_with_one_training_batch_trains_and_evaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = cv_testkit::cifar::write_cifar_dir_with(tmp.path(), 1, 30, 20, 5).unwrap();
+    let out = tmp.path().join("run");
+    train_one_epoch(tmp.path(), &data, &out);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 1, "{metrics}");
+    assert_eq!(eval_json(tmp.path(), &out, &data)["images"], 20);
+}
+
+#[test]
+fn predict_classifies_the_good_images_and_names_the_bad_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = cv_testkit::cifar::write_cifar_dir_with(tmp.path(), 1, 20, 10, 5).unwrap();
+    let out = tmp.path().join("run");
+    train_one_epoch(tmp.path(), &data, &out);
+    let ship = tmp.path().join("ship.png");
+    cifar_png(&ship, 8);
+    let bad = tmp.path().join("noise.jpg");
+    let mut rng = cv_testkit::cifar::SplitMix(3);
+    let noise: Vec<u8> = (0..4096).map(|_| rng.next_u64() as u8).collect();
+    std::fs::write(&bad, noise).unwrap();
+    let frog = tmp.path().join("frog.png");
+    cifar_png(&frog, 6);
+    let images = [ship.as_path(), &bad, &frog];
+
+    let o = predict(tmp.path(), &out, &["--top-k", "2"], &images, 1);
+    let text = stdout(&o);
+    for good in [&ship, &frog] {
+        assert!(text.contains(&good.display().to_string()), "{text}");
+    }
+    assert!(!text.contains("noise.jpg"), "{text}");
+    let err = stderr(&o);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 2, "{err}");
+    assert!(
+        errors[0].starts_with(&format!("error: {}: ", bad.display())),
+        "{err}"
+    );
+    assert!(errors[1].contains("1 of 3 images"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let o = predict(tmp.path(), &out, &["--json", "--top-k", "2"], &images, 1);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let entries = v.as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    for (entry, path) in entries.iter().zip(images) {
+        assert_eq!(entry["image"], path.display().to_string());
+    }
+    assert_eq!(entries[0]["predictions"].as_array().unwrap().len(), 2);
+    assert_eq!(entries[2]["predictions"].as_array().unwrap().len(), 2);
+    assert!(entries[1].get("predictions").is_none(), "{}", entries[1]);
+    let message = entries[1]["error"].as_str().unwrap();
+    assert!(message.contains("noise.jpg"), "{message}");
 }
 
 #[test]

@@ -92,7 +92,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let root = workspace_root()?;
+    let root = crate::workspace_root()?;
     let toolchain = args
         .toolchain_dir
         .clone()
@@ -125,7 +125,7 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
 
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo();
     println!(
         "building cv --features cuda (sm_{}) into {} ...",
         args.compute_cap,
@@ -163,15 +163,6 @@ pub fn run(args: Args) -> Result<()> {
     );
     report_needed(&bin, &cuda);
     Ok(())
-}
-
-/// The workspace root: xtask lives in `<root>/xtask`.
-fn workspace_root() -> Result<PathBuf> {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| anyhow!("xtask manifest dir {} has no parent", manifest.display()))
 }
 
 /// The spec list pip gets, also stored in the completion marker.
@@ -283,7 +274,7 @@ fn ensure_cudart_link(cuda: &Path) -> Result<()> {
 /// The source folder of the cudarc crate the `cuda` feature resolves to (`cargo metadata`
 /// fetches it if needed).
 fn cudarc_source(root: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo();
     let out = Command::new(&cargo)
         .current_dir(root)
         .args([

@@ -2,7 +2,8 @@
 //!
 //! A thin binary: each command parses its flags and calls the library crates (`cv-data`,
 //! `cv-models`, `cv-weights`, `cv-train`). Exit codes: 0 success, 2 bad usage, 1 any other
-//! failure, always with one `error:` line and never a panic or a backtrace.
+//! failure, always with one `error:` line per problem (`cv predict` names each unreadable
+//! image, then counts them) and never a panic or a backtrace.
 
 mod args;
 mod commands;

@@ -1,8 +1,12 @@
 //! The CIFAR-10 binary format: each record is one label byte followed by 3,072 bytes, the
 //! 32x32 red plane, then green, then blue (row-major). The number of records comes from the
 //! file size (never assumed to be 10,000), and class names from `batches.meta.txt`.
+//!
+//! A CIFAR-format folder holds one or more training batches `data_batch_<N>.bin` (the official
+//! archive has five; subsets and other datasets converted to this layout often have fewer or
+//! more) and one `test_batch.bin`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 use rayon::prelude::*;
@@ -18,7 +22,7 @@ pub const SIDE: usize = 32;
 pub const IMAGE_BYTES: usize = 3 * SIDE * SIDE;
 /// Bytes in one record: a label byte then the pixels.
 pub const RECORD_BYTES: usize = 1 + IMAGE_BYTES;
-/// The five training batches, in order.
+/// The five training batches of the official archive, in order.
 pub const TRAIN_FILES: [&str; 5] = [
     "data_batch_1.bin",
     "data_batch_2.bin",
@@ -31,12 +35,65 @@ pub const TEST_FILE: &str = "test_batch.bin";
 /// One class name per line.
 pub const META_FILE: &str = "batches.meta.txt";
 
-/// Every batch file, training first.
+/// Every batch file of the official archive, training first.
 pub fn batch_files() -> impl Iterator<Item = &'static str> {
     TRAIN_FILES
         .iter()
         .copied()
         .chain(std::iter::once(TEST_FILE))
+}
+
+/// The batch files of a CIFAR-format folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batches {
+    /// The training batches, in numeric order (`data_batch_2.bin` before `data_batch_10.bin`).
+    pub train: Vec<PathBuf>,
+    /// The test batch.
+    pub test: PathBuf,
+}
+
+/// Find the batches in `dir`: at least one `data_batch_<N>.bin` and the `test_batch.bin`, or
+/// an error naming what is missing.
+pub fn batches(dir: &Path) -> Result<Batches> {
+    let train = train_files(dir)?;
+    if train.is_empty() {
+        return Err(DataError::Missing {
+            path: dir.join("data_batch_*.bin"),
+            what: "CIFAR-10 training batches: at least one data_batch_<N>.bin".into(),
+        });
+    }
+    let test = dir.join(TEST_FILE);
+    if !test.is_file() {
+        return Err(DataError::Missing {
+            path: test,
+            what: "CIFAR-10 test batch".into(),
+        });
+    }
+    Ok(Batches { train, test })
+}
+
+/// The `data_batch_<N>.bin` files in `dir`, sorted by N (empty when there is none).
+pub fn train_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let number = entry.file_name().to_str().and_then(train_batch_number);
+        let path = entry.path();
+        if let Some(n) = number.filter(|_| path.is_file()) {
+            found.push((n, path));
+        }
+    }
+    found.sort();
+    Ok(found.into_iter().map(|(_, path)| path).collect())
+}
+
+/// N for a file named `data_batch_<N>.bin` (N decimal digits), else `None`.
+fn train_batch_number(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("data_batch_")?.strip_suffix(".bin")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Read class names from `batches.meta.txt` (one per line; blank lines ignored).
@@ -165,19 +222,20 @@ pub fn read_labels(path: &Path, num_classes: usize) -> Result<Vec<u32>> {
         .collect()
 }
 
-/// Load the five training batches and the test batch from a `cifar-10-batches-bin` folder.
+/// Load the training batches (see [`batches`]) and the test batch from a CIFAR-format folder.
 pub fn load(dir: &Path) -> Result<Splits> {
     let classes = read_classes(dir)?;
+    let files = batches(dir)?;
     let mut train = Dataset {
         classes: classes.clone(),
         ..Dataset::default()
     };
-    for name in TRAIN_FILES {
-        let (images, labels) = read_batch(&dir.join(name), classes.len())?;
+    for path in &files.train {
+        let (images, labels) = read_batch(path, classes.len())?;
         train.images.extend(images);
         train.labels.extend(labels);
     }
-    let (images, labels) = read_batch(&dir.join(TEST_FILE), classes.len())?;
+    let (images, labels) = read_batch(&files.test, classes.len())?;
     let test = Dataset {
         images,
         labels,
@@ -276,6 +334,21 @@ mod tests {
             err.to_string().contains("b.bin: record 1: label 10"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn only_data_batch_names_with_a_number_are_training_batches() {
+        assert_eq!(train_batch_number("data_batch_1.bin"), Some(1));
+        assert_eq!(train_batch_number("data_batch_10.bin"), Some(10));
+        for name in [
+            "data_batch_.bin",
+            "data_batch_x.bin",
+            "data_batch_+1.bin",
+            "data_batch_1.bin.part",
+            "test_batch.bin",
+        ] {
+            assert_eq!(train_batch_number(name), None, "{name}");
+        }
     }
 
     #[test]

@@ -54,11 +54,12 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         Located::Cifar10(dir) => {
             let classes = cifar::read_classes(&dir)?;
             let n = classes.len();
+            let files = cifar::batches(&dir)?;
             let mut train = Vec::new();
-            for name in cifar::TRAIN_FILES {
-                train.extend(cifar::read_labels(&dir.join(name), n)?);
+            for path in &files.train {
+                train.extend(cifar::read_labels(path, n)?);
             }
-            let test = cifar::read_labels(&dir.join(cifar::TEST_FILE), n)?;
+            let test = cifar::read_labels(&files.test, n)?;
             Ok(Inspection {
                 format: DataFormat::Cifar10,
                 splits: InspectSplits {

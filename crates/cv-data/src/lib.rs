@@ -113,7 +113,7 @@ pub enum Located {
 }
 
 /// Decide which format lives at `path`: a CIFAR-10 batch folder (recognised by
-/// `batches.meta.txt` or `data_batch_1.bin`), its parent, or an image-folder root.
+/// `batches.meta.txt` or any `data_batch_<N>.bin`), its parent, or an image-folder root.
 pub fn detect(path: &Path) -> Result<Located> {
     if !path.is_dir() {
         return Err(DataError::Missing {
@@ -121,8 +121,10 @@ pub fn detect(path: &Path) -> Result<Located> {
             what: "a dataset folder".into(),
         });
     }
-    let is_cifar =
-        |p: &Path| p.join(cifar::META_FILE).is_file() || p.join(cifar::TRAIN_FILES[0]).is_file();
+    let is_cifar = |p: &Path| {
+        p.join(cifar::META_FILE).is_file()
+            || cifar::train_files(p).is_ok_and(|files| !files.is_empty())
+    };
     if is_cifar(path) {
         return Ok(Located::Cifar10(path.to_path_buf()));
     }

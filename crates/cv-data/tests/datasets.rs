@@ -4,7 +4,8 @@ use std::path::Path;
 
 use cv_data::{cifar, folder, inspect, open, DataError, DataFormat, OpenOptions};
 use cv_testkit::cifar::{
-    synthetic_records, write_batch, write_cifar_dir, CLASSES, IMAGE_BYTES, RECORD_BYTES,
+    synthetic_records, write_batch, write_cifar_dir, write_cifar_dir_with, CLASSES, IMAGE_BYTES,
+    RECORD_BYTES,
 };
 use cv_testkit::folder::make_image_folder;
 
@@ -108,10 +109,22 @@ fn label_outside_classes_names_file_and_record() {
 fn missing_files_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = write_cifar_dir(tmp.path(), 2, 2, 1).unwrap();
-    std::fs::remove_file(dir.join("data_batch_5.bin")).unwrap();
+    std::fs::remove_file(dir.join("test_batch.bin")).unwrap();
     let err = expect_err(cifar::load(&dir).map(|s| s.train.len()));
     assert!(matches!(err, DataError::Missing { .. }), "{err}");
-    assert!(err.to_string().contains("data_batch_5.bin"), "{err}");
+    assert!(err.to_string().contains("test_batch.bin"), "{err}");
+    let err = expect_err(inspect::inspect(&dir));
+    assert!(err.to_string().contains("test_batch.bin"), "{err}");
+
+    write_batch(&dir.join("test_batch.bin"), &synthetic_records(2, 10, 3)).unwrap();
+    for b in 1..=5 {
+        std::fs::remove_file(dir.join(format!("data_batch_{b}.bin"))).unwrap();
+    }
+    let err = expect_err(cifar::load(&dir).map(|s| s.train.len()));
+    assert!(matches!(err, DataError::Missing { .. }), "{err}");
+    assert!(err.to_string().contains("data_batch_*.bin"), "{err}");
+    let err = expect_err(inspect::inspect(&dir));
+    assert!(err.to_string().contains("data_batch_*.bin"), "{err}");
 
     std::fs::remove_file(dir.join("batches.meta.txt")).unwrap();
     let err = expect_err(cifar::load(&dir).map(|s| s.train.len()));
@@ -121,6 +134,62 @@ fn missing_files_are_named() {
         open(&tmp.path().join("nowhere"), &OpenOptions::default()).map(|s| s.train.len()),
     );
     assert!(err.to_string().contains("nowhere"), "{err}");
+}
+
+#[test]
+fn one_training_batch_is_a_cifar_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = write_cifar_dir_with(tmp.path(), 1, 20, 10, 1).unwrap();
+    assert_eq!(
+        cv_data::detect(tmp.path()).unwrap(),
+        cv_data::Located::Cifar10(dir.clone())
+    );
+    let splits = open(tmp.path(), &OpenOptions::default()).unwrap();
+    assert_eq!((splits.train.len(), splits.test.len()), (20, 10));
+    let ins = inspect::inspect(&dir).unwrap();
+    assert_eq!(ins.splits.train.total, 20);
+    assert_eq!(ins.splits.train.per_class, vec![2; 10]);
+    assert_eq!(ins.splits.test.total, 10);
+
+    // Without batches.meta.txt the folder is still recognised by its batch, and the error
+    // names the missing class names file.
+    std::fs::remove_file(dir.join("batches.meta.txt")).unwrap();
+    std::fs::rename(dir.join("data_batch_1.bin"), dir.join("data_batch_7.bin")).unwrap();
+    assert_eq!(
+        cv_data::detect(&dir).unwrap(),
+        cv_data::Located::Cifar10(dir.clone())
+    );
+    let err = expect_err(cifar::load(&dir).map(|s| s.train.len()));
+    assert!(err.to_string().contains("batches.meta.txt"), "{err}");
+}
+
+#[test]
+fn training_batches_are_read_in_numeric_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = write_cifar_dir_with(tmp.path(), 0, 1, 3, 1).unwrap();
+    // One record per batch, its label telling which batch it came from; names that only look
+    // like batches are ignored.
+    for (n, label) in [(10, 9u8), (2, 2), (1, 1), (3, 3)] {
+        let image = synthetic_records(1, 10, n)[0].1.clone();
+        write_batch(&dir.join(format!("data_batch_{n}.bin")), &[(label, image)]).unwrap();
+    }
+    std::fs::write(dir.join("data_batch_4.bin.part"), b"x").unwrap();
+    std::fs::create_dir(dir.join("data_batch_5.bin")).unwrap();
+    let names: Vec<String> = cifar::train_files(&dir)
+        .unwrap()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "data_batch_1.bin",
+            "data_batch_2.bin",
+            "data_batch_3.bin",
+            "data_batch_10.bin"
+        ]
+    );
+    assert_eq!(cifar::load(&dir).unwrap().train.labels, vec![1, 2, 3, 9]);
 }
 
 #[test]

@@ -109,9 +109,20 @@ pub fn write_cifar_dir(
     test: usize,
     seed: u64,
 ) -> std::io::Result<PathBuf> {
+    write_cifar_dir_with(root, 5, per_batch, test, seed)
+}
+
+/// As [`write_cifar_dir`], with `batches` training batches `data_batch_1..=batches.bin`.
+pub fn write_cifar_dir_with(
+    root: &Path,
+    batches: u64,
+    per_batch: usize,
+    test: usize,
+    seed: u64,
+) -> std::io::Result<PathBuf> {
     let dir = root.join("cifar-10-batches-bin");
     std::fs::create_dir_all(&dir)?;
-    for b in 1..=5u64 {
+    for b in 1..=batches {
         let recs = synthetic_records(per_batch, 10, seed.wrapping_mul(31).wrapping_add(b));
         write_batch(&dir.join(format!("data_batch_{b}.bin")), &recs)?;
     }

@@ -3,7 +3,8 @@
 //! A group is a module with `run(&Settings, &mut Report)`; it measures with [`throughput`] and
 //! pushes [`Measurement`]s. To add a group, add a module, a [`Group`] variant and its arm in
 //! [`run`]. Figures are printed as a table and, with `--json`, written atomically as JSON.
-//! Benchmarks are meant for release builds (`cargo run --release -p xtask -- bench data`).
+//! Benchmarks are meant for release builds: `cargo xtask bench` re-runs itself as
+//! `cargo run --release -p xtask -- bench ...` (see `crate::release`).
 
 pub mod data;
 pub mod models;

@@ -1,8 +1,12 @@
-//! `cv predict`.
+//! `cv predict`: classifies every image it can read; each unreadable one is named on stderr
+//! (and in `--json`), and the command then exits 1.
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use cv_weights::predict::Classifier;
+use cv_weights::predict::{Classifier, Prediction};
 use cv_weights::source::{resolve, ResolveOptions, WeightsSource};
+use image::RgbImage;
 
 use crate::args::{rgb, usage, PredictArgs};
 
@@ -34,34 +38,80 @@ pub fn run(a: &PredictArgs) -> Result<()> {
     }
     let device = cv_models::device::select(&a.device)?;
     let classifier = Classifier::load(&weights, &device)?;
-    let images = a
+    let (images, decoded) = decode_all(&a.images);
+    let answers = if images.is_empty() {
+        Vec::new()
+    } else {
+        classifier
+            .classify(&images, a.top_k)
+            .with_context(|| format!("classifying with {}", weights.origin))?
+    };
+    let outcomes: Vec<(&Path, Outcome)> = a
         .images
         .iter()
-        .map(|p| cv_data::folder::decode_image(p).map_err(anyhow::Error::from))
-        .collect::<Result<Vec<_>>>()?;
-    let answers = classifier
-        .classify(&images, a.top_k)
-        .with_context(|| format!("classifying with {}", weights.origin))?;
+        .zip(decoded)
+        .map(|(path, d)| (path.as_path(), d.map(|i| answers[i].as_slice())))
+        .collect();
     if a.json {
-        let out: Vec<serde_json::Value> = a
-            .images
-            .iter()
-            .zip(&answers)
-            .map(|(path, top)| {
-                serde_json::json!({
-                    "image": path.display().to_string(),
-                    "predictions": top.iter().map(|(i, c, p)| serde_json::json!({"index": i, "class": c, "probability": p})).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
+        let out: Vec<serde_json::Value> = outcomes.iter().map(|(p, o)| to_json(p, o)).collect();
         println!("{}", serde_json::to_string(&out)?);
-        return Ok(());
+    } else {
+        print_table(&outcomes);
     }
-    for (path, top) in a.images.iter().zip(&answers) {
-        println!("{}", path.display());
-        for (i, c, p) in top {
-            println!("  {:>6.2}%  {c} ({i})", p * 100.0);
-        }
+    let bad: Vec<&String> = outcomes
+        .iter()
+        .filter_map(|(_, o)| o.as_ref().err())
+        .collect();
+    for message in &bad {
+        eprintln!("error: {message}");
+    }
+    if !bad.is_empty() {
+        anyhow::bail!(
+            "{} of {} images could not be read (named above)",
+            bad.len(),
+            a.images.len()
+        );
     }
     Ok(())
+}
+
+/// One image's answer: its top classes, or why it could not be read.
+type Outcome<'a> = std::result::Result<&'a [Prediction], String>;
+
+/// Decodes every file; returns the good images and, per file, the index of its image among
+/// them or the error naming the file.
+fn decode_all(paths: &[PathBuf]) -> (Vec<RgbImage>, Vec<std::result::Result<usize, String>>) {
+    let mut images = Vec::new();
+    let decoded = paths
+        .iter()
+        .map(|p| {
+            let image = cv_data::folder::decode_image(p).map_err(|e| e.to_string())?;
+            images.push(image);
+            Ok(images.len() - 1)
+        })
+        .collect();
+    (images, decoded)
+}
+
+fn to_json(path: &Path, outcome: &Outcome) -> serde_json::Value {
+    let image = path.display().to_string();
+    match outcome {
+        Ok(top) => serde_json::json!({
+            "image": image,
+            "predictions": top.iter().map(|(i, c, p)| serde_json::json!({"index": i, "class": c, "probability": p})).collect::<Vec<_>>(),
+        }),
+        Err(message) => serde_json::json!({"image": image, "error": message}),
+    }
+}
+
+/// The good images' top classes on stdout (the bad ones go to stderr).
+fn print_table(outcomes: &[(&Path, Outcome)]) {
+    for (path, outcome) in outcomes {
+        if let Ok(top) = outcome {
+            println!("{}", path.display());
+            for (i, c, p) in top.iter() {
+                println!("  {:>6.2}%  {c} ({i})", p * 100.0);
+            }
+        }
+    }
 }
