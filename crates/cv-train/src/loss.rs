@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor, D};
 
 use crate::error::{Result, TrainError};
 
-/// Mean cross-entropy of `logits` [B, C] against class indices `labels` [B] (u32).
+/// Mean cross-entropy of `logits` `[B, C]` against class indices `labels` `[B]` (u32).
 ///
 /// With smoothing `eps` this is PyTorch's `F.cross_entropy(..., label_smoothing=eps)`:
 /// `(1 - eps) * (-log p[y]) + eps / C * sum_c(-log p[c])`, averaged over the batch.
@@ -46,7 +46,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> 
     Ok((nll.affine(1.0 - label_smoothing, 0.0)? + smooth.affine(label_smoothing, 0.0)?)?)
 }
 
-/// Mean cross-entropy of `logits` [B, C] against soft targets `targets` [B, C] (rows of
+/// Mean cross-entropy of `logits` `[B, C]` against soft targets `targets` `[B, C]` (rows of
 /// probabilities): `sum_c(-t[c] * log p[c])`, averaged over the batch. Smoothing `eps` blends
 /// the targets with the uniform distribution first, as PyTorch does for probability targets.
 pub fn soft_cross_entropy(

@@ -80,7 +80,7 @@ impl MetricsAccumulator {
         }
     }
 
-    /// Adds a batch: `logits` [B, C], its labels, and the batch's mean loss.
+    /// Adds a batch: `logits` `[B, C]`, its labels, and the batch's mean loss.
     pub fn update(&mut self, logits: &Tensor, labels: &[u32], mean_loss: f64) -> Result<()> {
         let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         if rows.len() != labels.len() {

@@ -372,9 +372,25 @@ fn plot_error(path: &Path) -> impl Fn(String) -> TrainError + '_ {
 /// Draws `curves.png` (1000x500: title, loss and accuracy panels with axis titles, ticks and
 /// legends) atomically.
 pub fn plot_curves(path: &Path, records: &[EpochRecord]) -> Result<()> {
+    // Drawn into a buffer and encoded with the workspace's `image`: plotters' own encoder
+    // would pull in a second, older `image` and `png`.
+    let mut pixels = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, SIZE).into_drawing_area();
+        draw_curves(&root, records).map_err(plot_error(path))?;
+        root.present()
+            .map_err(|e| plot_error(path)(e.to_string()))?;
+    }
     atomic::write_with(path, |tmp| {
-        let root = BitMapBackend::new(tmp, SIZE).into_drawing_area();
-        draw_curves(&root, records).map_err(plot_error(path))
+        image::save_buffer_with_format(
+            tmp,
+            &pixels,
+            SIZE.0,
+            SIZE.1,
+            image::ExtendedColorType::Rgb8,
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| plot_error(path)(e.to_string()))
     })
 }
 
