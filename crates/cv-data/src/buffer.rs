@@ -52,9 +52,8 @@ pub(crate) fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 /// to the kernel, and to serve every thread from one arena. A training step frees and allocates
 /// the same large buffers (batches, activations, gradients) again and again; by default each one
 /// above 32 MB is a fresh mapping that is faulted in and zeroed page by page, and the freed top
-/// of the heap is returned after every step. Measured on the 2-core benchmark machine: the small
-/// CNN's training step ran 1.7-2x as fast, the loader of 224x224 batches 1.7x. The cost: the
-/// process keeps its peak memory instead of shrinking between steps.
+/// of the heap is returned after every step (`docs/benchmarks.md` has what that costs). The price:
+/// the process keeps its peak memory instead of shrinking between steps.
 ///
 /// Process-wide and idempotent; best called first thing in `main`, before threads start (the
 /// `cv` binary, `cargo xtask` and `cv_train`'s trainer call it). Returns whether the allocator

@@ -202,8 +202,8 @@ pub fn recipe_scratch(arch: cv_models::Architecture) -> TrainConfig {
     }
 }
 
-/// The recipe `cv finetune` starts from, chosen so that it gives a useful model on a 2-core
-/// laptop CPU in well under an hour: a linear probe on ResNet-18 features of 64x64 images
+/// The recipe `cv finetune` starts from, chosen so that it gives a useful model on a laptop
+/// CPU in well under an hour: a linear probe on ResNet-18 features of 64x64 images
 /// (each image goes through the frozen backbone once; the head then trains on the cache).
 pub fn recipe_finetune() -> TrainConfig {
     TrainConfig {
