@@ -132,6 +132,19 @@ pub struct HeadReplaced {
     pub to_classes: usize,
 }
 
+impl std::fmt::Display for HeadReplaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "checkpoint head {m} has {} classes, the model {}: {m} replaced by a freshly \
+             initialised one",
+            self.from_classes,
+            self.to_classes,
+            m = self.module
+        )
+    }
+}
+
 /// Loads pretrained `tensors` into `varmap`, which holds the `arch` model built with
 /// `num_classes` outputs. Strict like [`load_state_dict`], except that a head with another
 /// number of outputs is not loaded and keeps its fresh initialisation (transfer learning).

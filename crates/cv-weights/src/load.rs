@@ -75,15 +75,7 @@ pub fn load_into(
         }
     })?;
     if let Some(h) = &load.head_replaced {
-        log::info!(
-            "{}: checkpoint head {} has {} classes, the model {}: {} replaced by a freshly \
-             initialised one",
-            path.display(),
-            h.module,
-            h.from_classes,
-            h.to_classes,
-            h.module
-        );
+        log::info!("{}: {h}", path.display());
     }
     log::info!(
         "{}: loaded {} tensors into {arch}{}",

@@ -341,15 +341,7 @@ fn load_pretrained(job: &TrainJob, varmap: &VarMap, path: &std::path::Path) -> R
             message: e.to_string(),
         })?;
     if let Some(h) = &load.head_replaced {
-        log::info!(
-            "{}: checkpoint head {} has {} classes, the model {}: {} replaced by a freshly \
-             initialised one",
-            path.display(),
-            h.module,
-            h.from_classes,
-            h.to_classes,
-            h.module
-        );
+        log::info!("{}: {h}", path.display());
     }
     log::info!(
         "{}: loaded {} tensors into {}",
