@@ -154,13 +154,7 @@ pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<Run
         let mode = c.mode_at(epoch);
         let opt = optimizers.for_mode(&session.varmap, job.architecture, mode, c, &state_file)?;
         let started = Instant::now();
-        let progress = EpochProgress::new(
-            epoch + 1,
-            c.epochs,
-            session.steps_per_epoch,
-            job.settings.quiet,
-        );
-        let (train, lr) = train_epoch(&session, &mut counters, opt, epoch, mode, hooks, &progress)?;
+        let (train, lr, progress) = train_epoch(&session, &mut counters, opt, epoch, hooks)?;
         let images_per_s = train.images() as f64 / started.elapsed().as_secs_f64().max(1e-9);
         let eval = if (epoch + 1) % c.eval_every == 0 || epoch + 1 == c.epochs {
             let (report, images) = session.evaluate(mode)?;
@@ -181,20 +175,7 @@ pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<Run
             images_per_s,
         };
         progress.finish(summary_line(&record));
-        counters.records.push(record.clone());
-        session.save(&counters, opt)?;
-        let end = EpochEnd {
-            record: &record,
-            eval: eval.as_ref(),
-            checkpoint: session.dir.path(),
-            vars: &session.varmap,
-        };
-        let mut flow = Flow::Continue;
-        for hook in hooks.iter_mut() {
-            if hook.after_epoch(&end)? == Flow::Stop {
-                flow = Flow::Stop;
-            }
-        }
+        let flow = end_epoch(&session, &mut counters, opt, record, eval.as_ref(), hooks)?;
         if eval.is_some() {
             final_eval = eval;
         }
@@ -213,20 +194,51 @@ pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<Run
     })
 }
 
-/// One pass over the training batches of `epoch`; returns the epoch's training metrics and
-/// the last learning rate.
-#[allow(clippy::too_many_arguments)]
+/// Records the epoch, writes its checkpoint, then asks the hooks whether to go on (every hook
+/// sees the epoch, even after one has said stop).
+fn end_epoch(
+    session: &Session,
+    counters: &mut Counters,
+    opt: &AnyOptimizer,
+    record: EpochRecord,
+    eval: Option<&EvalReport>,
+    hooks: &mut [&mut dyn Hook],
+) -> Result<Flow> {
+    counters.records.push(record.clone());
+    session.save(counters, opt)?;
+    let end = EpochEnd {
+        record: &record,
+        eval,
+        checkpoint: session.dir.path(),
+        vars: &session.varmap,
+    };
+    let mut flow = Flow::Continue;
+    for hook in hooks.iter_mut() {
+        if hook.after_epoch(&end)? == Flow::Stop {
+            flow = Flow::Stop;
+        }
+    }
+    Ok(flow)
+}
+
+/// One pass over the training batches of `epoch`; returns the epoch's training metrics, the
+/// last learning rate and the epoch's progress bar (finished once the epoch is evaluated).
 fn train_epoch(
     session: &Session,
     counters: &mut Counters,
     opt: &mut AnyOptimizer,
     epoch: usize,
-    mode: TrainMode,
     hooks: &mut [&mut dyn Hook],
-    progress: &EpochProgress,
-) -> Result<(MetricsAccumulator, f64)> {
+) -> Result<(MetricsAccumulator, f64, EpochProgress)> {
     let job = session.job;
     let c = &job.config;
+    let mode = c.mode_at(epoch);
+    let progress = EpochProgress::new(
+        epoch + 1,
+        c.epochs,
+        session.steps_per_epoch,
+        job.settings.quiet,
+    );
     let step = TrainStep::new(
         &session.model,
         &session.frozen,
@@ -269,7 +281,7 @@ fn train_epoch(
             metrics.images() as f64 / secs,
         );
     }
-    Ok((metrics, lr))
+    Ok((metrics, lr, progress))
 }
 
 /// The line the progress bar ends an epoch with.

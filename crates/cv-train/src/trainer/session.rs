@@ -81,7 +81,7 @@ impl<'j> Session<'j> {
             Init::Pretrained { .. } => c.seed,
         };
         cv_models::init::initialise(&varmap, job.architecture, init_seed)?;
-        let counters = match previous {
+        let mut counters = match previous {
             Some(state) => restore(job, &varmap, state)?,
             None => {
                 if let Init::Pretrained { path, .. } = &job.init {
@@ -122,7 +122,6 @@ impl<'j> Session<'j> {
         }
 
         let frozen = model.detached();
-        let mut counters = counters;
         // A probe trains on features of the eval transforms: record what it really saw.
         let probe_tf = eval_pipeline(c.image_size, &train_data, mean, std);
         let probe = if c.mode == TrainMode::Probe && counters.start_epoch < c.epochs {
