@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use cv_data::{Loader, LoaderConfig, Pipeline};
+use cv_data::{Dataset, Loader, LoaderConfig, Pipeline};
 use cv_models::Model;
 use rand::seq::SliceRandom;
 
@@ -65,53 +65,15 @@ impl<'j> Session<'j> {
     pub fn start(job: &'j TrainJob) -> Result<(Self, Counters)> {
         check(job)?;
         let c = &job.config;
-        let device = &job.device;
-        let (dir, previous) = CheckpointDir::open(&job.out_dir, job.resume, device)?;
-        let num_classes = job.splits.classes.len();
-        let varmap = VarMap::new();
-        let model = Model::new(
-            job.architecture,
-            num_classes,
-            VarBuilder::from_varmap(&varmap, DType::F32, device),
-        )?;
-        // PyTorch init from the seed (the head of a pretrained model keeps it), then the
-        // pretrained weights or the resume state.
-        let init_seed = match &job.init {
-            Init::Scratch { seed } => *seed,
-            Init::Pretrained { .. } => c.seed,
-        };
-        cv_models::init::initialise(&varmap, job.architecture, init_seed)?;
-        let mut counters = match previous {
-            Some(state) => restore(job, &varmap, state)?,
-            None => {
-                if let Init::Pretrained { path, .. } = &job.init {
-                    load_pretrained(job, &varmap, path)?;
-                }
-                Counters::default()
-            }
-        };
-
+        let (dir, previous) = CheckpointDir::open(&job.out_dir, job.resume, &job.device)?;
+        let (varmap, model, mut counters) = build_model(job, previous)?;
         let (mean, std) = job.init.normalization();
         let train_data = Arc::new(job.splits.train.clone());
         let test_data = Arc::new(job.splits.test.clone());
         let train_tf = train_pipeline(c.augment, c.image_size, &train_data, mean, std);
         let eval_tf = eval_pipeline(c.image_size, &test_data, mean, std);
-        let loader = |data: &Arc<cv_data::Dataset>, tf: &Pipeline, shuffle: bool| {
-            Loader::new(
-                data.clone(),
-                tf.clone(),
-                LoaderConfig {
-                    batch_size: c.batch_size,
-                    shuffle,
-                    drop_last: shuffle && c.drop_last,
-                    seed: c.seed,
-                    prefetch: job.settings.prefetch,
-                },
-                device.clone(),
-            )
-        };
-        let train_loader = loader(&train_data, &train_tf, true)?;
-        let test_loader = loader(&test_data, &eval_tf, false)?;
+        let train_loader = loader(job, &train_data, &train_tf, true)?;
+        let test_loader = loader(job, &test_data, &eval_tf, false)?;
         let steps_per_epoch = train_loader.num_batches();
         if steps_per_epoch == 0 {
             return Err(TrainError::Config(format!(
@@ -120,43 +82,22 @@ impl<'j> Session<'j> {
                 c.batch_size
             )));
         }
-
         let frozen = model.detached();
         // A probe trains on features of the eval transforms: record what it really saw.
         let probe_tf = eval_pipeline(c.image_size, &train_data, mean, std);
         let probe = if c.mode == TrainMode::Probe && counters.start_epoch < c.epochs {
-            let train_eval_loader = loader(&train_data, &probe_tf, false)?;
             counters.backbone_images += (train_data.len() + test_data.len()) as u64;
             Some(ProbeCache {
-                train: features(&frozen, &train_eval_loader)?,
+                train: features(&frozen, &loader(job, &train_data, &probe_tf, false)?)?,
                 test: features(&frozen, &test_loader)?,
             })
         } else {
             None
         };
-        let config_json = CheckpointConfig {
-            card: ModelCard {
-                architecture: job.architecture,
-                classes: job.splits.classes.clone(),
-                image_size: c.image_size,
-                eval_transforms: eval_tf,
-                weights_from: match &job.init {
-                    Init::Pretrained { origin, .. } => Some(origin.clone()),
-                    Init::Scratch { .. } => None,
-                },
-            },
-            train_transforms: if c.mode == TrainMode::Probe {
-                probe_tf
-            } else {
-                train_tf
-            },
-            train: c.clone(),
-            runtime: job.settings.clone(),
-            data: job.data.clone(),
-            init: job.init.record(),
-            seed: c.seed,
-            epochs_completed: 0,
-            test_accuracy: None,
+        let seen_tf = if c.mode == TrainMode::Probe {
+            probe_tf
+        } else {
+            train_tf
         };
         let session = Session {
             job,
@@ -168,7 +109,7 @@ impl<'j> Session<'j> {
             test_loader,
             probe,
             steps_per_epoch,
-            config_json,
+            config_json: config_json(job, eval_tf, seen_tf),
         };
         Ok((session, counters))
     }
@@ -255,6 +196,76 @@ impl<'j> Session<'j> {
             optimizer: opt.state_tensors()?,
         };
         self.dir.save_epoch(&config_json, &state, records)
+    }
+}
+
+/// The model of `job` in a fresh `VarMap`: PyTorch's init from the seed (the head of a
+/// pretrained model keeps it), then the pretrained weights, or the resume state.
+fn build_model(job: &TrainJob, previous: Option<TrainState>) -> Result<(VarMap, Model, Counters)> {
+    let varmap = VarMap::new();
+    let model = Model::new(
+        job.architecture,
+        job.splits.classes.len(),
+        VarBuilder::from_varmap(&varmap, DType::F32, &job.device),
+    )?;
+    let init_seed = match &job.init {
+        Init::Scratch { seed } => *seed,
+        Init::Pretrained { .. } => job.config.seed,
+    };
+    cv_models::init::initialise(&varmap, job.architecture, init_seed)?;
+    let counters = match previous {
+        Some(state) => restore(job, &varmap, state)?,
+        None => {
+            if let Init::Pretrained { path, .. } = &job.init {
+                load_pretrained(job, &varmap, path)?;
+            }
+            Counters::default()
+        }
+    };
+    Ok((varmap, model, counters))
+}
+
+/// A loader of `data` through `tf`: shuffled (and dropping the last short batch when the
+/// recipe says so) for training, in order for evaluation.
+fn loader(job: &TrainJob, data: &Arc<Dataset>, tf: &Pipeline, shuffle: bool) -> Result<Loader> {
+    let c = &job.config;
+    let config = LoaderConfig {
+        batch_size: c.batch_size,
+        shuffle,
+        drop_last: shuffle && c.drop_last,
+        seed: c.seed,
+        prefetch: job.settings.prefetch,
+    };
+    Ok(Loader::new(
+        data.clone(),
+        tf.clone(),
+        config,
+        job.device.clone(),
+    )?)
+}
+
+/// `config.json` as of the start of `job`, with `train_tf` the transforms training sees.
+fn config_json(job: &TrainJob, eval_tf: Pipeline, train_tf: Pipeline) -> CheckpointConfig {
+    let c = &job.config;
+    CheckpointConfig {
+        card: ModelCard {
+            architecture: job.architecture,
+            classes: job.splits.classes.clone(),
+            image_size: c.image_size,
+            eval_transforms: eval_tf,
+            weights_from: match &job.init {
+                Init::Pretrained { origin, .. } => Some(origin.clone()),
+                Init::Scratch { .. } => None,
+            },
+        },
+        train_transforms: train_tf,
+        train: c.clone(),
+        runtime: job.settings.clone(),
+        data: job.data.clone(),
+        init: job.init.record(),
+        seed: c.seed,
+        epochs_completed: 0,
+        test_accuracy: None,
     }
 }
 
