@@ -34,14 +34,18 @@ NUM_CLASSES = 10
 LR = 0.01
 MOMENTUM = 0.9
 
-# name -> (kind, model, batch size (matrix side for matmul), input side)
+# name -> (kind, model, batch size (matrix side for matmul), input side, precision); bf16
+# runs the forward (and loss) under torch.autocast("cpu", dtype=torch.bfloat16).
 WORKLOADS = {
-    "net_train_b100_32": ("train", "net", 100, 32),
-    "resnet18_train_b64_32": ("train", "resnet18", 64, 32),
-    "resnet18_train_b16_224": ("train", "resnet18", 16, 224),
-    "resnet18_eval_b64_32": ("eval", "resnet18", 64, 32),
-    "resnet18_eval_b16_224": ("eval", "resnet18", 16, 224),
-    "matmul_2048": ("matmul", None, 2048, None),
+    "net_train_b100_32": ("train", "net", 100, 32, "f32"),
+    "resnet18_train_b64_32": ("train", "resnet18", 64, 32, "f32"),
+    "resnet18_train_b16_224": ("train", "resnet18", 16, 224, "f32"),
+    "resnet18_eval_b64_32": ("eval", "resnet18", 64, 32, "f32"),
+    "resnet18_eval_b16_224": ("eval", "resnet18", 16, 224, "f32"),
+    "matmul_2048": ("matmul", None, 2048, None, "f32"),
+    "resnet18_train_b16_224_bf16": ("train", "resnet18", 16, 224, "bf16"),
+    "resnet18_eval_b16_224_bf16": ("eval", "resnet18", 16, 224, "bf16"),
+    "resnet18_eval_b64_32_bf16": ("eval", "resnet18", 64, 32, "bf16"),
 }
 
 
@@ -88,8 +92,12 @@ def make_step(name, channels_last=False):
     """A function running one iteration of workload `name`, and the work it does (images, or
     GFLOP for the matmul). `channels_last` puts the model and its input in NHWC memory."""
     torch, nn, F, torchvision = import_torch()
-    kind, model_name, batch, side = WORKLOADS[name]
+    kind, model_name, batch, side, precision = WORKLOADS[name]
     torch.manual_seed(0)
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
     if kind == "matmul":
         a = torch.randn(batch, batch, dtype=torch.float32)
         b = torch.randn(batch, batch, dtype=torch.float32)
@@ -112,7 +120,7 @@ def make_step(name, channels_last=False):
         model.eval()
 
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 return model(x)
 
         return step, float(batch)
@@ -123,7 +131,8 @@ def make_step(name, channels_last=False):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        with autocast():
+            loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         value = loss.item()
@@ -136,7 +145,7 @@ def make_step(name, channels_last=False):
 
 def measure(name, args):
     """Median-of-iterations figure of `name` in this process."""
-    kind, _, _, _ = WORKLOADS[name]
+    kind = WORKLOADS[name][0]
     step, work = make_step(name, args.channels_last)
     for _ in range(args.warmup):
         step()

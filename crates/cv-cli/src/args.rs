@@ -141,8 +141,18 @@ pub enum AugmentArg {
 pub enum PrecisionArg {
     /// Everything in f32.
     F32,
-    /// bf16 compute with f32 master weights (CUDA only).
+    /// bf16 convolutions and matrix products with f32 sums and f32 weights, as PyTorch's
+    /// autocast (CPU with AMX-BF16 or AVX512-BF16; CUDA for training).
     Bf16,
+}
+
+impl From<PrecisionArg> for cv_train::config::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => cv_train::config::Precision::F32,
+            PrecisionArg::Bf16 => cv_train::config::Precision::Bf16,
+        }
+    }
 }
 
 /// The weights `cv finetune` starts from when `--weights` is not given.
@@ -202,8 +212,8 @@ pub struct CommonTrainArgs {
     /// Device: cpu, cuda, cuda:N or metal (falls back to cpu with a warning).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Training arithmetic: f32, or bf16 mixed precision (bf16 convolutions, f32 master
-    /// weights, BatchNorm and loss; CUDA only).
+    /// Training arithmetic: f32, or bf16 mixed precision (bf16 convolutions and matrix
+    /// products, f32 weights, BatchNorm and loss; CPU with AMX-BF16/AVX512-BF16, or CUDA).
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
     /// Output folder for model.safetensors, config.json, metrics.jsonl, curves.png/.svg.
@@ -286,6 +296,9 @@ pub struct EvalArgs {
     /// Skip unreadable images in an image folder instead of failing.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Arithmetic of the forward pass: f32, or bf16 (CPU with AMX-BF16 or AVX512-BF16).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
 }
 
 /// `cv predict`.
@@ -318,6 +331,9 @@ pub struct PredictArgs {
     /// Input normalisation std (R,G,B) for weights without a config.json.
     #[arg(long, value_delimiter = ',', num_args = 3)]
     pub std: Option<Vec<f32>>,
+    /// Arithmetic of the forward pass: f32, or bf16 (CPU with AMX-BF16 or AVX512-BF16).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
 }
 
 /// `cv data ...`.

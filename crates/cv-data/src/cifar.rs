@@ -133,7 +133,7 @@ pub fn read_classes(dir: &Path) -> Result<Vec<String>> {
 /// Number of records in a batch of `size` bytes, or the error naming the truncated record.
 pub fn record_count(path: &Path, size: u64) -> Result<usize> {
     let rec = RECORD_BYTES as u64;
-    if size % rec != 0 {
+    if !size.is_multiple_of(rec) {
         return Err(DataError::BadSize {
             path: path.to_path_buf(),
             size,

@@ -3,7 +3,7 @@
 use candle_core::{Module, ModuleT, Result as CResult, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::conv::{conv2d, detach_linear, Conv2d};
+use crate::conv::{conv2d, dense, detach_linear, Conv2d};
 use crate::error::{ModelError, Result};
 use cv_ops::{max_pool2d, MaxPool2dConfig};
 
@@ -64,13 +64,13 @@ impl SimpleCnn {
         // The linear layers run in their weights' dtype (f32 under bf16 mixed precision).
         let x = x.flatten_from(1)?.to_dtype(self.fc1.weight().dtype())?;
         let x = dense(&self.fc1, &x, true)?;
-        dense(&self.fc2, &x, true)
+        Ok(dense(&self.fc2, &x, true)?)
     }
 
     /// Logits `[N, num_classes]`, with this crate's error type.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let f = self.features(x, false)?;
-        dense(&self.fc3, &f, false)
+        Ok(dense(&self.fc3, &f, false)?)
     }
 
     /// The classifier head, `fc3`.
@@ -112,19 +112,6 @@ fn conv_relu_pool(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
             &conv.forward(x)?.relu()?,
             MaxPool2dConfig::default(),
         )?),
-    }
-}
-
-/// `l(x)`, then ReLU if `relu`: one op with its own backward on the CPU
-/// ([`cv_ops::linear`]; candle's chain of ops, each allocating, dominates a head this
-/// small), candle's ops elsewhere.
-fn dense(l: &Linear, x: &Tensor, relu: bool) -> Result<Tensor> {
-    match l.bias() {
-        Some(b) if x.rank() == 2 => Ok(cv_ops::linear(x, l.weight(), b, relu)?),
-        _ => {
-            let y = l.forward(x)?;
-            Ok(if relu { y.relu()? } else { y })
-        }
     }
 }
 

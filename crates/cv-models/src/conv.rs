@@ -1,5 +1,5 @@
-//! The 2-D convolution every model here uses: one place where a faster kernel (the `cv-ops`
-//! crate) can later replace candle's without touching the networks.
+//! The 2-D convolution and the fully connected layer every model here uses: the one place
+//! where the `cv-ops` kernels replace candle's without touching the networks.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -83,4 +83,17 @@ impl Module for Conv2d {
 /// A `Linear` over detached tensors sharing storage with `l` (eval only).
 pub(crate) fn detach_linear(l: &candle_nn::Linear) -> candle_nn::Linear {
     candle_nn::Linear::new(l.weight().detach(), l.bias().map(|b| b.detach()))
+}
+
+/// `l(x)`, then ReLU if `relu`: one op with its own backward on the CPU
+/// ([`cv_ops::linear`]: candle's chain of ops, each allocating, dominates a small head, and
+/// it multiplies in bf16 under `cv_ops`'s autocast), candle's ops elsewhere.
+pub(crate) fn dense(l: &candle_nn::Linear, x: &Tensor, relu: bool) -> Result<Tensor> {
+    match l.bias() {
+        Some(b) if x.rank() == 2 => Ok(cv_ops::linear(x, l.weight(), b, relu)?),
+        _ => {
+            let y = l.forward(x)?;
+            Ok(if relu { y.relu()? } else { y })
+        }
+    }
 }

@@ -4,7 +4,7 @@ use candle_core::{Module, ModuleT, Result as CResult, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::batch_norm::{batch_norm2d, BatchNorm2d, BatchNormConfig};
-use crate::conv::{conv2d_no_bias, detach_linear, Conv2d};
+use crate::conv::{conv2d_no_bias, dense, detach_linear, Conv2d};
 use crate::error::{ModelError, Result};
 use cv_ops::{max_pool2d, MaxPool2dConfig};
 
@@ -187,7 +187,7 @@ impl ResNet {
     /// Logits `[N, num_classes]`, with this crate's error type.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let f = self.features(x, train)?;
-        Ok(self.fc.forward(&f)?)
+        Ok(dense(&self.fc, &f, false)?)
     }
 
     /// One forward pass keeping every stage's output.
@@ -199,7 +199,7 @@ impl ResNet {
         let l3 = self.layer(2, &l2, train)?;
         let l4 = self.layer(3, &l3, train)?;
         let features = l4.to_dtype(self.fc.weight().dtype())?.mean((2, 3))?;
-        let logits = self.fc.forward(&features)?;
+        let logits = dense(&self.fc, &features, false)?;
         Ok(Stages {
             stem,
             layers: [l1, l2, l3, l4],

@@ -159,3 +159,59 @@ fn simple_cnn_logits_and_sgd_trajectory() {
         assert_parity(&format!("after_5_steps.{key}"), var.as_tensor(), r);
     }
 }
+
+/// bf16 autocast on the CPU against PyTorch's (`torch.autocast("cpu", torch.bfloat16)`, eval
+/// mode; `scripts/make_autocast_fixture.py` wrote the logits from the shared fixtures): within
+/// 2e-2 of the largest logit, for ResNet-18 at 224 and 64 and for the small CNN.
+#[test]
+fn bf16_logits_match_pytorch_autocast() {
+    let Some(dir) = fixtures() else { return };
+    let guard = match cv_ops::autocast_bf16() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("notice: {e}; bf16 parity is not tested on this CPU");
+            return;
+        }
+    };
+    let want = candle_core::safetensors::load(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/autocast_bf16.safetensors"
+        ),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (_vm, resnet) = resnet_from_fixture(&load(&dir, "resnet18.safetensors"));
+    let io = load(&dir, "io.safetensors");
+    let (_vn, net) = cnn_from_fixture(&load(&dir, "net.safetensors"));
+    let net_io = load(&dir, "net_io.safetensors");
+    let got = [
+        (
+            "resnet18_logits_224",
+            resnet.forward_t(&io["input_224"], false).unwrap(),
+        ),
+        (
+            "resnet18_logits_64",
+            resnet.forward_t(&io["input_64"], false).unwrap(),
+        ),
+        ("net_logits", net.forward(&net_io["input"]).unwrap()),
+    ];
+    drop(guard);
+    let f32_logits = [&io["logits_224"], &io["logits_64"], &net_io["logits"]];
+    for ((key, logits), f32_ref) in got.iter().zip(f32_logits) {
+        let e = rel_err(logits, &want[*key]);
+        eprintln!(
+            "{key}: bf16 vs PyTorch autocast {e:.3e}, vs f32 {:.3e}",
+            rel_err(logits, f32_ref)
+        );
+        assert!(
+            e <= 2e-2,
+            "{key}: {e:.3e} of max|logit| from PyTorch's autocast"
+        );
+        // The run was in bf16: further from f32 than f32 runs are from each other.
+        assert!(
+            rel_err(logits, f32_ref) > 1e-4,
+            "{key}: equals f32, bf16 not applied?"
+        );
+    }
+}

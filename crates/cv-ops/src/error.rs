@@ -2,7 +2,7 @@
 //! behind candle's `CustomOp` traits, whose methods return candle's error.
 
 /// Why a convolution could not run.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum OpsError {
     /// A tensor did not have the rank or shape the op needs.
     #[error("{op}: {what} has shape {shape:?}, expected {expected}")]
@@ -32,6 +32,14 @@ pub enum OpsError {
         op: &'static str,
         /// Each argument's name and dtype.
         dtype: String,
+    },
+    /// The CPU lacks what a requested arithmetic needs.
+    #[error("{what}: {reason}")]
+    Unsupported {
+        /// What was asked for.
+        what: String,
+        /// What the CPU lacks.
+        reason: String,
     },
     /// A tensor's memory layout is not contiguous where the kernel needs it to be.
     #[error("{op}: {what} is not contiguous")]

@@ -4,11 +4,12 @@
 //! units run in parallel and every gemm call is single-threaded; otherwise units run in turn
 //! and each gemm call uses all threads. The two are never nested.
 
+use crate::autocast::Precision;
 use crate::buffers::{grow, SendPtr};
 use crate::elem::Elem;
 use crate::geom::{plan, Geom, Unit};
 use crate::im2col::{col2im_add, im2col};
-use crate::matmul::{inner_parallelism, matmul, threads};
+use crate::matmul::{inner_parallelism, matmul, threads, SharedLhs};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -40,12 +41,14 @@ fn gather_rows<T: Elem>(src: &[T], rows: usize, p: usize, u: &Unit, tmp: &mut [T
 }
 
 /// The forward convolution through im2col and gemm, for any geometry.
-pub(crate) fn forward_im2col<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
+pub(crate) fn forward_im2col<T: Elem>(x: &[T], w: &[T], g: &Geom, prec: Precision) -> Vec<T> {
     let (p, k, co) = (g.p(), g.k(), g.co);
     let mut y = vec![T::ZERO; g.n * co * p];
     let nt = threads();
     let units = plan(g.n, p, k, nt);
     let yp = SendPtr(y.as_mut_ptr());
+    // SAFETY: w is the co x k weight matrix, alive and unchanged during this call.
+    let lhs = unsafe { SharedLhs::new(co, k, (w.as_ptr(), k, 1), prec) };
     let run = |u: &Unit, s: &mut Scratch<T>, par: Parallelism| {
         let tc = u.cols();
         let rhs = if g.is_pointwise() && u.single_image() {
@@ -59,14 +62,14 @@ pub(crate) fn forward_im2col<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
             // SAFETY: rows co of image n0, columns p0..p1: this unit's own output region.
             unsafe {
                 let dst = yp.get().add(u.n0 * co * p + u.p0);
-                matmul(co, tc, k, (dst, p, 1), false, (w.as_ptr(), k, 1), rhs, par);
+                lhs.matmul(tc, (dst, p, 1), false, rhs, par);
             }
         } else {
             let tmp = grow(&mut s.tmp, co * tc);
             // SAFETY: tmp is this thread's buffer of co*tc elements.
             unsafe {
                 let dst = (tmp.as_mut_ptr(), tc, 1);
-                matmul(co, tc, k, dst, false, (w.as_ptr(), k, 1), rhs, par);
+                lhs.matmul(tc, dst, false, rhs, par);
             }
             for (gi, img) in (u.n0..u.n1).enumerate() {
                 for r in 0..co {
@@ -95,7 +98,7 @@ pub(crate) fn forward_im2col<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
 
 /// Input gradient as `dcol = W^T * dY` then a col2im scatter-add; each task owns whole images so
 /// no two threads add into the same place.
-pub(crate) fn input_grad_col2im<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+pub(crate) fn input_grad_col2im<T: Elem>(dy: &[T], w: &[T], g: &Geom, prec: Precision) -> Vec<T> {
     let (p, k, co) = (g.p(), g.k(), g.co);
     let chw = g.c * g.h * g.w;
     let mut dx = vec![T::ZERO; g.n * chw];
@@ -113,6 +116,8 @@ pub(crate) fn input_grad_col2im<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> 
             start = i;
         }
     }
+    // SAFETY: w^T (row stride 1, column stride k), alive and unchanged during this call.
+    let lhs = unsafe { SharedLhs::new(k, co, (w.as_ptr(), 1, k), prec) };
     let run = |dx_imgs: &mut [T], first: usize, us: &[Unit], s: &mut Scratch<T>, par| {
         for u in us {
             let tc = u.cols();
@@ -124,11 +129,8 @@ pub(crate) fn input_grad_col2im<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> 
                 (tmp.as_ptr(), tc, 1)
             };
             let col = grow(&mut s.col, k * tc);
-            // SAFETY: col is this thread's k*tc buffer; lhs is w^T (row stride 1, col stride k).
-            unsafe {
-                let dst = (col.as_mut_ptr(), tc, 1);
-                matmul(k, tc, co, dst, false, (w.as_ptr(), 1, k), rhs, par);
-            }
+            // SAFETY: col is this thread's k*tc buffer.
+            unsafe { lhs.matmul(tc, (col.as_mut_ptr(), tc, 1), false, rhs, par) };
             col2im_add(col, g, u, dx_imgs, first);
         }
     };
@@ -159,7 +161,7 @@ pub(crate) fn input_grad_col2im<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> 
 }
 
 /// The weight gradient through im2col and gemm, for any geometry.
-pub(crate) fn weight_grad_im2col<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
+pub(crate) fn weight_grad_im2col<T: Elem>(x: &[T], dy: &[T], g: &Geom, prec: Precision) -> Vec<T> {
     let (p, k, co) = (g.p(), g.k(), g.co);
     let nt = threads();
     let units = plan(g.n, p, k, nt);
@@ -181,7 +183,19 @@ pub(crate) fn weight_grad_im2col<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T>
             (tmp.as_ptr(), tc, 1)
         };
         // SAFETY: acc is this task's own co*k accumulator.
-        unsafe { matmul(co, k, tc, (acc.as_mut_ptr(), k, 1), true, lhs, rhs, par) }
+        unsafe {
+            matmul(
+                co,
+                k,
+                tc,
+                (acc.as_mut_ptr(), k, 1),
+                true,
+                lhs,
+                rhs,
+                par,
+                prec,
+            )
+        }
     };
     if units.len() >= nt && nt > 1 {
         // Contiguous chunks of units, one accumulator each, summed at the end.

@@ -2,6 +2,7 @@
 //! each picks the path for a geometry (Winograd, padded direct, tapwise, or im2col + gemm for
 //! the rest) and runs it. The paths live in their own modules and do not call back here.
 
+use crate::autocast::Precision;
 use crate::elem::Elem;
 use crate::geom::Geom;
 use crate::im2col_gemm::{forward_im2col, input_grad_col2im, weight_grad_im2col};
@@ -9,8 +10,12 @@ use crate::im2col_gemm::{forward_im2col, input_grad_col2im, weight_grad_im2col};
 /// `y = conv(x, w)`: x `[n, c, h, w]`, w `[co, c*kh*kw]`, y `[n, co, oh, ow]`. 3x3 stride-1
 /// layers with enough channels go through Winograd, other narrow stride-1 layers on large maps
 /// (f32, AVX2) through the padded direct kernel, outputs of at most 4x4 pixels tap by tap, the
-/// rest through im2col.
-pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
+/// rest through im2col. In bf16 every geometry takes im2col, whose gemm runs on the bf16
+/// kernels (Winograd's transforms would add bf16's rounding error on top of its own).
+pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom, prec: Precision) -> Vec<T> {
+    if prec != Precision::Full {
+        return forward_im2col(x, w, g, prec);
+    }
     if crate::winograd::applies(g) {
         return crate::winograd::forward(x, w, g);
     }
@@ -25,7 +30,7 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
     if crate::tapwise::applies(g) {
         return crate::tapwise::forward(x, w, g);
     }
-    forward_im2col(x, w, g)
+    forward_im2col(x, w, g, prec)
 }
 
 /// Whether the input gradient runs as a forward convolution of the output gradient with the
@@ -37,8 +42,8 @@ fn dgrad_as_forward(g: &Geom) -> bool {
 }
 
 /// `dx` from `dy` `[n, co, oh, ow]` and w `[co, c, kh, kw]`.
-pub(crate) fn input_grad<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
-    if crate::tapwise::applies(g) {
+pub(crate) fn input_grad<T: Elem>(dy: &[T], w: &[T], g: &Geom, prec: Precision) -> Vec<T> {
+    if prec == Precision::Full && crate::tapwise::applies(g) {
         return crate::tapwise::input_grad(dy, w, g);
     }
     if dgrad_as_forward(g) {
@@ -69,18 +74,21 @@ pub(crate) fn input_grad<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
             oh: g.h,
             ow: g.w,
         };
-        return forward(dy, &wt, &gt);
+        return forward(dy, &wt, &gt, prec);
     }
-    input_grad_col2im(dy, w, g)
+    input_grad_col2im(dy, w, g, prec)
 }
 
 /// `dw[co, c*kh*kw] = sum over images and pixels of dy[co, p] * col[k, p]`.
-pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
+pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom, prec: Precision) -> Vec<T> {
+    if prec != Precision::Full {
+        return weight_grad_im2col(x, dy, g, prec);
+    }
     if crate::winograd::weight_grad_applies(g) {
         return crate::winograd::weight_grad(x, dy, g);
     }
     if crate::tapwise::applies(g) {
         return crate::tapwise::weight_grad(x, dy, g);
     }
-    weight_grad_im2col(x, dy, g)
+    weight_grad_im2col(x, dy, g, prec)
 }

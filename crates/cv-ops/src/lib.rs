@@ -29,8 +29,10 @@
 //! [`set_direct_conv_enabled`], [`set_relu_ops_enabled`]) or tune the im2col tile
 //! ([`set_tile_elems`]); they are process-wide and default to on.
 
+mod autocast;
 mod batch_norm_eval;
 mod batch_norm_train;
+mod bf16;
 mod bias;
 mod buffers;
 mod conv_pool;
@@ -55,8 +57,10 @@ mod test_data;
 mod winograd;
 mod winograd_avx2;
 
+pub use autocast::{autocast_bf16, current_precision, AutocastGuard, Precision};
 pub use batch_norm_eval::{batch_norm_eval, batch_norm_eval_composed, BatchNormEvalParams};
 pub use batch_norm_train::{batch_norm_train, batch_norm_train_composed, BatchStats};
+pub use bf16::{bf16_kernel, Bf16Kernel};
 pub use error::OpsError;
 pub use fold::fold_batchnorm;
 pub use max_pool::{max_pool2d, max_pool2d_composed, MaxPool2dConfig};
@@ -81,6 +85,16 @@ pub fn leave_threads_to_rayon() {
     }
 }
 
+/// The precision an op on `x` gets: the autocast scope's for f32 ([`autocast_bf16`]), the
+/// tensor's own for f64 (the exact reference).
+fn precision_for(x: &Tensor) -> Precision {
+    if x.dtype() == DType::F32 {
+        current_precision()
+    } else {
+        Precision::Full
+    }
+}
+
 /// Whether [`conv2d`] runs our kernels for these tensors (CPU, f32 or f64, same dtype).
 pub fn uses_fast_path(x: &Tensor, w: &Tensor) -> bool {
     x.device().is_cpu()
@@ -100,7 +114,15 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     }
     let x = x.contiguous()?;
     let w = w.contiguous()?;
-    x.apply_op2(&w, op::Conv2d { stride, padding })
+    let precision = precision_for(&x);
+    x.apply_op2(
+        &w,
+        op::Conv2d {
+            stride,
+            padding,
+            precision,
+        },
+    )
 }
 
 /// `y + b` for `y` `[n, c, ...]` and a per-channel bias `b` `[c]` (a conv's bias), with both
@@ -142,6 +164,7 @@ pub fn conv_relu_pool2d(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let op = conv_pool::ConvReluPool {
         record: x.track_op() || w.track_op() || b.track_op(),
+        precision: precision_for(x),
         mask: std::sync::Mutex::new(None),
     };
     x.contiguous()?
@@ -183,8 +206,14 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> 
         let y = x.matmul(&w.t()?)?.broadcast_add(b)?;
         return if relu { y.relu() } else { Ok(y) };
     }
-    x.contiguous()?
-        .apply_op3(&w.contiguous()?, &b.contiguous()?, linear::Linear { relu })
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        linear::Linear {
+            relu,
+            precision: precision_for(x),
+        },
+    )
 }
 
 /// The gradient of [`conv2d`] with respect to its input, for an input of spatial size `hw`:
@@ -202,6 +231,7 @@ pub fn conv2d_input_grad(
         w: hw.1,
         stride,
         padding,
+        precision: precision_for(dy),
     };
     dy.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)
 }
@@ -221,6 +251,7 @@ pub fn conv2d_weight_grad(
         kw: khw.1,
         stride,
         padding,
+        precision: precision_for(x),
     };
     x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)
 }

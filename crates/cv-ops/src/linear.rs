@@ -9,6 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 
+use crate::autocast::Precision;
 use crate::elem::Elem;
 use crate::error::OpsError;
 use crate::matmul::{inner_parallelism, matmul, threads};
@@ -22,6 +23,7 @@ const PARALLEL_MIN_MACS: usize = 1 << 20;
 /// `x [n, i]`, `w [o, i]`, `b [o]` -> `[n, o]`, then ReLU if `relu`.
 pub(crate) struct Linear {
     pub relu: bool,
+    pub precision: Precision,
 }
 
 fn par(macs: usize) -> Parallelism {
@@ -64,6 +66,7 @@ fn forward<T: Elem>(
     b: &[T],
     (n, i, o): (usize, usize, usize),
     relu: bool,
+    prec: Precision,
 ) -> Vec<T> {
     let mut y = vec![T::ZERO; n * o];
     // SAFETY: y is n x o, x n x i, w o x i (read as its transpose); y is ours alone.
@@ -77,6 +80,7 @@ fn forward<T: Elem>(
             (x.as_ptr(), i, 1),
             (w.as_ptr(), 1, i),
             par(n * o * i),
+            prec,
         );
     }
     for row in y.chunks_exact_mut(o.max(1)) {
@@ -97,12 +101,13 @@ fn backward<T: Elem>(
     y: &[T],
     dy: &[T],
     (n, i, o): (usize, usize, usize),
-    relu: bool,
+    op: &Linear,
     want_dx: bool,
 ) -> (Option<Vec<T>>, Vec<T>, Vec<T>) {
+    let prec = op.precision;
     // The pre-activation gradient: ReLU passes it where the output is positive.
     let masked: Vec<T>;
-    let dz: &[T] = if relu {
+    let dz: &[T] = if op.relu {
         masked = y
             .iter()
             .zip(dy)
@@ -131,6 +136,7 @@ fn backward<T: Elem>(
             (dz.as_ptr(), 1, o),
             (x.as_ptr(), i, 1),
             par(n * o * i),
+            prec,
         );
     }
     let dx = want_dx.then(|| {
@@ -147,6 +153,7 @@ fn backward<T: Elem>(
                 (dz.as_ptr(), o, 1),
                 (w.as_ptr(), i, 1),
                 par(n * o * i),
+                prec,
             );
         }
         dx
@@ -192,7 +199,7 @@ impl CustomOp3 for Linear {
                 (w, s2, l2, "weight"),
                 (b, s3, l3, "bias")
             ],
-            forward(x, w, b, dims, self.relu)
+            forward(x, w, b, dims, self.relu, self.precision)
         );
         Ok((out, Shape::from((dims.0, dims.2))))
     }
@@ -228,7 +235,7 @@ impl CustomOp3 for Linear {
                 (gv, gs, gl, "output gradient"),
             ],
             grad_tensors(
-                backward(xv, wv, yv, gv, dims, self.relu, x.track_op()),
+                backward(xv, wv, yv, gv, dims, self, x.track_op()),
                 x,
                 w
             )?

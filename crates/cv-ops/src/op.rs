@@ -3,6 +3,7 @@
 //! backward built from the two gradient ops) and the two gradient ops (forward-only, so no
 //! double backward).
 
+use crate::autocast::Precision;
 use crate::error::OpsError;
 use crate::geom::Geom;
 use crate::kernels;
@@ -123,6 +124,7 @@ fn geom(
 pub(crate) struct Conv2d {
     pub stride: usize,
     pub padding: usize,
+    pub precision: Precision,
 }
 
 const CONV: &str = "cv-ops conv2d";
@@ -147,7 +149,7 @@ impl CustomOp2 for Conv2d {
         let out = float_op!(
             CONV,
             [(x, s1, l1, "input"), (w, s2, l2, "weight")],
-            kernels::forward(x, w, &g)
+            kernels::forward(x, w, &g, self.precision)
         );
         Ok((out, Shape::from((g.n, g.co, g.oh, g.ow))))
     }
@@ -168,6 +170,7 @@ impl CustomOp2 for Conv2d {
                 w: wd,
                 stride: self.stride,
                 padding: self.padding,
+                precision: self.precision,
             };
             Some(grad.apply_op2_no_bwd(w, &op)?)
         } else {
@@ -180,6 +183,7 @@ impl CustomOp2 for Conv2d {
                 kw,
                 stride: self.stride,
                 padding: self.padding,
+                precision: self.precision,
             };
             Some(x.apply_op2_no_bwd(&grad, &op)?)
         } else {
@@ -195,6 +199,7 @@ pub(crate) struct ConvInputGrad {
     pub w: usize,
     pub stride: usize,
     pub padding: usize,
+    pub precision: Precision,
 }
 
 impl ConvInputGrad {
@@ -239,7 +244,7 @@ impl CustomOp2 for ConvInputGrad {
         let out = float_op!(
             CONV_DX,
             [(dy, s1, l1, "output gradient"), (w, s2, l2, "weight")],
-            kernels::input_grad(dy, w, &g)
+            kernels::input_grad(dy, w, &g, self.precision)
         );
         Ok((out, Shape::from((g.n, g.c, g.h, g.w))))
     }
@@ -251,6 +256,7 @@ pub(crate) struct ConvWeightGrad {
     pub kw: usize,
     pub stride: usize,
     pub padding: usize,
+    pub precision: Precision,
 }
 
 impl CustomOp2 for ConvWeightGrad {
@@ -281,7 +287,7 @@ impl CustomOp2 for ConvWeightGrad {
         let out = float_op!(
             CONV_DW,
             [(x, s1, l1, "input"), (dy, s2, l2, "output gradient")],
-            kernels::weight_grad(x, dy, &g)
+            kernels::weight_grad(x, dy, &g, self.precision)
         );
         Ok((out, Shape::from((g.co, g.c, g.kh, g.kw))))
     }

@@ -206,7 +206,8 @@ mod tests {
             let g = Geom::new(n, c, h, w, co, k, k, 1, pad, pad).unwrap();
             let x = values(n * c * h * w, 1);
             let wt = values(co * c * k * k, 2);
-            let want = crate::im2col_gemm::forward_im2col(&x, &wt, &g);
+            let want =
+                crate::im2col_gemm::forward_im2col(&x, &wt, &g, crate::autocast::Precision::Full);
             let got = forward(&x, &wt, &g);
             assert_eq!(got.len(), want.len());
             let worst = got

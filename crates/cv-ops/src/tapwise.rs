@@ -9,6 +9,7 @@
 //! as the columns. Forward, input gradient and weight gradient, each parallel over pairs that
 //! write disjoint outputs (pixels, input pixels, taps), or one gemm at a time on all threads.
 
+use crate::autocast::Precision;
 use crate::buffers::SendPtr;
 use crate::elem::Elem;
 use crate::geom::Geom;
@@ -113,7 +114,7 @@ fn accumulate<T: Elem>(
             // this group writes the outputs of its key.
             unsafe {
                 let dst = (out_ptr.get().add(c.dst.0), c.dst.1, c.dst.2);
-                matmul(c.m, c.n, c.k, dst, true, c.lhs, c.rhs, par);
+                matmul(c.m, c.n, c.k, dst, true, c.lhs, c.rhs, par, Precision::Full);
             }
         }
     });

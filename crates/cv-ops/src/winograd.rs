@@ -234,6 +234,7 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
                     (s.m.as_ptr().add(xi * co * nb), nb, 1),
                     (s.v.as_ptr().add(xi * c * nb), 1, nb),
                     par,
+                    crate::autocast::Precision::Full,
                 );
             }
         }
@@ -612,9 +613,10 @@ mod tests {
         let x = make(g.n * g.c * g.h * g.w, 1);
         let k = make(g.co * g.c * 9, 2);
         let dy = make(g.n * g.co * g.oh * g.ow, 3);
-        let want = crate::im2col_gemm::forward_im2col(&x, &k, g);
+        let want = crate::im2col_gemm::forward_im2col(&x, &k, g, crate::autocast::Precision::Full);
         assert_close(&forward(&x, &k, g), &want, tol, &format!("forward {g:?}"));
-        let want = crate::im2col_gemm::weight_grad_im2col(&x, &dy, g);
+        let want =
+            crate::im2col_gemm::weight_grad_im2col(&x, &dy, g, crate::autocast::Precision::Full);
         let what = format!("weight gradient {g:?}");
         assert_close(&weight_grad(&x, &dy, g), &want, tol, &what);
     }

@@ -99,10 +99,19 @@ fn run(
     dtype: DType,
     conv: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let x = Var::from_tensor(&tensor(&[c.n, c.c, c.h, c.w], 1, dtype)?)?;
-    let w = Var::from_tensor(&tensor(&[c.co, c.c, c.k, c.k], 2, dtype)?)?;
+    run_on(c, |dims, seed| tensor(dims, seed, dtype), conv)
+}
+
+/// [`run`] on the tensors `make(dims, seed)` gives.
+fn run_on(
+    c: &Case,
+    make: impl Fn(&[usize], u64) -> Result<Tensor>,
+    conv: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let x = Var::from_tensor(&make(&[c.n, c.c, c.h, c.w], 1)?)?;
+    let w = Var::from_tensor(&make(&[c.co, c.c, c.k, c.k], 2)?)?;
     let y = conv(x.as_tensor(), w.as_tensor())?;
-    let r = tensor(y.dims(), 3, dtype)?;
+    let r = make(y.dims(), 3)?;
     let grads = (&y * &r)?.sum_all()?.backward()?;
     let gx = grads.get(x.as_tensor()).expect("grad of x").clone();
     let gw = grads.get(w.as_tensor()).expect("grad of w").clone();
@@ -118,6 +127,51 @@ fn check_against_candle(dtype: DType, tol: f64) -> Result<()> {
             ey < tol && ex < tol && ew < tol,
             "{c:?} {dtype:?}: output {ey:.2e}, dx {ex:.2e}, dw {ew:.2e}"
         );
+    }
+    Ok(())
+}
+
+/// Under autocast, output and gradients equal the exact (f64) convolution of the operands
+/// rounded to bf16, up to f32 summation, and differ from the f32 results by bf16's rounding.
+#[test]
+fn bf16_autocast_output_and_gradients_are_the_products_of_rounded_operands() -> Result<()> {
+    let guard = match cv_ops::autocast_bf16() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("notice: {e}; the bf16 convolution is not tested on this CPU");
+            return Ok(());
+        }
+    };
+    fn conv(c: &Case) -> impl Fn(&Tensor, &Tensor) -> Result<Tensor> + '_ {
+        move |x, w| cv_ops::conv2d(x, w, c.stride, c.pad)
+    }
+    let bf16: Vec<_> = CASES.iter().map(|c| run(c, DType::F32, conv(c))).collect();
+    drop(guard);
+    // Through f32 as the bf16 run's operands (f64 -> bf16 directly can round differently).
+    let rounded = |dims: &[usize], seed| {
+        tensor(dims, seed, DType::F32)?
+            .to_dtype(DType::BF16)?
+            .to_dtype(DType::F64)
+    };
+    for (c, got) in CASES.iter().zip(bf16) {
+        let got = got?;
+        let want = run_on(c, rounded, conv(c))?;
+        let f32 = run(c, DType::F32, conv(c))?;
+        for (what, g, w, f) in [
+            ("output", &got.0, &want.0, &f32.0),
+            ("dx", &got.1, &want.1, &f32.1),
+            ("dw", &got.2, &want.2, &f32.2),
+        ] {
+            let (err, off) = (rel_err(g, w)?, rel_err(g, f)?);
+            assert!(
+                err < 1e-5,
+                "{c:?} {what}: {err:.2e} from the rounded reference"
+            );
+            assert!(
+                off > 1e-4,
+                "{c:?} {what}: only {off:.2e} from f32: not rounded?"
+            );
+        }
     }
     Ok(())
 }

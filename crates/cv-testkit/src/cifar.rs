@@ -56,7 +56,7 @@ pub fn synthetic_image(class: u8, rng: &mut SplitMix) -> Vec<u8> {
         [250, 250, 250],
     ];
     let colour = palette[class as usize % 10];
-    let vertical = class % 2 == 0;
+    let vertical = class.is_multiple_of(2);
     let mut out = vec![0u8; IMAGE_BYTES];
     for y in 0..32 {
         for x in 0..32 {

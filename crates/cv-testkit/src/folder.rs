@@ -16,7 +16,7 @@ pub fn class_image(class: usize, width: u32, height: u32, rng: &mut SplitMix) ->
     ];
     let colour = palette[class % palette.len()];
     image::RgbImage::from_fn(width, height, |x, y| {
-        let stripe = if class % 2 == 0 {
+        let stripe = if class.is_multiple_of(2) {
             (x / 4) % 2 == 0
         } else {
             (y / 4) % 2 == 0

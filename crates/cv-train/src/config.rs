@@ -51,10 +51,10 @@ pub enum Precision {
     /// Everything in f32.
     #[default]
     F32,
-    /// Mixed precision as PyTorch's autocast: convolutions in bf16 on bf16 activations, with
-    /// f32 master weights (cast per layer, differentiably), BatchNorm, head and loss in f32.
-    /// CUDA only (candle's CPU bf16 is slow and the CPU kernels here are f32/f64); the
-    /// evaluation passes stay f32.
+    /// Mixed precision as PyTorch's autocast: convolutions and matrix products in bf16 with
+    /// f32 sums; f32 weights, optimizer, BatchNorm and loss ([`crate::autocast`]). On the CPU
+    /// (AMX-BF16 or AVX512-BF16) for training, evaluation and the probe's features; on CUDA
+    /// for training.
     Bf16,
 }
 

@@ -22,7 +22,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Modules, one idea each: [`trainer`] (the loop as named parts: the train step, the epoch
+//! Modules, one idea each: [`autocast`] (what `--precision bf16` does on each device), [`trainer`] (the loop as named parts: the train step, the epoch
 //! loop, the [`trainer::Hook`]s features plug in through, the fine-tuning modes), [`optim`]
 //! (SGD with momentum and AdamW, PyTorch semantics, parameter groups, exportable state),
 //! [`schedule`], [`loss`], [`metrics`] (top-k, per-class, confusion, the eval step,
@@ -32,6 +32,7 @@
 //! fsync + rename, the one crash-safe writer).
 
 pub mod atomic;
+pub mod autocast;
 pub mod checkpoint;
 pub mod config;
 mod error;

@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use cv_models::params::{trainable_vars, Trainable};
 use cv_models::{init, Architecture, Model};
+use cv_train::autocast::{compute_name, Autocast};
 use cv_train::config::{Precision, TrainMode};
 use cv_train::optim::{AnyOptimizer, ParamGroup, Sgd, SgdConfig};
 use cv_train::trainer::{StepContext, TrainBatch, TrainStep};
@@ -54,15 +55,18 @@ struct Workload {
     side: usize,
     /// PyTorch 2.14 CPU on this 2-core EPYC, from an earlier probe (not the same run).
     pytorch_probe: f64,
+    /// f32, or bf16 autocast (PyTorch's side under `torch.autocast("cpu", torch.bfloat16)`).
+    precision: Precision,
 }
 
-const WORKLOADS: [Workload; 6] = [
+const WORKLOADS: [Workload; 9] = [
     Workload {
         name: "net_train_b100_32",
         kind: Kind::Train(Architecture::SimpleCnn),
         batch: 100,
         side: 32,
         pytorch_probe: 11_230.0,
+        precision: Precision::F32,
     },
     Workload {
         name: "resnet18_train_b64_32",
@@ -70,6 +74,7 @@ const WORKLOADS: [Workload; 6] = [
         batch: 64,
         side: 32,
         pytorch_probe: 518.0,
+        precision: Precision::F32,
     },
     Workload {
         name: "resnet18_train_b16_224",
@@ -77,6 +82,7 @@ const WORKLOADS: [Workload; 6] = [
         batch: 16,
         side: 224,
         pytorch_probe: 13.1,
+        precision: Precision::F32,
     },
     Workload {
         name: "resnet18_eval_b64_32",
@@ -84,6 +90,7 @@ const WORKLOADS: [Workload; 6] = [
         batch: 64,
         side: 32,
         pytorch_probe: 2_011.0,
+        precision: Precision::F32,
     },
     Workload {
         name: "resnet18_eval_b16_224",
@@ -91,6 +98,7 @@ const WORKLOADS: [Workload; 6] = [
         batch: 16,
         side: 224,
         pytorch_probe: 41.9,
+        precision: Precision::F32,
     },
     Workload {
         name: "matmul_2048",
@@ -98,6 +106,31 @@ const WORKLOADS: [Workload; 6] = [
         batch: 2048,
         side: 0,
         pytorch_probe: 145.0,
+        precision: Precision::F32,
+    },
+    Workload {
+        name: "resnet18_train_b16_224_bf16",
+        kind: Kind::Train(Architecture::ResNet18),
+        batch: 16,
+        side: 224,
+        pytorch_probe: 46.2,
+        precision: Precision::Bf16,
+    },
+    Workload {
+        name: "resnet18_eval_b16_224_bf16",
+        kind: Kind::Eval(Architecture::ResNet18),
+        batch: 16,
+        side: 224,
+        pytorch_probe: 124.9,
+        precision: Precision::Bf16,
+    },
+    Workload {
+        name: "resnet18_eval_b64_32_bf16",
+        kind: Kind::Eval(Architecture::ResNet18),
+        batch: 64,
+        side: 32,
+        pytorch_probe: 2_832.0,
+        precision: Precision::Bf16,
     },
 ];
 
@@ -120,11 +153,13 @@ impl Workload {
             }
             Kind::Train(arch) => serde_json::json!({
                 "model": arch.as_str(), "mode": "train", "batch_size": self.batch,
+                "precision": self.precision,
                 "input": [3, self.side, self.side], "classes": NUM_CLASSES,
                 "optimizer": {"sgd": {"lr": LR, "momentum": MOMENTUM}},
             }),
             Kind::Eval(arch) => serde_json::json!({
                 "model": arch.as_str(), "mode": "eval (detached)", "batch_size": self.batch,
+                "precision": self.precision,
                 "input": [3, self.side, self.side], "classes": NUM_CLASSES,
             }),
         }
@@ -163,10 +198,12 @@ fn prepare(w: &Workload, varmap: &VarMap) -> anyhow::Result<Step> {
             let model = Model::new(arch, NUM_CLASSES, vb)?;
             init::initialise(varmap, arch, 0)?;
             let x = Tensor::randn(0f32, 1.0, (w.batch, 3, w.side, w.side), &dev)?;
+            let precision = w.precision;
             if let Kind::Eval(_) = w.kind {
                 let model = model.detached();
                 return Ok(Box::new(move || {
-                    let logits = model.forward_t(&x, false)?;
+                    let cast = Autocast::enter(precision, &Device::Cpu)?;
+                    let logits = model.forward_t(&cast.input(&x)?, false)?;
                     std::hint::black_box(&logits);
                     Ok(())
                 }));
@@ -195,7 +232,7 @@ fn prepare(w: &Workload, varmap: &VarMap) -> anyhow::Result<Step> {
             };
             // The trainer's own step: forward, loss, backward, update (and the finite-loss check).
             Ok(Box::new(move || {
-                let step = TrainStep::new(&model, &frozen, TrainMode::Full, Precision::F32, 0.0);
+                let step = TrainStep::new(&model, &frozen, TrainMode::Full, precision, 0.0);
                 step.run(&batch, &mut opt, &mut [], &ctx)?;
                 Ok(())
             }))
@@ -513,6 +550,17 @@ fn comparison_rows(ours: &[Measurement], torch: &Pytorch) -> Vec<Row> {
         .collect()
 }
 
+/// Whether this CPU runs `w`'s arithmetic; a notice names what it lacks when not.
+fn runs_here(w: &Workload) -> bool {
+    match compute_name(w.precision, &Device::Cpu) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("skipping {}: {e}", w.name);
+            false
+        }
+    }
+}
+
 /// Runs the selected model workloads; with `torch`, PyTorch's side too, in that layout.
 pub fn run(
     settings: &Settings,
@@ -524,7 +572,7 @@ pub fn run(
     }
     let selected: Vec<&Workload> = WORKLOADS
         .iter()
-        .filter(|w| settings.selected(w.name))
+        .filter(|w| settings.selected(w.name) && runs_here(w))
         .collect();
     let layout = torch.unwrap_or(TorchLayout::Contiguous);
     let torch = match torch {

@@ -23,6 +23,26 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The scope of `--precision` for `eval` and `predict`: bf16 runs on the CPU; on other
+/// devices only training runs bf16, so it is refused there rather than ignored.
+fn eval_precision(
+    p: crate::args::PrecisionArg,
+    device: &candle_core::Device,
+) -> Result<cv_train::autocast::Autocast> {
+    let precision = p.into();
+    if precision == cv_train::config::Precision::Bf16 && !device.is_cpu() {
+        anyhow::bail!(
+            "--precision bf16 for eval and predict runs on the CPU only (got {device:?})"
+        );
+    }
+    let cast = cv_train::autocast::Autocast::enter(precision, device)?;
+    log::info!(
+        "arithmetic {}",
+        cv_train::autocast::compute_name(precision, device)?
+    );
+    Ok(cast)
+}
+
 /// `--weights` value: an existing file or folder, else a registry name (a usage error when it
 /// is neither, listing the known names).
 pub fn parse_weights(s: &str) -> Result<WeightsSource> {

@@ -37,6 +37,7 @@ pub fn run(a: &PredictArgs) -> Result<()> {
         log::info!("{note}");
     }
     let device = cv_models::device::select(&a.device)?;
+    let _cast = super::eval_precision(a.precision, &device)?;
     let classifier = Classifier::load(&weights, &device)?;
     let (images, decoded) = decode_all(&a.images);
     let answers = if images.is_empty() {

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use cv_data::DataSource;
 use cv_models::Architecture;
 use cv_train::checkpoint::{CheckpointConfig, InitRecord};
-use cv_train::config::{Augment, OptimizerKind, Precision, RunSettings, TrainConfig, TrainMode};
+use cv_train::config::{Augment, OptimizerKind, RunSettings, TrainConfig, TrainMode};
 use cv_train::schedule::Schedule;
 use cv_train::trainer::{run, Init, TrainJob};
 use cv_weights::predict::Classifier;
@@ -16,7 +16,7 @@ use cv_weights::source::{resolve, ResolveOptions, WeightsSource};
 
 use crate::args::{
     rgb, usage, AugmentArg, CommonTrainArgs, EvalArgs, FinetuneArgs, ModeArg, ModelArg,
-    OptimizerArg, PrecisionArg, ScheduleArg, TrainArgs, DEFAULT_DATA, DEFAULT_WEIGHTS,
+    OptimizerArg, ScheduleArg, TrainArgs, DEFAULT_DATA, DEFAULT_WEIGHTS,
 };
 
 /// Training from scratch, or replaying a run that did (`--config`).
@@ -211,6 +211,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         &ResolveOptions::default(),
     )?;
     let device = device(&a.device)?;
+    let _cast = super::eval_precision(a.precision, &device)?;
     let classifier = Classifier::load(&weights, &device)?;
     let splits = cv_data::open(
         &a.data,
@@ -359,10 +360,7 @@ fn apply_common(config: &mut TrainConfig, c: &CommonTrainArgs) -> Result<()> {
         };
     }
     if let Some(p) = c.precision {
-        config.precision = match p {
-            PrecisionArg::F32 => Precision::F32,
-            PrecisionArg::Bf16 => Precision::Bf16,
-        };
+        config.precision = p.into();
     }
     config.validate().map_err(|e| usage(e.to_string()))?;
     Ok(())

@@ -20,6 +20,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 
+use crate::autocast::Precision;
 use crate::elem::Elem;
 use crate::error::OpsError;
 use crate::geom::{Geom, Unit};
@@ -42,6 +43,8 @@ const TARGET_COLS: usize = 512;
 pub(crate) struct ConvReluPool {
     /// Whether the forward records the mask (some argument tracks a gradient).
     pub record: bool,
+    /// The arithmetic of its gemms (bf16 takes im2col + gemm, not the direct kernels).
+    pub precision: Precision,
     pub mask: Mutex<Option<Vec<u8>>>,
 }
 
@@ -260,8 +263,9 @@ trait PathFor: Elem + WithDType {
         b: &[Self],
         d: &Dims,
         record: bool,
+        prec: Precision,
     ) -> (Vec<Self>, Vec<u8>) {
-        via_gemm::forward(x, w, b, d, record)
+        via_gemm::forward(x, w, b, d, record, prec)
     }
     fn conv_relu_pool_backward(
         x: &[Self],
@@ -270,8 +274,9 @@ trait PathFor: Elem + WithDType {
         mask: &[u8],
         d: &Dims,
         want_dx: bool,
+        prec: Precision,
     ) -> Grads<Self> {
-        via_gemm::backward(x, w, dy, mask, d, want_dx)
+        via_gemm::backward(x, w, dy, mask, d, want_dx, prec)
     }
 }
 
@@ -284,12 +289,13 @@ impl PathFor for f32 {
         b: &[f32],
         d: &Dims,
         record: bool,
+        prec: Precision,
     ) -> (Vec<f32>, Vec<u8>) {
         #[cfg(target_arch = "x86_64")]
-        if direct_applies() {
+        if direct_applies() && prec == Precision::Full {
             return via_direct::forward(x, w, b, d, record);
         }
-        via_gemm::forward(x, w, b, d, record)
+        via_gemm::forward(x, w, b, d, record, prec)
     }
     fn conv_relu_pool_backward(
         x: &[f32],
@@ -298,18 +304,19 @@ impl PathFor for f32 {
         mask: &[u8],
         d: &Dims,
         want_dx: bool,
+        prec: Precision,
     ) -> Grads<f32> {
         #[cfg(target_arch = "x86_64")]
-        if direct_applies() {
+        if direct_applies() && prec == Precision::Full {
             return via_direct::backward(x, w, dy, mask, d, want_dx);
         }
-        via_gemm::backward(x, w, dy, mask, d, want_dx)
+        via_gemm::backward(x, w, dy, mask, d, want_dx, prec)
     }
 }
 
 impl ConvReluPool {
     fn forward<T: PathFor>(&self, x: &[T], w: &[T], b: &[T], d: &Dims) -> Result<Vec<T>> {
-        let (out, mask) = T::conv_relu_pool_forward(x, w, b, d, self.record);
+        let (out, mask) = T::conv_relu_pool_forward(x, w, b, d, self.record, self.precision);
         if self.record {
             *self.mask.lock().map_err(|_| poisoned())? = Some(mask);
         }
@@ -331,7 +338,7 @@ impl ConvReluPool {
             op: OP,
             message: "backward without a recorded forward".into(),
         })?;
-        let grads = T::conv_relu_pool_backward(xv, wv, gv, mask, &d, want_dx);
+        let grads = T::conv_relu_pool_backward(xv, wv, gv, mask, &d, want_dx, self.precision);
         let dev = x.device();
         let dx = match grads.dx {
             Some(v) => Some(Tensor::from_vec(v, x.shape(), dev)?),

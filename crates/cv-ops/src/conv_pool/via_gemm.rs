@@ -5,6 +5,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{pool_plane, sum_partials, unpool_plane, Dims, Grads, Scratch};
+use crate::autocast::Precision;
 use crate::buffers::{grow, SendPtr};
 use crate::elem::Elem;
 use crate::im2col::{col2im_add, im2col};
@@ -17,6 +18,7 @@ pub(super) fn forward<T: Elem>(
     b: &[T],
     d: &Dims,
     record: bool,
+    prec: Precision,
 ) -> (Vec<T>, Vec<u8>) {
     let (g, q) = (&d.g, d.pooled());
     let (p, k, co) = (g.p(), g.k(), g.co);
@@ -47,6 +49,7 @@ pub(super) fn forward<T: Elem>(
                 (col.as_ptr(), 1, cols),
                 (w.as_ptr(), 1, k),
                 Parallelism::None,
+                prec,
             );
         }
         for (gi, img) in (u.n0..u.n1).enumerate() {
@@ -75,6 +78,7 @@ pub(super) fn backward<T: Elem>(
     mask: &[u8],
     d: &Dims,
     want_dx: bool,
+    prec: Precision,
 ) -> Grads<T> {
     let (g, q) = (&d.g, d.pooled());
     let (p, k, co) = (g.p(), g.k(), g.co);
@@ -111,6 +115,7 @@ pub(super) fn backward<T: Elem>(
                     (pre.as_ptr(), cols, 1),
                     (col.as_ptr(), 1, cols),
                     Parallelism::None,
+                    prec,
                 );
             }
             if want_dx {
@@ -126,6 +131,7 @@ pub(super) fn backward<T: Elem>(
                         (pre.as_ptr(), 1, cols),
                         (w.as_ptr(), k, 1),
                         Parallelism::None,
+                        prec,
                     );
                 }
                 let per_image = g.c * g.h * g.w;

@@ -79,6 +79,10 @@ pub struct CheckpointConfig {
     /// How the process ran it (absent in configs written before the split).
     #[serde(default)]
     pub runtime: RunSettings,
+    /// The arithmetic it ran with ([`crate::autocast::compute_name`]: `f32`,
+    /// `bf16/amx-bf16`, `bf16/avx512-bf16`, `bf16/cuda`); absent in older configs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<String>,
     /// The data the run trained on, when it was opened from a path.
     #[serde(default)]
     pub data: Option<DataSource>,
@@ -194,6 +198,7 @@ mod tests {
             train_transforms: Pipeline::cifar_train(),
             train: TrainConfig::default(),
             runtime: RunSettings::default(),
+            compute: Some("bf16/amx-bf16".into()),
             data: Some(DataSource::new("data/x")),
             init: InitRecord::Scratch { seed: 3 },
             seed: 3,

@@ -14,6 +14,7 @@ use rand::seq::SliceRandom;
 use super::pipelines::{eval_pipeline, train_pipeline};
 use super::step::TrainBatch;
 use super::{Init, TrainJob};
+use crate::autocast::{compute_name, Autocast};
 use crate::checkpoint::{
     CheckpointConfig, CheckpointDir, ModelCard, StateMeta, TrainState, STATE_FILE, STATE_VERSION,
 };
@@ -67,6 +68,12 @@ impl<'j> Session<'j> {
         let c = &job.config;
         let (dir, previous) = CheckpointDir::open(&job.out_dir, job.resume, &job.device)?;
         let (varmap, model, mut counters) = build_model(job, previous)?;
+        log::info!(
+            "{} on {:?}, arithmetic {}",
+            job.architecture,
+            job.device,
+            compute_name(c.precision, &job.device)?
+        );
         let (mean, std) = job.init.normalization();
         let train_data = Arc::new(job.splits.train.clone());
         let test_data = Arc::new(job.splits.test.clone());
@@ -88,8 +95,8 @@ impl<'j> Session<'j> {
         let probe = if c.mode == TrainMode::Probe && counters.start_epoch < c.epochs {
             counters.backbone_images += (train_data.len() + test_data.len()) as u64;
             Some(ProbeCache {
-                train: features(&frozen, &loader(job, &train_data, &probe_tf, false)?)?,
-                test: features(&frozen, &test_loader)?,
+                train: features(job, &frozen, &loader(job, &train_data, &probe_tf, false)?)?,
+                test: features(job, &frozen, &test_loader)?,
             })
         } else {
             None
@@ -149,6 +156,7 @@ impl<'j> Session<'j> {
     /// The eval step over the test split: on cached features in `probe` mode, else through
     /// the whole network. Returns the report and the images that crossed the backbone.
     pub fn evaluate(&self, mode: TrainMode) -> Result<(EvalReport, u64)> {
+        let _cast = eval_autocast(self.job)?;
         let classes = &self.job.splits.classes;
         match (&self.probe, mode) {
             (Some(probe), TrainMode::Probe) => {
@@ -261,6 +269,7 @@ fn config_json(job: &TrainJob, eval_tf: Pipeline, train_tf: Pipeline) -> Checkpo
         train_transforms: train_tf,
         train: c.clone(),
         runtime: job.settings.clone(),
+        compute: compute_name(c.precision, &job.device).ok(),
         data: job.data.clone(),
         init: job.init.record(),
         seed: c.seed,
@@ -284,13 +293,7 @@ fn check(job: &TrainJob) -> Result<()> {
             job.splits.test.len()
         )));
     }
-    if c.precision == Precision::Bf16 && !job.device.is_cuda() {
-        return Err(TrainError::Config(format!(
-            "precision bf16 needs a CUDA device (got {:?}): build with --features cuda and \
-             pass --device cuda, or use --precision f32",
-            job.device
-        )));
-    }
+    compute_name(c.precision, &job.device)?;
     Ok(())
 }
 
@@ -362,8 +365,18 @@ fn load_pretrained(job: &TrainJob, varmap: &VarMap, path: &std::path::Path) -> R
     Ok(())
 }
 
+/// The precision of the eval-mode passes (evaluation, the probe's features): the run's on the
+/// CPU, f32 elsewhere ([`crate::autocast`]).
+fn eval_autocast(job: &TrainJob) -> Result<Option<Autocast>> {
+    job.device
+        .is_cpu()
+        .then(|| Autocast::enter(job.config.precision, &job.device))
+        .transpose()
+}
+
 /// Features of every image of `loader` through the frozen backbone, in dataset order.
-fn features(frozen: &Model, loader: &Loader) -> Result<(Tensor, Tensor)> {
+fn features(job: &TrainJob, frozen: &Model, loader: &Loader) -> Result<(Tensor, Tensor)> {
+    let _cast = eval_autocast(job)?;
     let mut feats = Vec::new();
     let mut labels = Vec::new();
     for batch in loader.epoch(0) {

@@ -6,6 +6,7 @@ use candle_core::{DType, Module, Tensor};
 use cv_models::Model;
 
 use super::hooks::{Hook, StepContext};
+use crate::autocast::Autocast;
 use crate::config::{Precision, TrainMode};
 use crate::error::{Result, TrainError};
 use crate::loss::{cross_entropy, soft_cross_entropy};
@@ -75,11 +76,8 @@ impl<'a> TrainStep<'a> {
     /// the head on the frozen backbone's eval-mode features (`head`), the head on cached
     /// features (`probe`). f32 whatever the compute precision.
     pub fn logits(&self, input: &Tensor) -> Result<Tensor> {
-        // Mixed precision: bf16 activations; the layers cast their f32 weights.
-        let images = || match self.precision {
-            Precision::F32 => Ok(input.clone()),
-            Precision::Bf16 => input.to_dtype(DType::BF16),
-        };
+        let cast = Autocast::enter(self.precision, input.device())?;
+        let images = || cast.input(input);
         let logits = match self.mode {
             TrainMode::Full => self.model.forward_t(&images()?, true)?,
             TrainMode::Head => {
