@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 
 /// How an op multiplies.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Precision {
+pub(crate) enum Precision {
     /// In the tensors' own dtype (f32 or f64).
     #[default]
     Full,
@@ -27,7 +27,7 @@ thread_local! {
 }
 
 /// The precision ops built on this thread now get.
-pub fn current_precision() -> Precision {
+pub(crate) fn current_precision() -> Precision {
     CURRENT.with(Cell::get)
 }
 

@@ -57,7 +57,8 @@ mod test_data;
 mod winograd;
 mod winograd_avx2;
 
-pub use autocast::{autocast_bf16, current_precision, AutocastGuard, Precision};
+pub use autocast::{autocast_bf16, AutocastGuard};
+use autocast::{current_precision, Precision};
 pub use batch_norm_eval::{batch_norm_eval, batch_norm_eval_composed, BatchNormEvalParams};
 pub use batch_norm_train::{batch_norm_train, batch_norm_train_composed, BatchStats};
 pub use bf16::{bf16_kernel, Bf16Kernel};

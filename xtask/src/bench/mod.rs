@@ -6,6 +6,7 @@
 //! Benchmarks are meant for release builds: `cargo xtask bench` re-runs itself as
 //! `cargo run --release -p xtask -- bench ...` (see `crate::release`).
 
+mod cpu;
 pub mod data;
 pub mod models;
 
@@ -43,14 +44,11 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Also run the PyTorch side in the same run and compare (needs torch and torchvision):
-    /// scripts/bench_pytorch.py for the models, scripts/bench_torchvision_data.py (a
-    /// torchvision DataLoader with 2 workers) for the data pipelines.
+    /// scripts/bench_pytorch.py for the models, in NCHW and in channels-last, each figure
+    /// compared with the faster of the two; scripts/bench_torchvision_data.py (a torchvision
+    /// DataLoader with 2 workers) for the data pipelines.
     #[arg(long)]
     compare_pytorch: bool,
-    /// With --compare-pytorch: run PyTorch's models and inputs in channels-last (NHWC) memory,
-    /// the layout its CPU convolutions are fastest in, instead of the tutorial's NCHW.
-    #[arg(long, requires = "compare_pytorch")]
-    pytorch_channels_last: bool,
 }
 
 /// How long each benchmark runs.
@@ -119,6 +117,8 @@ pub struct Report {
     pub cpus: usize,
     /// rayon worker threads.
     pub rayon_threads: usize,
+    /// The CPU: model, kernel-relevant flags, the bf16 kernel family.
+    pub cpu: cpu::CpuInfo,
     /// Seconds since the Unix epoch when the run started.
     pub started_unix: u64,
     /// The figures.
@@ -138,6 +138,7 @@ impl Report {
                 .map(|n| n.get())
                 .unwrap_or(1),
             rayon_threads: cv_data_threads(),
+            cpu: cpu::CpuInfo::detect(),
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -294,16 +295,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for g in groups {
         match g {
             Group::Data => data::run(&settings, &mut report, args.compare_pytorch)?,
-            Group::Models => {
-                let torch = args
-                    .compare_pytorch
-                    .then_some(if args.pytorch_channels_last {
-                        models::TorchLayout::ChannelsLast
-                    } else {
-                        models::TorchLayout::Contiguous
-                    });
-                models::run(&settings, &mut report, torch)?
-            }
+            Group::Models => models::run(&settings, &mut report, args.compare_pytorch)?,
         }
     }
     if let Some(path) = &args.json {

@@ -471,7 +471,7 @@ pub(super) fn check_torch() -> anyhow::Result<()> {
 
 /// The memory layout PyTorch's side runs its models in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TorchLayout {
+enum TorchLayout {
     /// NCHW, as the tutorial (and our models) use.
     Contiguous,
     /// NHWC (`torch.channels_last`), PyTorch's fastest CPU layout for convolutions.
@@ -537,19 +537,6 @@ pub(super) fn run_script(
         .with_context(|| format!("reading the output of {}", script.display()))
 }
 
-/// One row of the comparison table: name, unit, ours, PyTorch, ours/PyTorch.
-type Row = (String, String, f64, Option<f64>, Option<f64>);
-
-fn comparison_rows(ours: &[Measurement], torch: &Pytorch) -> Vec<Row> {
-    ours.iter()
-        .map(|m| {
-            let t = torch.values.get(&m.name).copied();
-            let ratio = t.filter(|&t| t > 0.0).map(|t| m.value / t);
-            (m.name.clone(), m.unit.clone(), m.value, t, ratio)
-        })
-        .collect()
-}
-
 /// Whether this CPU runs `w`'s arithmetic; a notice names what it lacks when not.
 fn runs_here(w: &Workload) -> bool {
     match compute_name(w.precision, &Device::Cpu) {
@@ -561,12 +548,43 @@ fn runs_here(w: &Workload) -> bool {
     }
 }
 
-/// Runs the selected model workloads; with `torch`, PyTorch's side too, in that layout.
-pub fn run(
-    settings: &Settings,
-    report: &mut Report,
-    torch: Option<TorchLayout>,
-) -> anyhow::Result<()> {
+/// PyTorch's figures in both layouts.
+struct Torch {
+    version: String,
+    nchw: Pytorch,
+    channels_last: Pytorch,
+}
+
+impl Torch {
+    /// Both layouts' runs of `names`.
+    fn measure(settings: &Settings, names: &[&str], threads: usize) -> anyhow::Result<Self> {
+        check_torch()?;
+        let nchw = run_pytorch(settings, names, threads, TorchLayout::Contiguous)?;
+        let channels_last = run_pytorch(settings, names, threads, TorchLayout::ChannelsLast)?;
+        Ok(Torch {
+            version: nchw.version.clone(),
+            nchw,
+            channels_last,
+        })
+    }
+
+    /// PyTorch's figure for `name` in its faster layout for that workload (a peak-memory
+    /// figure comes from the layout whose throughput was faster), and the layout.
+    fn best(&self, name: &str) -> Option<(f64, TorchLayout)> {
+        let base = name.strip_suffix("_peak_rss_mib").unwrap_or(name);
+        let a = self.nchw.values.get(base).copied().unwrap_or(0.0);
+        let b = self.channels_last.values.get(base).copied().unwrap_or(0.0);
+        let (layout, figures) = if b > a {
+            (TorchLayout::ChannelsLast, &self.channels_last)
+        } else {
+            (TorchLayout::Contiguous, &self.nchw)
+        };
+        figures.values.get(name).map(|&v| (v, layout))
+    }
+}
+
+/// Runs the selected model workloads; with `compare`, PyTorch's side too, in both layouts.
+pub fn run(settings: &Settings, report: &mut Report, compare: bool) -> anyhow::Result<()> {
     if let Ok(name) = std::env::var(CHILD_ENV) {
         return run_child(&name, settings, report);
     }
@@ -574,22 +592,11 @@ pub fn run(
         .iter()
         .filter(|w| settings.selected(w.name) && runs_here(w))
         .collect();
-    let layout = torch.unwrap_or(TorchLayout::Contiguous);
-    let torch = match torch {
-        Some(layout) => {
-            check_torch()?;
-            let names: Vec<&str> = selected.iter().map(|w| w.name).collect();
-            Some(run_pytorch(settings, &names, report.rayon_threads, layout)?)
-        }
-        None => None,
-    };
-    let live_reference = |name: &str| -> Option<Reference> {
-        let t = torch.as_ref()?;
-        let v = *t.values.get(name)?;
-        Some(Reference {
-            what: format!("PyTorch {} CPU{}, same run", t.version, layout.label()),
-            range: [v, v],
-        })
+    let torch = if compare {
+        let names: Vec<&str> = selected.iter().map(|w| w.name).collect();
+        Some(Torch::measure(settings, &names, report.rayon_threads)?)
+    } else {
+        None
     };
     let mut ours = Vec::new();
     for w in selected {
@@ -610,39 +617,64 @@ pub fn run(
             _ => vec![measure(w, settings)?],
         };
         for mut m in figures {
-            if torch.is_some() {
-                m.reference = live_reference(&m.name);
-                if let Some(r) = &m.reference {
-                    m.params["pytorch"] = serde_json::json!({
-                        "value": r.range[0],
-                        "channels_last": layout == TorchLayout::ChannelsLast,
-                        "ratio_ours_over_pytorch": m.value / r.range[0].max(1e-12),
-                    });
-                }
+            if let Some(t) = &torch {
+                compare_with(&mut m, t);
             }
             ours.push(m.clone());
             report.push(m);
         }
     }
     if let Some(t) = &torch {
-        println!();
-        println!(
-            "models: ours vs PyTorch {} ({} threads{}, same run)",
-            t.version,
-            report.rayon_threads,
-            layout.label()
-        );
-        println!(
-            "{:<36} {:>12} {:>12} {:>10}  unit",
-            "workload", "ours", "pytorch", "ours/pt"
-        );
-        for (name, unit, v, t, r) in comparison_rows(&ours, t) {
-            let t = t.map(|t| format!("{t:.1}")).unwrap_or_else(|| "-".into());
-            let r = r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
-            println!("{name:<36} {v:>12.1} {t:>12} {r:>10}  {unit}");
-        }
+        print_comparison(&ours, t, report.rayon_threads);
     }
     Ok(())
+}
+
+/// Sets `m`'s reference to PyTorch's faster layout and records both layouts in its params.
+fn compare_with(m: &mut Measurement, t: &Torch) {
+    m.reference = None;
+    let Some((v, layout)) = t.best(&m.name) else {
+        return;
+    };
+    m.reference = Some(Reference {
+        what: format!("PyTorch {} CPU{}, same run", t.version, layout.label()),
+        range: [v, v],
+    });
+    m.params["pytorch"] = serde_json::json!({
+        "nchw": t.nchw.values.get(&m.name),
+        "channels_last": t.channels_last.values.get(&m.name),
+        "faster_layout": if layout == TorchLayout::ChannelsLast { "channels_last" } else { "nchw" },
+        "ratio_ours_over_pytorch": m.value / v.max(1e-12),
+    });
+}
+
+/// The same-run table: ours, PyTorch in each layout, ours over the faster one.
+fn print_comparison(ours: &[Measurement], t: &Torch, threads: usize) {
+    println!();
+    println!(
+        "models: ours vs PyTorch {} ({threads} threads, same run; ratio against its faster layout)",
+        t.version
+    );
+    println!(
+        "{:<36} {:>10} {:>10} {:>10} {:>8}  unit",
+        "workload", "ours", "pt nchw", "pt nhwc", "ours/pt"
+    );
+    let show = |v: Option<&f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+    for m in ours {
+        let ratio = t
+            .best(&m.name)
+            .map(|(v, _)| format!("{:.2}", m.value / v.max(1e-12)))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<36} {:>10.1} {:>10} {:>10} {:>8}  {}",
+            m.name,
+            m.value,
+            show(t.nchw.values.get(&m.name)),
+            show(t.channels_last.values.get(&m.name)),
+            ratio,
+            m.unit
+        );
+    }
 }
 
 #[cfg(test)]
@@ -664,7 +696,7 @@ mod tests {
     #[test]
     fn every_kind_runs_at_a_tiny_size() {
         let settings = tiny_settings();
-        for w in WORKLOADS {
+        for w in WORKLOADS.into_iter().filter(runs_here) {
             let tiny = Workload {
                 batch: match w.kind {
                     Kind::Matmul => 64,
@@ -744,30 +776,42 @@ mod tests {
     }
 
     #[test]
-    fn pytorch_json_and_ratio() {
-        let text = r#"{"torch_version": "2.14.0", "threads": 2, "results": [
+    fn pytorch_json_and_the_faster_layout() {
+        let nchw = r#"{"torch_version": "2.14.0", "threads": 2, "results": [
             {"name": "matmul_2048", "unit": "GFLOP/s", "value": 100.0},
+            {"name": "net_train_b100_32", "unit": "images/s", "value": 50.0},
             {"name": "net_train_b100_32_peak_rss_mib", "unit": "MiB", "value": 400.0}]}"#;
-        let t = parse_pytorch(text).unwrap();
-        assert_eq!(t.version, "2.14.0");
-        let ours = vec![
-            rss_measurement(&WORKLOADS[0], 200.0, None),
-            Measurement {
-                value: 150.0,
-                name: "matmul_2048".into(),
-                ..rss_measurement(&WORKLOADS[5], 0.0, None)
-            },
-            Measurement {
-                value: 10.0,
-                name: "resnet18_eval_b64_32".into(),
-                ..rss_measurement(&WORKLOADS[3], 0.0, None)
-            },
-        ];
-        let rows = comparison_rows(&ours, &t);
-        assert_eq!(rows[0].0, "net_train_b100_32_peak_rss_mib");
-        assert_eq!(rows[0].4, Some(0.5));
-        assert_eq!(rows[1].4, Some(1.5));
-        assert_eq!(rows[2].3, None);
+        let nhwc = r#"{"torch_version": "2.14.0", "threads": 2, "results": [
+            {"name": "matmul_2048", "unit": "GFLOP/s", "value": 90.0},
+            {"name": "net_train_b100_32", "unit": "images/s", "value": 80.0},
+            {"name": "net_train_b100_32_peak_rss_mib", "unit": "MiB", "value": 500.0}]}"#;
+        let t = Torch {
+            version: "2.14.0".into(),
+            nchw: parse_pytorch(nchw).unwrap(),
+            channels_last: parse_pytorch(nhwc).unwrap(),
+        };
+        assert_eq!(t.nchw.version, "2.14.0");
+        assert_eq!(
+            t.best("matmul_2048"),
+            Some((100.0, TorchLayout::Contiguous))
+        );
+        assert_eq!(
+            t.best("net_train_b100_32"),
+            Some((80.0, TorchLayout::ChannelsLast))
+        );
+        // Peak memory comes from the layout that was faster for the workload.
+        let rss = t.best("net_train_b100_32_peak_rss_mib");
+        assert_eq!(rss, Some((500.0, TorchLayout::ChannelsLast)));
+        assert_eq!(t.best("resnet18_eval_b64_32"), None);
+        let mut m = Measurement {
+            value: 40.0,
+            name: "net_train_b100_32".into(),
+            ..rss_measurement(&WORKLOADS[0], 0.0, None)
+        };
+        compare_with(&mut m, &t);
+        assert_eq!(m.params["pytorch"]["faster_layout"], "channels_last");
+        assert_eq!(m.params["pytorch"]["ratio_ours_over_pytorch"], 0.5);
+        assert_eq!(m.params["pytorch"]["nchw"], 50.0);
         assert!(parse_pytorch("{\"results\": [{\"name\": \"x\"}]}").is_err());
         assert!(parse_pytorch("not json").is_err());
     }

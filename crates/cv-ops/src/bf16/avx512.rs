@@ -52,8 +52,7 @@ pub(super) unsafe fn block_32x32(
                         _mm512_loadu_si512(b[1].add(at).cast()),
                     )
                 };
-                // SAFETY: same-size vector reinterpretations.
-                let (b0, b1) = unsafe { (as_bf16(b0), as_bf16(b1)) };
+                let (b0, b1) = (as_bf16(b0), as_bf16(b1));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: row row0 + r of tile q, the pair of K at 2p.
                     let pair = unsafe {
@@ -62,8 +61,7 @@ pub(super) unsafe fn block_32x32(
                             .cast::<i32>()
                             .read_unaligned()
                     };
-                    // SAFETY: as above.
-                    let av = unsafe { as_bf16(_mm512_set1_epi32(pair)) };
+                    let av = as_bf16(_mm512_set1_epi32(pair));
                     acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
                     acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
                 }
@@ -79,10 +77,7 @@ pub(super) unsafe fn block_32x32(
 }
 
 /// 32 bf16 held in an integer vector, as the bf16 vector type.
-///
-/// # Safety
-/// Always sound (same size, any bits); `unsafe` only as `transmute` is.
-unsafe fn as_bf16(v: __m512i) -> __m512bh {
+fn as_bf16(v: __m512i) -> __m512bh {
     // SAFETY: both are 64-byte vectors of plain bits.
     unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
 }
