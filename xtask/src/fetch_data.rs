@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use cv_data::archive::{fetch_cifar10, FetchOptions, CIFAR10_MD5, CIFAR10_URL};
+use cv_data::download::DownloadOptions;
 
 /// Flags of `fetch-data`.
 #[derive(Debug, clap::Args)]
@@ -25,16 +26,36 @@ pub struct Args {
     /// Do not draw a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Seconds a connection may take to open, and the server may stay silent mid-transfer.
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    timeout: f64,
+    /// Attempts after the first on connection errors, timeouts and 5xx/429 answers (with
+    /// exponential backoff; a broken transfer resumes where it stopped).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    retries: u32,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        anyhow::bail!(
+            "--timeout {}: give a positive number of seconds",
+            args.timeout
+        );
+    }
+    let timeout = std::time::Duration::from_secs_f64(args.timeout);
     let opts = FetchOptions {
         dir: args.dir,
         url: args.url,
         md5: args.md5,
         archive: args.archive,
         force: args.force,
-        progress: !args.no_progress,
+        net: DownloadOptions {
+            connect_timeout: timeout,
+            read_timeout: timeout,
+            retries: args.retries,
+            progress: !args.no_progress,
+            ..DownloadOptions::default()
+        },
     };
     let outcome = fetch_cifar10(&opts)?;
     println!("{outcome}");

@@ -12,6 +12,7 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use crate::cifar;
+use crate::download::{fetch, Checksum, DownloadOptions, Transfer};
 use crate::error::{io_err, DataError, Result};
 
 /// The official CIFAR-10 binary archive.
@@ -28,7 +29,7 @@ pub const MARKER_NAME: &str = ".cv-verified.json";
 const BUF: usize = 1 << 18;
 
 /// How [`fetch_cifar10`] obtains and installs the dataset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FetchOptions {
     /// Data folder; the dataset lands in `dir/cifar-10-batches-bin`.
     pub dir: PathBuf,
@@ -40,8 +41,8 @@ pub struct FetchOptions {
     pub archive: Option<PathBuf>,
     /// Redo everything even when a verified dataset is present.
     pub force: bool,
-    /// Show a progress bar on stderr (hidden anyway when stderr is not a terminal).
-    pub progress: bool,
+    /// Timeouts, retries and the progress bar of the download.
+    pub net: DownloadOptions,
 }
 
 impl Default for FetchOptions {
@@ -52,7 +53,7 @@ impl Default for FetchOptions {
             md5: CIFAR10_MD5.to_owned(),
             archive: None,
             force: false,
-            progress: true,
+            net: DownloadOptions::default(),
         }
     }
 }
@@ -132,117 +133,33 @@ fn check_md5(source_name: &str, actual: String, expected: &str) -> Result<()> {
     } else {
         Err(DataError::Checksum {
             source_name: source_name.to_owned(),
+            algorithm: "md5",
             expected: expected.trim().to_ascii_lowercase(),
             actual,
         })
     }
 }
 
-fn progress_bar(len: Option<u64>, show: bool, msg: &str) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = match len {
-        Some(n) => indicatif::ProgressBar::new(n),
-        None => indicatif::ProgressBar::new_spinner(),
-    };
-    let template = if len.is_some() {
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}"
-    } else {
-        "{msg} {spinner} {bytes} {binary_bytes_per_sec}"
-    };
-    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(msg.to_owned());
-    bar
-}
-
-/// Download `url` into `dir/name`, verifying `md5` on the way. The body goes to a temporary
-/// file in `dir` that is renamed only after the checksum matches; on any failure nothing is
-/// left behind. Returns the final path and the number of bytes received.
+/// Download `url` into `dir/name` through [`crate::download::fetch`] (timeouts, retries,
+/// resume, a lock, the md5 checked before the file gets its name). Returns the final path and
+/// the number of bytes received.
 pub fn download(
     url: &str,
     dir: &Path,
     name: &str,
     md5: &str,
-    progress: bool,
+    opts: &DownloadOptions,
 ) -> Result<(PathBuf, u64)> {
-    let net = |message: String| DataError::Network {
-        url: url.to_owned(),
-        message,
-    };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        // The archive must arrive byte for byte: no transparent gzip decoding.
-        .accept_encoding("identity")
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_response(Some(Duration::from_secs(60)))
-        .timeout_per_read(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    let response = match agent.get(url).call() {
-        Ok(r) => r,
-        Err(ureq::Error::StatusCode(status)) => {
-            return Err(DataError::HttpStatus {
-                url: url.to_owned(),
-                status,
-            })
-        }
-        Err(e) => return Err(net(e.to_string())),
-    };
-    let expected = response.body().content_length();
-    let mut reader = response.into_body().into_reader();
-
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".download-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
-    let bar = progress_bar(expected, progress, name);
-    let mut hasher = Md5::new();
-    let mut buf = vec![0u8; BUF];
-    let mut received: u64 = 0;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                bar.abandon();
-                return Err(match expected {
-                    Some(expected) if received < expected => DataError::Truncated {
-                        url: url.to_owned(),
-                        received,
-                        expected,
-                    },
-                    _ => net(format!("reading the body after {received} bytes: {e}")),
-                });
-            }
-        };
-        hasher.update(&buf[..n]);
-        // Name the destination (the temporary name means nothing to a user and is removed).
-        tmp.write_all(&buf[..n]).map_err(io_err(dir.join(name)))?;
-        received += n as u64;
-        bar.set_position(received);
-    }
-    bar.finish_and_clear();
-    if let Some(expected) = expected {
-        if received != expected {
-            return Err(DataError::Truncated {
-                url: url.to_owned(),
-                received,
-                expected,
-            });
-        }
-    }
-    tmp.as_file().sync_all().map_err(io_err(dir.join(name)))?;
-    check_md5(url, hex::encode(hasher.finalize()), md5)?;
     let dest = dir.join(name);
-    tmp.persist(&dest).map_err(|e| DataError::Io {
-        path: dest.clone(),
-        source: e.error,
-    })?;
-    Ok((dest, received))
+    let t = Transfer {
+        url,
+        dest: &dest,
+        size: None,
+        checksum: Some(Checksum::Md5(md5.trim().to_owned())),
+        label: name,
+    };
+    let got = fetch(&t, opts)?;
+    Ok((got.path, got.received))
 }
 
 fn unsafe_member(archive: &Path, member: &str, reason: &str) -> DataError {
@@ -513,8 +430,7 @@ pub fn fetch_cifar10(opts: &FetchOptions) -> Result<FetchOutcome> {
             if reuse {
                 (cached.clone(), ArchiveSource::Cached(cached))
             } else {
-                let (path, bytes) =
-                    download(&opts.url, dir, ARCHIVE_NAME, &opts.md5, opts.progress)?;
+                let (path, bytes) = download(&opts.url, dir, ARCHIVE_NAME, &opts.md5, &opts.net)?;
                 (
                     path,
                     ArchiveSource::Downloaded {

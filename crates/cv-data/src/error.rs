@@ -89,14 +89,24 @@ pub enum DataError {
         /// Bytes announced.
         expected: u64,
     },
-    /// A file whose md5 is not the expected one.
-    #[error("{source_name}: md5 {actual} does not match the expected {expected}")]
+    /// Every attempt of a download failed; the last failure.
+    #[error("{last} (gave up after {attempts} attempts)")]
+    Retried {
+        /// Requests made.
+        attempts: u32,
+        /// Why the last one failed.
+        last: Box<DataError>,
+    },
+    /// A file whose digest is not the expected one.
+    #[error("{source_name}: {algorithm} {actual} does not match the expected {expected}")]
     Checksum {
         /// The URL or file that was checked.
         source_name: String,
-        /// Expected md5 (hex).
+        /// `md5` or `sha256`.
+        algorithm: &'static str,
+        /// Expected digest (hex).
         expected: String,
-        /// Computed md5 (hex).
+        /// Computed digest (hex).
         actual: String,
     },
     /// A gzip or tar stream that cannot be read.

@@ -8,6 +8,7 @@
 pub mod archive;
 mod buffer;
 pub mod cifar;
+pub mod download;
 pub mod error;
 pub mod folder;
 pub mod inspect;

@@ -1,10 +1,12 @@
 //! Safe extraction and the fetch logic, against archives and a loopback server made here.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use cv_data::archive::{
     self, extract_tar_gz_safely, fetch_cifar10, ArchiveSource, FetchOptions, FetchOutcome,
 };
+use cv_data::download::DownloadOptions;
 use cv_data::DataError;
 use cv_testkit::cifar::{cifar_tar_gz, tar_gz, write_cifar_dir, TarMember};
 use cv_testkit::http::{Response, TestServer};
@@ -158,7 +160,20 @@ fn opts(f: &Fixture) -> FetchOptions {
         md5: md5_hex(&f.bytes),
         archive: Some(f.archive.clone()),
         force: false,
+        net: quick_net(),
+    }
+}
+
+/// Short timeouts and backoffs, no progress bar.
+fn quick_net() -> DownloadOptions {
+    DownloadOptions {
+        connect_timeout: Duration::from_millis(500),
+        read_timeout: Duration::from_millis(500),
+        retries: 2,
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
         progress: false,
+        headers: Vec::new(),
     }
 }
 
@@ -261,16 +276,25 @@ fn download_cases() {
     );
     assert!(err.to_string().contains("/missing.tgz"), "{err}");
 
+    // A body that always breaks off: retried, then given up; the bytes are kept for a resume,
+    // under a name no reader takes for the archive.
     o.url = format!("{}/short.tgz", server.url());
     let err = fetch_cifar10(&o).unwrap_err();
-    assert!(matches!(err, DataError::Truncated { .. }), "{err}");
-    assert!(tree(&f.data).is_empty(), "{:?}", tree(&f.data));
+    let DataError::Retried { attempts: 3, last } = &err else {
+        panic!("{err}")
+    };
+    assert!(matches!(**last, DataError::Truncated { .. }), "{err}");
+    assert!(!f.data.join(archive::ARCHIVE_NAME).exists());
+    let partial = cv_data::download::partial_path(&f.data.join(archive::ARCHIVE_NAME));
+    assert_eq!(std::fs::metadata(&partial).unwrap().len(), 1000);
+    std::fs::remove_file(&partial).unwrap();
 
     o.url = format!("{}/c.tgz", server.url());
     o.md5 = "f".repeat(32);
     let err = fetch_cifar10(&o).unwrap_err();
     assert!(matches!(err, DataError::Checksum { .. }), "{err}");
-    assert!(tree(&f.data).is_empty(), "{:?}", tree(&f.data));
+    assert!(!f.data.join(archive::ARCHIVE_NAME).exists());
+    assert!(!partial.exists());
 
     o.md5 = md5_hex(&f.bytes);
     let out = fetch_cifar10(&o).unwrap();
@@ -312,12 +336,17 @@ fn unreachable_host_names_the_url() {
         md5: "0".repeat(32),
         archive: None,
         force: false,
-        progress: false,
+        net: quick_net(),
     };
     let err = fetch_cifar10(&o).unwrap_err();
-    assert!(matches!(err, DataError::Network { .. }), "{err}");
+    let DataError::Retried { last, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(matches!(**last, DataError::Network { .. }), "{err}");
     assert!(err.to_string().contains(&url), "{err}");
-    assert!(tree(&tmp.path().join("d")).is_empty());
+    // Nothing but the lock file of the attempt.
+    let left: Vec<PathBuf> = tree(&tmp.path().join("d"));
+    assert_eq!(left, [PathBuf::from("cifar-10-binary.tar.gz.lock")]);
 }
 
 #[test]

@@ -1,5 +1,7 @@
-//! A loopback HTTP/1.1 server for download tests: per-path canned responses, `HEAD`,
-//! `Range: bytes=a-b`, deliberately truncated bodies, and a log of what was asked.
+//! A loopback HTTP/1.1 server for download tests: per-path canned responses (or a sequence
+//! of them, one per request), `HEAD`, `Range: bytes=a-b` with `If-Range`, and misbehaviour
+//! on purpose: bodies cut short, bodies that stall, ranges ignored; plus a log of what was
+//! asked and a count of the body bytes sent.
 //!
 //! It binds `127.0.0.1:0`, answers one request per connection (`Connection: close`) and stops
 //! when dropped, so tests never reach the internet.
@@ -7,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -22,6 +24,13 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Announce the full length but send only this many body bytes, then close.
     pub truncate_at: Option<usize>,
+    /// Send the body up to this byte of the file, then hold the connection open, silent,
+    /// for `stall_for`.
+    pub stall_at: Option<usize>,
+    /// How long a stall lasts.
+    pub stall_for: std::time::Duration,
+    /// Answer every request with the whole body, whatever `Range` asks.
+    pub ignore_range: bool,
 }
 
 impl Response {
@@ -32,15 +41,16 @@ impl Response {
             headers: Vec::new(),
             body: body.into(),
             truncate_at: None,
+            stall_at: None,
+            stall_for: std::time::Duration::from_secs(20),
+            ignore_range: false,
         }
     }
     /// A bodiless answer with `status` (e.g. 404).
     pub fn status(status: u16) -> Self {
         Response {
             status,
-            headers: Vec::new(),
-            body: Vec::new(),
-            truncate_at: None,
+            ..Response::ok(Vec::new())
         }
     }
     /// Add a header.
@@ -52,6 +62,23 @@ impl Response {
     pub fn truncated(mut self, n: usize) -> Self {
         self.truncate_at = Some(n);
         self
+    }
+    /// Send the body up to byte `n` of the file, then go silent (connection open).
+    pub fn stalled(mut self, n: usize) -> Self {
+        self.stall_at = Some(n);
+        self
+    }
+    /// Ignore `Range` (always the whole body, status 200).
+    pub fn without_ranges(mut self) -> Self {
+        self.ignore_range = true;
+        self
+    }
+    /// This answer's `ETag` header value, if any.
+    fn etag(&self) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -66,7 +93,16 @@ pub struct Request {
     pub headers: HashMap<String, String>,
 }
 
-type Routes = Arc<Mutex<HashMap<String, Response>>>;
+/// Per path, the answers still to give; the last one repeats.
+type Routes = Arc<Mutex<HashMap<String, Vec<Response>>>>;
+
+/// A port that accepts connections (the kernel's backlog) and never answers: for tests of a
+/// server that hangs. Keep the listener alive while the test runs.
+pub fn silent_listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let url = format!("http://{}", listener.local_addr().expect("local addr"));
+    (listener, url)
+}
 
 /// The running server; stops on drop.
 #[derive(Debug)]
@@ -74,6 +110,7 @@ pub struct TestServer {
     addr: SocketAddr,
     routes: Routes,
     log: Arc<Mutex<Vec<Request>>>,
+    sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -85,18 +122,20 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr");
         let routes: Routes = Arc::default();
         let log: Arc<Mutex<Vec<Request>>> = Arc::default();
+        let sent = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (routes, log, stop) = (routes.clone(), log.clone(), stop.clone());
+            let (routes, log, sent, stop) =
+                (routes.clone(), log.clone(), sent.clone(), stop.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
-                    let (routes, log) = (routes.clone(), log.clone());
+                    let (routes, log, sent) = (routes.clone(), log.clone(), sent.clone());
                     std::thread::spawn(move || {
-                        let _ = serve(stream, &routes, &log);
+                        let _ = serve(stream, &routes, &log, &sent);
                     });
                 }
             })
@@ -105,6 +144,7 @@ impl TestServer {
             addr,
             routes,
             log,
+            sent,
             stop,
             thread: Some(thread),
         }
@@ -112,11 +152,22 @@ impl TestServer {
 
     /// Answer `path` (e.g. `/files/a.tar.gz`) with `response` from now on.
     pub fn route(&self, path: &str, response: Response) -> &Self {
+        self.route_sequence(path, vec![response])
+    }
+
+    /// Answer `path` with `responses` in turn, one per request; the last one repeats.
+    pub fn route_sequence(&self, path: &str, responses: Vec<Response>) -> &Self {
+        assert!(!responses.is_empty(), "a route needs an answer");
         self.routes
             .lock()
             .expect("routes")
-            .insert(path.to_string(), response);
+            .insert(path.to_string(), responses);
         self
+    }
+
+    /// Body bytes written to clients so far, over all requests.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
     }
 
     /// `http://127.0.0.1:PORT` (no trailing slash).
@@ -152,7 +203,22 @@ impl Drop for TestServer {
     }
 }
 
-fn serve(stream: TcpStream, routes: &Routes, log: &Mutex<Vec<Request>>) -> std::io::Result<()> {
+/// The answer for `path`: the next of its sequence (the last repeats), else 404.
+fn next_response(routes: &Routes, path: &str) -> Response {
+    let mut routes = routes.lock().expect("routes");
+    match routes.get_mut(path) {
+        Some(seq) if seq.len() > 1 => seq.remove(0),
+        Some(seq) => seq[0].clone(),
+        None => Response::status(404),
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    routes: &Routes,
+    log: &Mutex<Vec<Request>>,
+    sent: &AtomicU64,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -169,15 +235,19 @@ fn serve(stream: TcpStream, routes: &Routes, log: &Mutex<Vec<Request>>) -> std::
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
-    let range = headers.get("range").cloned();
+    let mut range = headers.get("range").cloned();
+    let if_range = headers.get("if-range").cloned();
     log.lock().expect("log").push(Request {
         method: method.clone(),
         path: path.clone(),
         headers,
     });
 
-    let route = routes.lock().expect("routes").get(&path).cloned();
-    let resp = route.unwrap_or_else(|| Response::status(404));
+    let resp = next_response(routes, &path);
+    // If-Range: the range only while the file is the one the client started on.
+    if resp.ignore_range || (if_range.is_some() && if_range.as_deref() != resp.etag()) {
+        range = None;
+    }
     let total = resp.body.len();
     let (status, start, end, content_range) =
         match (resp.status, range.as_deref().and_then(parse_range)) {
@@ -204,11 +274,17 @@ fn serve(stream: TcpStream, routes: &Routes, log: &Mutex<Vec<Request>>) -> std::
     out.write_all(head.as_bytes())?;
     if method != "HEAD" {
         let mut body = &resp.body[start..end];
-        if let Some(n) = resp.truncate_at {
+        let cut = resp.truncate_at.or(resp.stall_at);
+        if let Some(n) = cut {
             let keep = n.saturating_sub(start).min(body.len());
             body = &body[..keep];
         }
         out.write_all(body)?;
+        out.flush()?;
+        sent.fetch_add(body.len() as u64, Ordering::SeqCst);
+        if resp.stall_at.is_some() && body.len() < end - start {
+            std::thread::sleep(resp.stall_for);
+        }
     }
     out.flush()?;
     let _ = out.shutdown(std::net::Shutdown::Both);
@@ -236,7 +312,9 @@ fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         416 => "Range Not Satisfiable",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
+        503 => "Service Unavailable",
         _ => "Status",
     }
 }
