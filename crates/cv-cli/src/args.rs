@@ -381,6 +381,14 @@ pub struct FetchArgs {
     /// Use the cache only (also HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
+    /// No progress bar (also HF_HUB_DISABLE_PROGRESS_BARS=1).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Attempts after the first on connection errors, timeouts and 5xx/429 answers; a broken
+    /// download resumes where it stopped (timeouts: HF_HUB_ETAG_TIMEOUT,
+    /// HF_HUB_DOWNLOAD_TIMEOUT, 10 s each by default).
+    #[arg(long, default_value_t = cv_weights::hub::DEFAULT_RETRIES)]
+    pub retries: usize,
 }
 
 /// Three comma-separated numbers as an RGB triple.

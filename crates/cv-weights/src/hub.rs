@@ -1,21 +1,22 @@
 //! Downloads through the Hugging Face hub into the standard hub cache, so Python
 //! (`huggingface_hub`, timm) and this crate share one copy of every checkpoint.
 //!
-//! `hf-hub` 0.5 does the HTTP and cache layout (`models--org--name/{blobs,snapshots,refs}`).
-//! What it lacks is filled here, small and tested:
-//! - it reads only `HF_HOME` and `HF_ENDPOINT` (and `Api::new()` not even those): [`HubConfig`]
-//!   also honours `HF_HUB_CACHE`, `XDG_CACHE_HOME`, `HF_TOKEN` and `HF_HUB_OFFLINE`;
+//! `hf-hub` 0.5 gives the cache layout (`models--org--name/{blobs,snapshots,refs}`); the
+//! transfer is `cv_data::download` (timeouts, retries with backoff, resume from
+//! `blobs/<etag>.incomplete` as Python's client names partial blobs, a lock per blob, size and
+//! sha256 checked before the blob gets its name). What hf-hub lacks is filled here:
+//! - it reads only `HF_HOME` and `HF_ENDPOINT`: [`HubConfig`] also honours `HF_HUB_CACHE`,
+//!   `XDG_CACHE_HOME`, `HF_TOKEN`, `HF_HUB_OFFLINE`, `HF_HUB_ETAG_TIMEOUT`,
+//!   `HF_HUB_DOWNLOAD_TIMEOUT` and `HF_HUB_DISABLE_PROGRESS_BARS`;
 //! - it has no offline mode: [`fetch_file`] answers from the cache and names what is missing;
-//! - it renames its `.part` file into the cache whenever the body *reader* ends, without
-//!   comparing the length with the announced size: [`fetch_file`] counts the bytes and removes
-//!   a short (or over-long) file from the cache before anyone can use it.
+//! - its download has no silent-read limit, retries 4xx answers, gives up on a lock after
+//!   5 s and moves a short file into the cache.
 
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::time::Duration;
 
-use hf_hub::api::sync::{ApiBuilder, ApiError};
-use hf_hub::api::Progress;
+use cv_data::download::{self, Checksum, DownloadOptions, Transfer};
+use cv_data::DataError;
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::{Result, WeightsError};
@@ -40,8 +41,15 @@ pub struct HubConfig {
     pub offline: bool,
     /// Draw a progress bar on stderr while downloading (off with `HF_HUB_DISABLE_PROGRESS_BARS=1`).
     pub progress: bool,
-    /// How many times a broken download is resumed (HTTP range) before giving up.
+    /// Attempts after the first on connection errors, timeouts and 5xx/429 answers (a broken
+    /// download resumes where it stopped).
     pub retries: usize,
+    /// Limit for the metadata request (`HF_HUB_ETAG_TIMEOUT`, seconds; default 10).
+    pub etag_timeout: Duration,
+    /// Connect and silent-read limit of the download (`HF_HUB_DOWNLOAD_TIMEOUT`; default 10).
+    pub download_timeout: Duration,
+    /// The wait before the first retry, doubled each time (with jitter); default 1 s.
+    pub backoff: Duration,
 }
 
 /// Environment as seen by [`HubConfig::from_lookup`]: the variables' values plus the token file.
@@ -68,6 +76,23 @@ impl EnvHub {
     }
 }
 
+/// The Python client's default for both hub timeouts.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first wait between attempts.
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Retries of [`HubConfig::from_env`].
+pub const DEFAULT_RETRIES: usize = 5;
+
+/// A timeout variable in seconds (fractions allowed); the default when unset or not a
+/// positive number.
+fn seconds(v: Option<String>) -> Duration {
+    v.and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs_f64)
+}
+
 fn truthy(v: &str) -> bool {
     matches!(
         v.trim().to_ascii_lowercase().as_str(),
@@ -85,6 +110,9 @@ impl HubConfig {
             offline: false,
             progress: false,
             retries: 0,
+            etag_timeout: DEFAULT_TIMEOUT,
+            download_timeout: DEFAULT_TIMEOUT,
+            backoff: DEFAULT_BACKOFF,
         }
     }
 
@@ -124,7 +152,10 @@ impl HubConfig {
                 .map(|t| t.trim().to_string()),
             offline: var("HF_HUB_OFFLINE").is_some_and(|v| truthy(&v)),
             progress: !var("HF_HUB_DISABLE_PROGRESS_BARS").is_some_and(|v| truthy(&v)),
-            retries: 3,
+            retries: DEFAULT_RETRIES,
+            etag_timeout: seconds(var("HF_HUB_ETAG_TIMEOUT")),
+            download_timeout: seconds(var("HF_HUB_DOWNLOAD_TIMEOUT")),
+            backoff: DEFAULT_BACKOFF,
         };
         EnvHub { config, token_path }
     }
@@ -188,44 +219,6 @@ pub fn fetch(p: &Pretrained, config: &HubConfig) -> Result<PathBuf> {
     fetch_file(config, HubFile::of(p), p.name)
 }
 
-/// Bytes announced and received, shared with the progress callback hf-hub owns.
-#[derive(Default)]
-struct Tally {
-    expected: Cell<u64>,
-    received: Cell<u64>,
-}
-
-/// hf-hub's progress hook: counts bytes (for the size check) and drives an optional bar.
-struct Counter {
-    tally: Rc<Tally>,
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl Progress for Counter {
-    fn init(&mut self, size: usize, filename: &str) {
-        // hf-hub calls init again when it (re)starts a ranged request, then `update(start)`.
-        self.tally.expected.set(size as u64);
-        self.tally.received.set(0);
-        if let Some(bar) = &mut self.bar {
-            bar.set_position(0);
-            Progress::init(bar, size, filename);
-        }
-    }
-    fn update(&mut self, size: usize) {
-        self.tally
-            .received
-            .set(self.tally.received.get() + size as u64);
-        if let Some(bar) = &mut self.bar {
-            Progress::update(bar, size);
-        }
-    }
-    fn finish(&mut self) {
-        if let Some(bar) = &mut self.bar {
-            Progress::finish(bar);
-        }
-    }
-}
-
 /// `file` from the cache, else (unless offline) downloaded into it and checked.
 ///
 /// `name` is what the user would pass to `cv weights fetch`, for the offline message.
@@ -247,73 +240,238 @@ pub fn fetch_file(config: &HubConfig, file: HubFile<'_>, name: &str) -> Result<P
             name: name.to_string(),
         });
     }
-    let api = ApiBuilder::from_cache(Cache::new(config.cache_dir.clone()))
-        .with_endpoint(config.endpoint.clone())
-        .with_token(config.token.clone())
-        .with_retries(config.retries)
-        .with_progress(false)
-        .build()
-        .map_err(|e| WeightsError::Download {
-            url: config.endpoint.clone(),
-            reason: e.to_string(),
-        })?;
-    let repo = api.repo(file.repo());
-    let url = repo.url(file.file);
-    log::info!("downloading {url} into {}", config.cache_dir.display());
-    let tally = Rc::new(Tally::default());
-    let bar = config.progress.then(|| indicatif::ProgressBar::new(0));
-    let counter = Counter {
-        tally: tally.clone(),
-        bar,
-    };
+    let url = format!(
+        "{}/{}/resolve/{}/{}",
+        config.endpoint, file.repo, file.revision, file.file
+    );
     let repo_dir = config.repo_dir(file.repo);
-    let path = match repo.download_with_progress(file.file, counter) {
-        Ok(path) => path,
-        Err(e) => return Err(api_error(e, &url, &tally, &repo_dir)),
+    let meta = metadata(config, &url).map_err(|e| hub_error(e, &url, &repo_dir))?;
+    let cache = Cache::new(config.cache_dir.clone()).repo(file.repo());
+    let blob = cache.blob_path(&meta.etag);
+    let blobs = blob.parent().unwrap_or(&repo_dir).to_path_buf();
+    std::fs::create_dir_all(&blobs).map_err(|e| WeightsError::io(&blobs, e))?;
+    log::info!("downloading {url} into {}", config.cache_dir.display());
+    let t = Transfer {
+        url: &meta.location,
+        dest: &blob,
+        size: Some(meta.size),
+        // An LFS file's etag is the sha256 of its bytes; other etags are not digests.
+        checksum: is_sha256(&meta.etag).then(|| Checksum::Sha256(meta.etag.clone())),
+        label: file.file,
     };
-    let expected = tally.expected.get();
-    let on_disk = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    if on_disk != expected || tally.received.get() != expected {
-        // hf-hub already moved it into the cache: take it out again before anyone uses it.
-        evict(&path);
-        return Err(WeightsError::Truncated {
-            url,
-            expected,
-            received: on_disk,
-            cache_dir: repo_dir,
-        });
-    }
-    log::info!("{url}: {expected} bytes saved as {}", path.display());
-    Ok(path)
+    download::fetch(&t, &download_options(config)).map_err(|e| hub_error(e, &url, &repo_dir))?;
+    let mut pointer = cache.pointer_path(&meta.commit);
+    pointer.push(file.file);
+    link(&blob, &pointer)?;
+    cache
+        .create_ref(&meta.commit)
+        .map_err(|e| WeightsError::io(&repo_dir, e))?;
+    log::info!("{url}: {} bytes saved as {}", meta.size, pointer.display());
+    Ok(pointer)
 }
 
-/// Removes a snapshot link and the blob it points to.
-fn evict(pointer: &Path) {
-    if let Ok(blob) = std::fs::canonicalize(pointer) {
-        if let Err(e) = std::fs::remove_file(&blob) {
-            log::warn!("{}: could not remove a bad download: {e}", blob.display());
-        }
-    }
-    if let Err(e) = std::fs::remove_file(pointer) {
-        log::warn!(
-            "{}: could not remove a bad download: {e}",
-            pointer.display()
-        );
+/// What the hub says about a file before it is fetched.
+#[derive(Debug)]
+struct Metadata {
+    /// The commit the revision points to (`X-Repo-Commit`).
+    commit: String,
+    /// The blob's name (`X-Linked-Etag`, else `ETag`, unquoted).
+    etag: String,
+    /// Its size (from `Content-Range` of a one-byte answer).
+    size: u64,
+    /// Where its bytes are (the resolve URL, or where it redirects: a CDN).
+    location: String,
+}
+
+/// The transfer settings of `config` (the token as `Authorization: Bearer`).
+fn download_options(config: &HubConfig) -> DownloadOptions {
+    DownloadOptions {
+        connect_timeout: config.download_timeout,
+        read_timeout: config.download_timeout,
+        retries: config.retries as u32,
+        backoff: config.backoff,
+        progress: config.progress,
+        headers: config
+            .token
+            .iter()
+            .map(|t| ("Authorization".to_string(), format!("Bearer {t}")))
+            .collect(),
+        ..DownloadOptions::default()
     }
 }
 
-/// Removes `*.part` files of a repository (a partial file longer than the announced size
-/// can never be resumed).
-fn remove_part_files(repo_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(repo_dir.join("blobs")) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "part") {
-            let _ = std::fs::remove_file(&path);
+/// Asks for the first byte of `url` (without following a redirect, whose headers carry the
+/// hub's) and reads the commit, the etag and the size; transport errors and 5xx/429 answers
+/// are retried like the download.
+fn metadata(config: &HubConfig, url: &str) -> std::result::Result<Metadata, DataError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_connect(Some(config.etag_timeout))
+        .timeout_recv_response(Some(config.etag_timeout))
+        .timeout_per_read(Some(config.etag_timeout))
+        .build()
+        .into();
+    let opts = download_options(config);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match first_byte(&agent, &opts, url) {
+            Err(Retry::Again(e)) if attempt <= opts.retries => {
+                let pause = opts.backoff.saturating_mul(1 << (attempt - 1).min(8));
+                log::warn!(
+                    "{url}: {e}; retry {attempt} of {} in {pause:?}",
+                    opts.retries
+                );
+                std::thread::sleep(pause.min(opts.max_backoff));
+            }
+            Err(Retry::Again(e)) if attempt > 1 => {
+                return Err(DataError::Retried {
+                    attempts: attempt,
+                    last: Box::new(e),
+                })
+            }
+            Err(Retry::Again(e) | Retry::Final(e)) => return Err(e),
+            Ok(m) => return Ok(m),
         }
     }
+}
+
+/// A failed metadata request: worth another try or not.
+enum Retry {
+    Again(DataError),
+    Final(DataError),
+}
+
+/// One metadata request (and the one-byte request its redirect points to).
+fn first_byte(
+    agent: &ureq::Agent,
+    opts: &DownloadOptions,
+    url: &str,
+) -> std::result::Result<Metadata, Retry> {
+    let network = |e: ureq::Error| {
+        Retry::Again(DataError::Network {
+            url: url.to_string(),
+            message: e.to_string(),
+        })
+    };
+    let get = |u: &str| {
+        let mut req = agent.get(u).header("Range", "bytes=0-0");
+        for (k, v) in &opts.headers {
+            req = req.header(k, v);
+        }
+        req.call()
+    };
+    let first = get(url).map_err(network)?;
+    let status = first.status().as_u16();
+    let header = |r: &ureq::http::Response<ureq::Body>, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let missing = |what: &str| {
+        Retry::Final(DataError::Network {
+            url: url.to_string(),
+            message: format!("the answer has no valid {what} header"),
+        })
+    };
+    match status {
+        200..=399 => {}
+        429 | 500..=599 => {
+            return Err(Retry::Again(DataError::HttpStatus {
+                url: url.to_string(),
+                status,
+            }))
+        }
+        _ => {
+            return Err(Retry::Final(DataError::HttpStatus {
+                url: url.to_string(),
+                status,
+            }))
+        }
+    }
+    let commit = header(&first, "x-repo-commit").ok_or_else(|| missing("X-Repo-Commit"))?;
+    let etag = header(&first, "x-linked-etag")
+        .or_else(|| header(&first, "etag"))
+        .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string())
+        .filter(|e| !e.is_empty() && !e.contains(['/', '\\']))
+        .ok_or_else(|| missing("etag"))?;
+    let (sized, location) = if (300..400).contains(&status) {
+        let to = header(&first, "location").ok_or_else(|| missing("Location"))?;
+        let to = absolute(url, &to);
+        (get(&to).map_err(network)?, to)
+    } else {
+        (first, url.to_string())
+    };
+    let size = header(&sized, "x-linked-size")
+        .or_else(|| {
+            header(&sized, "content-range").and_then(|r| r.rsplit('/').next().map(str::to_owned))
+        })
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| missing("Content-Range"))?;
+    Ok(Metadata {
+        commit,
+        etag,
+        size,
+        location,
+    })
+}
+
+/// `to` (a `Location` header) resolved against `from`.
+fn absolute(from: &str, to: &str) -> String {
+    if to.contains("://") {
+        return to.to_string();
+    }
+    let origin_end = from
+        .find("://")
+        .and_then(|i| from[i + 3..].find('/').map(|j| i + 3 + j))
+        .unwrap_or(from.len());
+    format!("{}/{}", &from[..origin_end], to.trim_start_matches('/'))
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Points the snapshot entry `pointer` at `blob` (a relative symlink, as the hub cache does;
+/// a copy where links cannot be made), replacing whatever was there in one rename.
+fn link(blob: &Path, pointer: &Path) -> Result<()> {
+    let dir = pointer.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| WeightsError::io(dir, e))?;
+    let tmp = dir.join(format!(".link-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let made = make_link(blob, pointer, &tmp);
+    let done = made.and_then(|()| std::fs::rename(&tmp, pointer));
+    done.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        WeightsError::io(pointer, e)
+    })
+}
+
+#[cfg(unix)]
+fn make_link(blob: &Path, pointer: &Path, tmp: &Path) -> std::io::Result<()> {
+    // From snapshots/<commit>/<file...> up to the repository folder, then into blobs/.
+    let depth = pointer
+        .strip_prefix(
+            blob.parent()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new("")),
+        )
+        .map(|rel| rel.components().count().saturating_sub(1))
+        .unwrap_or(0);
+    let mut target = PathBuf::new();
+    for _ in 0..depth {
+        target.push("..");
+    }
+    target.push("blobs");
+    target.push(blob.file_name().unwrap_or_default());
+    std::os::unix::fs::symlink(target, tmp)
+}
+
+#[cfg(not(unix))]
+fn make_link(blob: &Path, _pointer: &Path, tmp: &Path) -> std::io::Result<()> {
+    std::fs::copy(blob, tmp).map(|_| ())
 }
 
 fn status_hint(status: u16) -> &'static str {
@@ -326,50 +484,48 @@ fn status_hint(status: u16) -> &'static str {
     }
 }
 
-fn api_error(e: ApiError, url: &str, tally: &Tally, repo_dir: &Path) -> WeightsError {
-    let download = |reason: String| WeightsError::Download {
-        url: url.to_string(),
-        reason,
-    };
+/// The hub's wording of a transfer error.
+fn hub_error(e: DataError, url: &str, repo_dir: &Path) -> WeightsError {
     match e {
-        ApiError::TooManyRetries(inner) => api_error(*inner, url, tally, repo_dir),
-        ApiError::RequestError(err) => match *err {
-            ureq::Error::StatusCode(status) => WeightsError::HttpStatus {
-                url: url.to_string(),
-                status,
-                hint: status_hint(status).to_string(),
-            },
-            ureq::Error::Io(io) if tally.expected.get() > 0 => truncated(io, url, tally, repo_dir),
-            other => download(format!(
-                "{other} (no network? set HF_HUB_OFFLINE=1 to use only the cache, or HF_ENDPOINT for a mirror)"
-            )),
+        DataError::HttpStatus { status, .. } => WeightsError::HttpStatus {
+            url: url.to_string(),
+            status,
+            hint: status_hint(status).to_string(),
         },
-        ApiError::MissingHeader(h) | ApiError::InvalidHeader(h) => download(format!(
-            "the answer has no valid {h} header (is {url} a Hugging Face hub? check HF_ENDPOINT)"
-        )),
-        ApiError::InvalidResume => {
-            remove_part_files(repo_dir);
-            download("a partial download in the cache was longer than the file; it was removed, try again".into())
-        }
-        ApiError::IoError(io) if tally.expected.get() > 0 && tally.received.get() < tally.expected.get() => {
-            truncated(io, url, tally, repo_dir)
-        }
-        ApiError::IoError(io) => WeightsError::io(repo_dir, io),
-        ApiError::LockAcquisition(path) => download(format!(
-            "{} is locked: another process is downloading the same file",
-            path.display()
-        )),
-        other => download(other.to_string()),
-    }
-}
-
-fn truncated(io: std::io::Error, url: &str, tally: &Tally, repo_dir: &Path) -> WeightsError {
-    log::warn!("{url}: body ended early: {io}");
-    WeightsError::Truncated {
-        url: url.to_string(),
-        expected: tally.expected.get(),
-        received: tally.received.get(),
-        cache_dir: repo_dir.to_path_buf(),
+        DataError::Truncated {
+            received, expected, ..
+        } => WeightsError::Truncated {
+            url: url.to_string(),
+            expected,
+            received,
+            cache_dir: repo_dir.to_path_buf(),
+        },
+        DataError::Retried { attempts, last } => match *last {
+            DataError::Network { message, .. } => WeightsError::Download {
+                url: url.to_string(),
+                reason: format!(
+                    "{message} (gave up after {attempts} attempts; no network? set \
+                     HF_HUB_OFFLINE=1 to use only the cache, or HF_ENDPOINT for a mirror)"
+                ),
+            },
+            other => hub_error(other, url, repo_dir),
+        },
+        DataError::Network { message, .. } => WeightsError::Download {
+            url: url.to_string(),
+            reason: if message.contains("header") {
+                format!("{message} (is {url} a Hugging Face hub? check HF_ENDPOINT)")
+            } else {
+                format!(
+                    "{message} (no network? set HF_HUB_OFFLINE=1 to use only the cache, or \
+                     HF_ENDPOINT for a mirror)"
+                )
+            },
+        },
+        DataError::Io { path, source } => WeightsError::io(&path, source),
+        other => WeightsError::Download {
+            url: url.to_string(),
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -401,6 +557,25 @@ mod tests {
         assert_eq!(e.config.token, None);
         assert!(!e.config.offline);
         assert!(e.config.progress);
+        assert_eq!(e.config.etag_timeout, Duration::from_secs(10));
+        assert_eq!(e.config.download_timeout, Duration::from_secs(10));
+        assert_eq!(e.config.retries, DEFAULT_RETRIES);
+    }
+
+    #[test]
+    fn timeouts_come_from_the_python_clients_variables() {
+        let e = env(&[
+            ("HF_HUB_ETAG_TIMEOUT", "2.5"),
+            ("HF_HUB_DOWNLOAD_TIMEOUT", "30"),
+        ]);
+        assert_eq!(e.config.etag_timeout, Duration::from_millis(2500));
+        assert_eq!(e.config.download_timeout, Duration::from_secs(30));
+        for bad in ["0", "-1", "soon", "inf"] {
+            let e = env(&[("HF_HUB_DOWNLOAD_TIMEOUT", bad)]);
+            assert_eq!(e.config.download_timeout, DEFAULT_TIMEOUT, "{bad}");
+        }
+        assert_eq!(absolute("http://h:1/a/b", "/cdn/x"), "http://h:1/cdn/x");
+        assert_eq!(absolute("http://h/a", "https://cdn/x"), "https://cdn/x");
     }
 
     #[test]

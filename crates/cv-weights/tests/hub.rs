@@ -262,3 +262,147 @@ fn short_but_well_formed_body_is_evicted() {
     let blobs = home.path().join("hub/models--timm--resnet18.tv_in1k/blobs");
     assert!(!blobs.join("short").exists());
 }
+
+/// Short timeouts and retries for the misbehaving servers below.
+fn patient(server_url: &str, home: &Path) -> HubConfig {
+    HubConfig {
+        retries: 3,
+        etag_timeout: std::time::Duration::from_millis(500),
+        download_timeout: std::time::Duration::from_millis(300),
+        backoff: std::time::Duration::from_millis(20),
+        ..config(server_url, home)
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn a_download_that_goes_silent_resumes_into_the_cache_fetching_only_the_rest() {
+    let home = tempfile::tempdir().unwrap();
+    let server = TestServer::start();
+    let body = payload(120_000);
+    let ok = hub_response(body.clone());
+    // Metadata (one byte), the stalled transfer, then the rest.
+    server.route_sequence(&route(), vec![ok.clone(), ok.clone().stalled(50_000), ok]);
+    let start = std::time::Instant::now();
+    let path = fetch_file(&patient(&server.url(), home.path()), FILE, "x").unwrap();
+    assert!(start.elapsed() < std::time::Duration::from_secs(3));
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+    assert_eq!(server.bytes_sent(), 1 + body.len() as u64);
+    let last = server.requests().last().cloned().unwrap();
+    assert_eq!(
+        last.headers.get("range").map(String::as_str),
+        Some("bytes=50000-")
+    );
+    let blobs = home.path().join("hub/models--timm--resnet18.tv_in1k/blobs");
+    assert!(!blobs.join("blobetag1.incomplete").exists());
+}
+
+#[test]
+fn an_lfs_file_behind_a_redirect_is_checked_against_its_sha256() {
+    let home = tempfile::tempdir().unwrap();
+    let server = TestServer::start();
+    let body = payload(30_000);
+    let sha = sha256_hex(&body);
+    let redirect = |etag: &str| {
+        Response::status(302)
+            .header("Location", "/cdn/blob")
+            .header("X-Linked-Etag", &format!("\"{etag}\""))
+            .header("X-Repo-Commit", COMMIT)
+    };
+    server.route(&route(), redirect(&sha));
+    server.route("/cdn/blob", Response::ok(body.clone()));
+    let cfg = patient(&server.url(), home.path());
+    let path = fetch_file(&cfg, FILE, "x").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+    let repo_dir = home.path().join("hub/models--timm--resnet18.tv_in1k");
+    assert!(repo_dir.join("blobs").join(&sha).is_file());
+    assert!(std::fs::read_link(&path)
+        .unwrap()
+        .starts_with("../../blobs"));
+
+    // The same bytes under a sha256 they do not have: refused, nothing cached.
+    let other = tempfile::tempdir().unwrap();
+    server.route(&route(), redirect(&"0".repeat(64)));
+    let cfg = patient(&server.url(), other.path());
+    let err = fetch_file(&cfg, FILE, "x").unwrap_err().to_string();
+    assert!(err.contains("sha256"), "{err}");
+    assert_eq!(cached_file(&cfg, FILE), None);
+}
+
+#[test]
+fn answers_503_are_retried_and_a_hub_that_never_answers_fails_in_time() {
+    let home = tempfile::tempdir().unwrap();
+    let server = TestServer::start();
+    let body = payload(1000);
+    server.route_sequence(
+        &route(),
+        vec![
+            Response::status(503),
+            Response::status(503),
+            hub_response(body.clone()),
+        ],
+    );
+    let path = fetch_file(&patient(&server.url(), home.path()), FILE, "x").unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), body);
+
+    let (_listener, url) = cv_testkit::http::silent_listener();
+    let start = std::time::Instant::now();
+    let other = tempfile::tempdir().unwrap();
+    let msg = fetch_file(&patient(&url, other.path()), FILE, "x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(msg.contains(&url) && msg.contains("4 attempts"), "{msg}");
+}
+
+/// Set in a child process to `ENDPOINT|CACHE` of the fetch it runs.
+const CHILD_ENV: &str = "CV_HUB_TEST_CHILD";
+
+/// Not a test of its own: the entry point of the child processes the next test starts.
+#[test]
+#[ignore = "run by two_processes_fill_one_fresh_cache in child processes"]
+fn child_fetch() {
+    let spec = std::env::var(CHILD_ENV).expect("run by the parent test");
+    let (endpoint, cache) = spec.split_once('|').unwrap();
+    let cfg = HubConfig {
+        retries: 3,
+        download_timeout: std::time::Duration::from_secs(5),
+        backoff: std::time::Duration::from_millis(20),
+        ..HubConfig::new(endpoint, cache)
+    };
+    fetch_file(&cfg, FILE, "x").unwrap();
+}
+
+#[test]
+fn two_processes_fill_one_fresh_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let server = TestServer::start();
+    let body = payload(300_000);
+    let ok = hub_response(body.clone());
+    // The first transfer pauses half-way (0.5 s) and breaks off, so the processes overlap.
+    let mut slow = ok.clone().stalled(150_000);
+    slow.stall_for = std::time::Duration::from_millis(500);
+    server.route_sequence(&route(), vec![ok.clone(), ok.clone(), slow, ok]);
+    let cache = home.path().join("hub");
+    let spawn = || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "child_fetch", "--nocapture"])
+            .env(CHILD_ENV, format!("{}|{}", server.url(), cache.display()))
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (spawn(), spawn());
+    assert!(a.wait().unwrap().success());
+    assert!(b.wait().unwrap().success());
+    let cfg = config(&server.url(), home.path());
+    let path = cached_file(&cfg, FILE).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), body);
+}

@@ -53,6 +53,8 @@ pub fn fetch(a: &FetchArgs) -> Result<()> {
     let p = registry::find(&a.name).map_err(|e| crate::args::usage(e.to_string()))?;
     let mut config = HubConfig::from_env();
     config.offline |= a.offline;
+    config.progress &= !a.quiet;
+    config.retries = a.retries;
     let path = hub::fetch(p, &config)?;
     println!("{}", path.display());
     Ok(())
