@@ -141,14 +141,15 @@ fn check_md5(source_name: &str, actual: String, expected: &str) -> Result<()> {
 }
 
 /// Download `url` into `dir/name` through [`crate::download::fetch`] (timeouts, retries,
-/// resume, a lock, the md5 checked before the file gets its name). Returns the final path and
-/// the number of bytes received.
+/// resume, a lock, the md5 checked before the file gets its name); a verified `dir/name` is
+/// kept unless `refresh`. Returns the final path and the number of bytes received.
 pub fn download(
     url: &str,
     dir: &Path,
     name: &str,
     md5: &str,
     opts: &DownloadOptions,
+    refresh: bool,
 ) -> Result<(PathBuf, u64)> {
     let dest = dir.join(name);
     let t = Transfer {
@@ -157,6 +158,7 @@ pub fn download(
         size: None,
         checksum: Some(Checksum::Md5(md5.trim().to_owned())),
         label: name,
+        refresh,
     };
     let got = fetch(&t, opts)?;
     Ok((got.path, got.received))
@@ -430,7 +432,14 @@ pub fn fetch_cifar10(opts: &FetchOptions) -> Result<FetchOutcome> {
             if reuse {
                 (cached.clone(), ArchiveSource::Cached(cached))
             } else {
-                let (path, bytes) = download(&opts.url, dir, ARCHIVE_NAME, &opts.md5, &opts.net)?;
+                let (path, bytes) = download(
+                    &opts.url,
+                    dir,
+                    ARCHIVE_NAME,
+                    &opts.md5,
+                    &opts.net,
+                    opts.force,
+                )?;
                 (
                     path,
                     ArchiveSource::Downloaded {

@@ -9,8 +9,8 @@
 //!   or retry asks for the rest with `Range`, guarded by `If-Range` with the first answer's
 //!   ETag; a server that ignores the range, or whose file changed, sends it whole and the
 //!   transfer starts afresh;
-//! - a lock (`DEST.lock`, released by the OS if the process dies) so that two processes
-//!   fetching one file take turns: the second finds the file done;
+//! - a lock (`DEST.lock`, removed when done, released by the OS if the process dies) so that
+//!   two processes fetching one file take turns: the second finds the file done;
 //! - the result checked (size, and the md5 or sha256 when known) before it is renamed into
 //!   place: `DEST` is only ever complete.
 //!
@@ -109,6 +109,8 @@ pub struct Transfer<'a> {
     pub checksum: Option<Checksum>,
     /// What the progress bar calls it.
     pub label: &'a str,
+    /// Download even when `dest` is already complete (it is replaced only by a checked copy).
+    pub refresh: bool,
 }
 
 /// What a transfer did.
@@ -164,11 +166,11 @@ pub fn partial_path(dest: &Path) -> PathBuf {
 }
 
 /// Fetches `t.url` into `t.dest` (see the module doc). An existing `dest` that passes the
-/// checks is kept and returned at once.
+/// checks is kept and returned at once, unless `t.refresh`.
 pub fn fetch(t: &Transfer<'_>, opts: &DownloadOptions) -> Result<Fetched> {
     let paths = Paths::of(t.dest);
     let _lock = lock(&paths.lock)?;
-    if t.dest.is_file() {
+    if t.dest.is_file() && !t.refresh {
         match verify(t, t.dest, None) {
             Ok(()) => {
                 return Ok(Fetched {
@@ -202,22 +204,59 @@ pub fn fetch(t: &Transfer<'_>, opts: &DownloadOptions) -> Result<Fetched> {
     })
 }
 
-/// Waits for the lock on `path` (held until the returned file drops).
-fn lock(path: &Path) -> Result<File> {
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(io_err(path))?;
-    if f.try_lock().is_err() {
-        log::info!(
-            "{}: another process is fetching it; waiting",
-            path.display()
-        );
-        f.lock().map_err(io_err(path))?;
+/// The lock of one transfer; dropping it removes the lock file, then releases the lock.
+struct Lock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Removed while still held: a process waiting on this file finds, once it holds it,
+        // that the path names another file (or none) and locks that one instead.
+        let _ = std::fs::remove_file(&self.path);
     }
-    Ok(f)
+}
+
+/// Waits for the lock on `path`.
+fn lock(path: &Path) -> Result<Lock> {
+    loop {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        if f.try_lock().is_err() {
+            log::info!(
+                "{}: another process is fetching it; waiting",
+                path.display()
+            );
+            f.lock().map_err(io_err(path))?;
+        }
+        if still_named(&f, path) {
+            return Ok(Lock {
+                path: path.to_path_buf(),
+                _file: f,
+            });
+        }
+    }
+}
+
+/// Whether `path` still names the open file `f` (its previous holder may have removed it).
+#[cfg(unix)]
+fn still_named(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Elsewhere an open file cannot be removed, so the path always names it.
+#[cfg(not(unix))]
+fn still_named(_: &File, path: &Path) -> bool {
+    path.exists()
 }
 
 /// Size (announced or given) and checksum of `file`.

@@ -37,6 +37,7 @@ fn get(url: &str, dest: &Path, body: &[u8], opts: &DownloadOptions) -> cv_data::
         size: Some(body.len() as u64),
         checksum: Some(Checksum::Md5(cv_testkit::md5_hex(body))),
         label: "test",
+        refresh: false,
     };
     fetch(&t, opts)
 }
@@ -234,6 +235,7 @@ fn a_wrong_checksum_never_gets_the_name_and_leaves_no_partial_file() {
         size: None,
         checksum: Some(Checksum::Sha256("0".repeat(64))),
         label: "test",
+        refresh: false,
     };
     let err = fetch(&t, &quick()).unwrap_err();
     assert!(
@@ -275,6 +277,7 @@ fn child_transfer() {
         size: None,
         checksum: Some(Checksum::Md5(md5.into())),
         label: "child",
+        refresh: false,
     };
     let opts = DownloadOptions {
         read_timeout: Duration::from_secs(5),

@@ -258,6 +258,7 @@ pub fn fetch_file(config: &HubConfig, file: HubFile<'_>, name: &str) -> Result<P
         // An LFS file's etag is the sha256 of its bytes; other etags are not digests.
         checksum: is_sha256(&meta.etag).then(|| Checksum::Sha256(meta.etag.clone())),
         label: file.file,
+        refresh: false,
     };
     download::fetch(&t, &download_options(config)).map_err(|e| hub_error(e, &url, &repo_dir))?;
     let mut pointer = cache.pointer_path(&meta.commit);
