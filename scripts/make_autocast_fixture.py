@@ -20,26 +20,8 @@ import torch.nn.functional as F
 import torchvision
 from safetensors.torch import load_file, save_file
 
-
-class Net(nn.Module):
-    """The PyTorch CIFAR-10 tutorial network (the fixtures' `net`)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_pytorch import make_net  # noqa: E402  (the tutorial's Net, defined once)
 
 
 def autocast_logits(model, x):
@@ -55,7 +37,7 @@ def main():
     resnet = torchvision.models.resnet18(num_classes=1000)
     resnet.load_state_dict(load_file(os.path.join(src, "resnet18.safetensors")), strict=False)
     io = load_file(os.path.join(src, "io.safetensors"))
-    net = Net()
+    net = make_net(nn, F, torch)
     net.load_state_dict(load_file(os.path.join(src, "net.safetensors")))
     net_io = load_file(os.path.join(src, "net_io.safetensors"))
     tensors = {

@@ -8,7 +8,7 @@ use std::io::{BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use md5::{Digest, Md5};
+use md5::Md5;
 use serde::{Deserialize, Serialize};
 
 use crate::cifar;
@@ -114,17 +114,7 @@ pub struct Marker {
 
 /// md5 of a file, lower-case hex.
 pub fn md5_file(path: &Path) -> Result<String> {
-    let mut f = BufReader::with_capacity(BUF, File::open(path).map_err(io_err(path))?);
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; BUF];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    crate::download::hash_file::<Md5>(path)
 }
 
 fn check_md5(source_name: &str, actual: String, expected: &str) -> Result<()> {

@@ -638,8 +638,8 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     Some((start.trim().parse().ok()?, total))
 }
 
-/// Hex digest of a file.
-fn hash_file<D: md5::Digest>(path: &Path) -> Result<String> {
+/// Hex digest of a file, lower-case.
+pub(crate) fn hash_file<D: md5::Digest>(path: &Path) -> Result<String> {
     let mut f = File::open(path).map_err(io_err(path))?;
     let mut h = D::new();
     let mut buf = vec![0u8; BUF];
