@@ -349,6 +349,9 @@ impl<'t> Attempts<'t> {
             .filter(|m| m.url == t.url);
         let have = match (&kept, std::fs::metadata(&paths.partial)) {
             (Some(_), Ok(m)) => m.len(),
+            // No metadata, but the size is known (Python's hub client names its partial blobs
+            // the same way): resumed, and checked by size and digest at the end.
+            (None, Ok(m)) if t.size.is_some_and(|s| m.len() <= s) => m.len(),
             _ => {
                 discard(paths);
                 0
@@ -357,7 +360,7 @@ impl<'t> Attempts<'t> {
         let meta = kept.unwrap_or(PartialMeta {
             url: t.url.to_owned(),
             etag: None,
-            total: None,
+            total: t.size.filter(|_| have > 0),
         });
         let show = opts.progress && std::io::stderr().is_terminal();
         Ok(Attempts {

@@ -342,3 +342,19 @@ fn a_rerun_after_a_kill_mid_transfer_resumes() {
     assert_eq!(std::fs::read(&dest).unwrap(), body);
     assert_eq!(ranges(&server)[1].as_deref(), Some("bytes=120000-"));
 }
+
+#[test]
+fn a_partial_file_without_metadata_is_resumed_when_the_size_is_known() {
+    // What Python's hub client leaves: `blobs/<etag>.incomplete`, no metadata of ours.
+    let body = payload(60_000);
+    let server = TestServer::start();
+    server.route("/f", Response::ok(body.clone()).header("ETag", "\"v1\""));
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("f.bin");
+    std::fs::write(partial_path(&dest), &body[..25_000]).unwrap();
+    let got = get(&format!("{}/f", server.url()), &dest, &body, &quick()).unwrap();
+    assert!(got.resumed && got.received == 35_000, "{got:?}");
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    assert_eq!(ranges(&server), [Some("bytes=25000-".into())]);
+    assert_eq!(server.bytes_sent(), 35_000);
+}
