@@ -1,6 +1,7 @@
 //! Convolution geometry and the split of the work into units ("tiles") that one thread runs
 //! with a single-threaded gemm call.
 
+use crate::autocast::Precision;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Sizes of one NCHW convolution: input `[n, c, h, w]`, weight `[co, c, kh, kw]`,
@@ -107,19 +108,26 @@ pub(crate) fn set_tile_elems(elems: usize) {
     TILE_ELEMS.store(elems, Ordering::Relaxed);
 }
 
-fn tile_elems() -> usize {
-    match TILE_ELEMS.load(Ordering::Relaxed) {
+/// The tile budget for products in `prec`: bf16 tiles are twice as wide (their gemm packs `B`
+/// at half the bytes, and wider products amortise each block's `A` loads).
+fn tile_elems(prec: Precision) -> usize {
+    let base = match TILE_ELEMS.load(Ordering::Relaxed) {
         0 => DEFAULT_TILE_ELEMS,
         e => e,
+    };
+    match prec {
+        Precision::Full => base,
+        Precision::Bf16(_) => 2 * base,
     }
 }
 
-/// Splits `n` images of `p` output pixels (im2col height `k`) into units for `threads` threads.
-pub(crate) fn plan(n: usize, p: usize, k: usize, threads: usize) -> Vec<Unit> {
+/// Splits `n` images of `p` output pixels (im2col height `k`) into units for `threads` threads,
+/// tiles sized for products in `prec`.
+pub(crate) fn plan(n: usize, p: usize, k: usize, threads: usize, prec: Precision) -> Vec<Unit> {
     if n == 0 || p == 0 {
         return Vec::new();
     }
-    let target = (tile_elems() / k.max(1)).clamp(MIN_COLS, MAX_COLS);
+    let target = (tile_elems(prec) / k.max(1)).clamp(MIN_COLS, MAX_COLS);
     let mut units = Vec::new();
     if p >= target / 2 || n == 1 {
         // Tiles inside each image, all of (nearly) equal width.
@@ -188,7 +196,7 @@ mod tests {
             (16, 12544, 147),
             (5, 7, 9),
         ] {
-            let units = plan(n, p, k, 2);
+            let units = plan(n, p, k, 2, Precision::Full);
             assert!(covers(&units, n, p), "n={n} p={p} k={k}: {units:?}");
         }
     }

@@ -45,7 +45,7 @@ pub(crate) fn forward_im2col<T: Elem>(x: &[T], w: &[T], g: &Geom, prec: Precisio
     let (p, k, co) = (g.p(), g.k(), g.co);
     let mut y = vec![T::ZERO; g.n * co * p];
     let nt = threads();
-    let units = plan(g.n, p, k, nt);
+    let units = plan(g.n, p, k, nt, prec);
     let yp = SendPtr(y.as_mut_ptr());
     // SAFETY: w is the co x k weight matrix, alive and unchanged during this call.
     let lhs = unsafe { SharedLhs::new(co, k, (w.as_ptr(), k, 1), prec) };
@@ -106,7 +106,7 @@ pub(crate) fn input_grad_col2im<T: Elem>(dy: &[T], w: &[T], g: &Geom, prec: Prec
         return dx;
     }
     let nt = threads();
-    let units = plan(g.n, p, k, nt);
+    let units = plan(g.n, p, k, nt, prec);
     // Tasks: runs of units over the same images.
     let mut tasks: Vec<(usize, usize, &[Unit])> = Vec::new();
     let mut start = 0;
@@ -164,7 +164,7 @@ pub(crate) fn input_grad_col2im<T: Elem>(dy: &[T], w: &[T], g: &Geom, prec: Prec
 pub(crate) fn weight_grad_im2col<T: Elem>(x: &[T], dy: &[T], g: &Geom, prec: Precision) -> Vec<T> {
     let (p, k, co) = (g.p(), g.k(), g.co);
     let nt = threads();
-    let units = plan(g.n, p, k, nt);
+    let units = plan(g.n, p, k, nt, prec);
     let run = |acc: &mut [T], u: &Unit, s: &mut Scratch<T>, par: Parallelism| {
         let tc = u.cols();
         // rhs[t, k] = col[k, t]: row stride 1, column stride = the col row length.

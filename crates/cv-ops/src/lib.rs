@@ -263,8 +263,8 @@ pub fn set_direct_conv_enabled(on: bool) {
     conv_pool::set_direct_enabled(on)
 }
 
-/// Sets the element budget of one im2col tile (the tile is `k x cols`), for benchmarks that
-/// tune it; 0 restores the default. Process-wide.
+/// Sets the element budget of one im2col tile (the tile is `k x cols`; bf16 tiles get twice
+/// the budget), for benchmarks that tune it; 0 restores the default. Process-wide.
 pub fn set_tile_elems(elems: usize) {
     geom::set_tile_elems(elems)
 }
