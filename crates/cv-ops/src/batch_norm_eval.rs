@@ -147,9 +147,8 @@ impl BatchNormEval {
     ) -> Result<Vec<T>> {
         let (_, c, h, w) = layout.shape().dims4()?;
         let hw = h * w;
-        let mut y = vec![T::ZERO; x.len()];
         if hw == 0 || x.is_empty() {
-            return Ok(y);
+            return Ok(vec![T::ZERO; x.len()]);
         }
         if c != self.scale.len() {
             bail!(
@@ -157,11 +156,19 @@ impl BatchNormEval {
                 self.scale.len()
             )
         }
+        if residual.is_some_and(|r| r.len() != x.len()) {
+            bail!("batch_norm: the residual and the input differ in size")
+        }
         let scale: Vec<T> = self.scale.iter().map(|&v| T::from_f64(v)).collect();
         let shift: Vec<T> = self.shift.iter().map(|&v| T::from_f64(v)).collect();
         let relu = self.relu;
         let min_planes = (MIN_ELEMS_PER_TASK / hw).max(1);
-        let planes = y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate();
+        // Written once, plane by plane, without zero-filling first (a pass over the output).
+        let mut y: Vec<T> = Vec::with_capacity(x.len());
+        let planes = y.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate();
         match residual {
             Some(r) => planes
                 .zip(r.par_chunks(hw))
@@ -169,16 +176,19 @@ impl BatchNormEval {
                 .for_each(|((i, (yp, xp)), rp)| {
                     let (s, b) = (scale[i % c], shift[i % c]);
                     for ((y, &x), &r) in yp.iter_mut().zip(xp).zip(rp) {
-                        *y = T::finish(x.mul_add_(s, b) + r, relu);
+                        y.write(T::finish(x.mul_add_(s, b) + r, relu));
                     }
                 }),
             None => planes.with_min_len(min_planes).for_each(|(i, (yp, xp))| {
                 let (s, b) = (scale[i % c], shift[i % c]);
                 for (y, &x) in yp.iter_mut().zip(xp) {
-                    *y = T::finish(x.mul_add_(s, b), relu);
+                    y.write(T::finish(x.mul_add_(s, b), relu));
                 }
             }),
         }
+        // SAFETY: the planes above cover x.len() values (the residual has as many, checked
+        // above) and each loop wrote every value of its plane.
+        unsafe { y.set_len(x.len()) };
         Ok(y)
     }
 }

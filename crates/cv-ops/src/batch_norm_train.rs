@@ -142,9 +142,11 @@ fn bn_fwd<T: Elem>(
 ) -> (Vec<T>, Vec<f64>, Vec<f64>) {
     let (_, c, hw) = dims;
     let stats = channel_stats(x, dims);
-    let mut y = vec![T::ZERO; x.len()];
-    y.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
+    // Written once, plane by plane, without zero-filling first (a pass over the output).
+    let mut y: Vec<T> = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(hw.max(1))
+        .zip(x.par_chunks(hw.max(1)))
         .enumerate()
         .for_each(|(plane, (yo, xi))| {
             let ch = plane % c;
@@ -152,9 +154,11 @@ fn bn_fwd<T: Elem>(
             let scale = w[ch].to_f64() / (var + eps).sqrt();
             let shift = b[ch].to_f64() - mean * scale;
             for (o, &v) in yo.iter_mut().zip(xi) {
-                *o = T::from_f64(v.to_f64() * scale + shift);
+                o.write(T::from_f64(v.to_f64() * scale + shift));
             }
         });
+    // SAFETY: the chunks cover all x.len() values and each loop wrote every one of its chunk.
+    unsafe { y.set_len(x.len()) };
     let (mean, var) = stats.into_iter().unzip();
     (y, mean, var)
 }

@@ -43,7 +43,10 @@ fn gather_rows<T: Elem>(src: &[T], rows: usize, p: usize, u: &Unit, tmp: &mut [T
 /// The forward convolution through im2col and gemm, for any geometry.
 pub(crate) fn forward_im2col<T: Elem>(x: &[T], w: &[T], g: &Geom, prec: Precision) -> Vec<T> {
     let (p, k, co) = (g.p(), g.k(), g.co);
-    let mut y = vec![T::ZERO; g.n * co * p];
+    // Every unit writes all of its output (a product without accumulation, or a copy), and
+    // the units cover every pixel: no zero-filling first.
+    let len = g.n * co * p;
+    let mut y: Vec<T> = Vec::with_capacity(len);
     let nt = threads();
     let units = plan(g.n, p, k, nt, prec);
     let yp = SendPtr(y.as_mut_ptr());
@@ -93,6 +96,9 @@ pub(crate) fn forward_im2col<T: Elem>(x: &[T], w: &[T], g: &Geom, prec: Precisio
             run(u, &mut s, inner_parallelism(nt));
         }
     }
+    // SAFETY: the units cover every (image, pixel) once (`plan`), and each wrote all `co`
+    // rows of its pixels.
+    unsafe { y.set_len(len) };
     y
 }
 
