@@ -450,6 +450,7 @@ impl<'t> Attempts<'t> {
                 let range = header("content-range").and_then(|v| parse_content_range(&v));
                 match range {
                     Some((start, total)) if start == from && total == self.meta.total.or(total) => {
+                        self.meta.total = self.meta.total.or(total);
                         self.resumed = true;
                         self.say(&format!("resuming at byte {from}"));
                     }

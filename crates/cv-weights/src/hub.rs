@@ -260,7 +260,10 @@ pub fn fetch_file(config: &HubConfig, file: HubFile<'_>, name: &str) -> Result<P
         label: file.file,
         refresh: false,
     };
-    download::fetch(&t, &download_options(config)).map_err(|e| hub_error(e, &url, &repo_dir))?;
+    // The token goes to the hub only, not to the storage a redirect points to.
+    let on_hub = same_origin(&meta.location, &config.endpoint);
+    let opts = download_options(config, on_hub);
+    download::fetch(&t, &opts).map_err(|e| hub_error(e, &url, &repo_dir))?;
     let mut pointer = cache.pointer_path(&meta.commit);
     pointer.push(file.file);
     link(&blob, &pointer)?;
@@ -284,8 +287,9 @@ struct Metadata {
     location: String,
 }
 
-/// The transfer settings of `config` (the token as `Authorization: Bearer`).
-fn download_options(config: &HubConfig) -> DownloadOptions {
+/// The transfer settings of `config` (with the token as `Authorization: Bearer` when
+/// `with_token`).
+fn download_options(config: &HubConfig, with_token: bool) -> DownloadOptions {
     DownloadOptions {
         connect_timeout: config.download_timeout,
         read_timeout: config.download_timeout,
@@ -295,6 +299,7 @@ fn download_options(config: &HubConfig) -> DownloadOptions {
         headers: config
             .token
             .iter()
+            .filter(|_| with_token)
             .map(|t| ("Authorization".to_string(), format!("Bearer {t}")))
             .collect(),
         ..DownloadOptions::default()
@@ -313,7 +318,7 @@ fn metadata(config: &HubConfig, url: &str) -> std::result::Result<Metadata, Data
         .timeout_per_read(Some(config.etag_timeout))
         .build()
         .into();
-    let opts = download_options(config);
+    let opts = download_options(config, true);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -356,10 +361,13 @@ fn first_byte(
             message: e.to_string(),
         })
     };
+    // The token (in `opts.headers`) goes to the hub only, not to a redirect's storage.
     let get = |u: &str| {
         let mut req = agent.get(u).header("Range", "bytes=0-0");
-        for (k, v) in &opts.headers {
-            req = req.header(k, v);
+        if same_origin(u, url) {
+            for (k, v) in &opts.headers {
+                req = req.header(k, v);
+            }
         }
         req.call()
     };
@@ -419,16 +427,26 @@ fn first_byte(
     })
 }
 
+/// `scheme://host[:port]` of a URL.
+fn origin(url: &str) -> &str {
+    let end = url
+        .find("://")
+        .and_then(|i| url[i + 3..].find('/').map(|j| i + 3 + j))
+        .unwrap_or(url.len());
+    &url[..end]
+}
+
+/// Whether two URLs share scheme, host and port.
+fn same_origin(a: &str, b: &str) -> bool {
+    origin(a).eq_ignore_ascii_case(origin(b))
+}
+
 /// `to` (a `Location` header) resolved against `from`.
 fn absolute(from: &str, to: &str) -> String {
     if to.contains("://") {
         return to.to_string();
     }
-    let origin_end = from
-        .find("://")
-        .and_then(|i| from[i + 3..].find('/').map(|j| i + 3 + j))
-        .unwrap_or(from.len());
-    format!("{}/{}", &from[..origin_end], to.trim_start_matches('/'))
+    format!("{}/{}", origin(from), to.trim_start_matches('/'))
 }
 
 fn is_sha256(s: &str) -> bool {
@@ -577,6 +595,14 @@ mod tests {
         }
         assert_eq!(absolute("http://h:1/a/b", "/cdn/x"), "http://h:1/cdn/x");
         assert_eq!(absolute("http://h/a", "https://cdn/x"), "https://cdn/x");
+        assert!(same_origin(
+            "https://huggingface.co/a/b",
+            "https://HuggingFace.co"
+        ));
+        assert!(!same_origin(
+            "https://cdn-lfs.hf.co/x",
+            "https://huggingface.co"
+        ));
     }
 
     #[test]

@@ -406,3 +406,31 @@ fn two_processes_fill_one_fresh_cache() {
     let path = cached_file(&cfg, FILE).unwrap();
     assert_eq!(std::fs::read(path).unwrap(), body);
 }
+
+#[test]
+fn the_token_goes_to_the_hub_but_not_to_the_storage_it_redirects_to() {
+    let home = tempfile::tempdir().unwrap();
+    let (hub, cdn) = (TestServer::start(), TestServer::start());
+    let body = payload(5000);
+    let location = format!("{}/blob", cdn.url());
+    hub.route(
+        &route(),
+        Response::status(302)
+            .header("Location", &location)
+            .header("X-Linked-Etag", &format!("\"{}\"", sha256_hex(&body)))
+            .header("X-Repo-Commit", COMMIT),
+    );
+    cdn.route("/blob", Response::ok(body.clone()));
+    let mut cfg = patient(&hub.url(), home.path());
+    cfg.token = Some("hf_secret".into());
+    let path = fetch_file(&cfg, FILE, "x").unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), body);
+    let auth = |s: &TestServer| -> Vec<Option<String>> {
+        s.requests()
+            .iter()
+            .map(|r| r.headers.get("authorization").cloned())
+            .collect()
+    };
+    assert_eq!(auth(&hub), [Some("Bearer hf_secret".to_string())]);
+    assert!(!cdn.requests().is_empty() && auth(&cdn).iter().all(Option::is_none));
+}
