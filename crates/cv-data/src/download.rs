@@ -620,8 +620,8 @@ impl<'t> Attempts<'t> {
 }
 
 /// Exponential backoff with jitter for the `attempt`-th retry (1-based): a uniform wait in
-/// `[base * 2^(attempt-1) / 2, base * 2^(attempt-1)]`.
-fn backoff(opts: &DownloadOptions, attempt: u32) -> Duration {
+/// `[base * 2^(attempt-1) / 2, base * 2^(attempt-1)]`, capped at `max_backoff`.
+pub fn backoff(opts: &DownloadOptions, attempt: u32) -> Duration {
     let full = opts
         .backoff
         .saturating_mul(1u32 << (attempt.saturating_sub(1)).min(16))

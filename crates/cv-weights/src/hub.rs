@@ -324,12 +324,12 @@ fn metadata(config: &HubConfig, url: &str) -> std::result::Result<Metadata, Data
         attempt += 1;
         match first_byte(&agent, &opts, url) {
             Err(Retry::Again(e)) if attempt <= opts.retries => {
-                let pause = opts.backoff.saturating_mul(1 << (attempt - 1).min(8));
+                let pause = download::backoff(&opts, attempt);
                 log::warn!(
                     "{url}: {e}; retry {attempt} of {} in {pause:?}",
                     opts.retries
                 );
-                std::thread::sleep(pause.min(opts.max_backoff));
+                std::thread::sleep(pause);
             }
             Err(Retry::Again(e)) if attempt > 1 => {
                 return Err(DataError::Retried {
