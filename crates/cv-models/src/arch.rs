@@ -130,6 +130,41 @@ impl Model {
         }
     }
 
+    /// The layers [`Model::activation`] can stop at (torchvision's module names).
+    pub fn layers(&self) -> &'static [&'static str] {
+        match self {
+            Model::SimpleCnn(_) => &cnn::LAYERS,
+            Model::ResNet18(_) => &resnet::LAYERS,
+        }
+    }
+
+    /// The last spatial layer, where class activation maps are taken by default: `conv2` for
+    /// the small CNN, `layer4` for ResNet-18.
+    pub fn last_spatial_layer(&self) -> &'static str {
+        match self {
+            Model::SimpleCnn(_) => "conv2",
+            Model::ResNet18(_) => "layer4",
+        }
+    }
+
+    /// The eval-mode output of `layer` (one of [`Model::layers`]) for the input `x`.
+    pub fn activation(&self, x: &Tensor, layer: &str) -> Result<Tensor> {
+        match self {
+            Model::SimpleCnn(m) => m.activation(x, layer),
+            Model::ResNet18(m) => m.activation(x, layer),
+        }
+    }
+
+    /// The eval-mode logits from `a`, the output of `layer`: the rest of the forward pass,
+    /// so `logits_from(&activation(x, l)?, l)` equals `forward_t(x, false)`, and a `Var`
+    /// passed as `a` gets the logits' gradient with respect to that layer.
+    pub fn logits_from(&self, a: &Tensor, layer: &str) -> Result<Tensor> {
+        match self {
+            Model::SimpleCnn(m) => m.logits_from(a, layer),
+            Model::ResNet18(m) => m.logits_from(a, layer),
+        }
+    }
+
     /// Width of [`Model::features`].
     pub fn feature_dim(&self) -> usize {
         match self {

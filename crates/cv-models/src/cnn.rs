@@ -60,11 +60,38 @@ impl SimpleCnn {
     pub fn features(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
         self.check_input(x)?;
         let x = conv_relu_pool(&self.conv1, x)?;
-        let x = conv_relu_pool(&self.conv2, &x)?;
+        self.fc_features(&conv_relu_pool(&self.conv2, &x)?)
+    }
+
+    /// fc1 and fc2 (with their ReLUs) over the pooled conv2 maps `[N, 16, 5, 5]`.
+    fn fc_features(&self, pooled: &Tensor) -> Result<Tensor> {
         // The linear layers run in their weights' dtype (f32 under bf16 mixed precision).
-        let x = x.flatten_from(1)?.to_dtype(self.fc1.weight().dtype())?;
+        let x = pooled
+            .flatten_from(1)?
+            .to_dtype(self.fc1.weight().dtype())?;
         let x = dense(&self.fc1, &x, true)?;
         Ok(dense(&self.fc2, &x, true)?)
+    }
+
+    /// The output of `layer` ([`LAYERS`]: `conv1` or `conv2`, before their ReLU, as
+    /// PyTorch's forward hooks on `Net.conv1`/`Net.conv2` see it).
+    pub fn activation(&self, x: &Tensor, layer: &str) -> Result<Tensor> {
+        self.check_input(x)?;
+        let a = self.conv1.forward(x)?;
+        match cut(layer)? {
+            Cut::Conv1 => Ok(a),
+            Cut::Conv2 => Ok(self.conv2.forward(&relu_pool(&a)?)?),
+        }
+    }
+
+    /// The logits from `a`, the activation at `layer` that [`SimpleCnn::activation`]
+    /// returns: the rest of the forward pass, differentiable in `a`.
+    pub fn logits_from(&self, a: &Tensor, layer: &str) -> Result<Tensor> {
+        let mut y = relu_pool(a)?;
+        if cut(layer)? == Cut::Conv1 {
+            y = conv_relu_pool(&self.conv2, &y)?;
+        }
+        Ok(dense(&self.fc3, &self.fc_features(&y)?, false)?)
     }
 
     /// Logits `[N, num_classes]`, with this crate's error type.
@@ -97,6 +124,32 @@ impl SimpleCnn {
     }
 }
 
+/// The layers whose output [`SimpleCnn::activation`] returns (the two convolutions).
+pub const LAYERS: [&str; 2] = ["conv1", "conv2"];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    Conv1,
+    Conv2,
+}
+
+fn cut(layer: &str) -> Result<Cut> {
+    match layer {
+        "conv1" => Ok(Cut::Conv1),
+        "conv2" => Ok(Cut::Conv2),
+        _ => Err(ModelError::UnknownLayer {
+            model: "cnn",
+            layer: layer.to_string(),
+            known: LAYERS.join(", "),
+        }),
+    }
+}
+
+/// `max_pool2d(relu(a), 2)`: what follows each conv.
+fn relu_pool(a: &Tensor) -> Result<Tensor> {
+    Ok(max_pool2d(&cv_ops::relu(a)?, MaxPool2dConfig::default())?)
+}
+
 /// `max_pool2d(relu(conv(x)), 2)`: on the CPU in f32/f64 one fused op
 /// ([`cv_ops::conv_relu_pool2d`]: a few images at a time through conv, bias, ReLU and pool
 /// while they are in cache, instead of a pass per op over a batch-sized buffer; see
@@ -108,10 +161,7 @@ fn conv_relu_pool(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
         Some(b) if plain && cv_ops::uses_fast_path(x, &w) => {
             Ok(cv_ops::conv_relu_pool2d(x, &w, &b.to_dtype(x.dtype())?)?)
         }
-        _ => Ok(max_pool2d(
-            &conv.forward(x)?.relu()?,
-            MaxPool2dConfig::default(),
-        )?),
+        _ => relu_pool(&conv.forward(x)?),
     }
 }
 

@@ -131,6 +131,16 @@ pub enum ModelError {
     /// Training a BatchNorm whose running statistics are not `Var`s.
     #[error("batch norm {0}: running statistics are fixed tensors, build the model from a VarMap to train it")]
     FrozenBuffers(String),
+    /// A layer name the network does not have (Grad-CAM's `--layer`).
+    #[error("{model} has no layer {layer:?} (known: {known})")]
+    UnknownLayer {
+        /// The network.
+        model: &'static str,
+        /// The name asked for.
+        layer: String,
+        /// The names it has, comma-separated.
+        known: String,
+    },
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

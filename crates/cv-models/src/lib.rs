@@ -35,6 +35,7 @@
 
 pub mod arch;
 pub mod batch_norm;
+pub mod cam;
 pub mod cnn;
 pub mod conv;
 pub mod device;
@@ -46,6 +47,7 @@ pub mod state;
 
 pub use arch::{Architecture, Model};
 pub use batch_norm::{batch_norm2d, BatchNorm2d, BatchNormConfig};
+pub use cam::{class_activation_maps, CamMethod, ClassActivationMaps, Heatmap};
 pub use cnn::{simple_cnn, SimpleCnn};
 pub use error::{ModelError, Result};
 pub use params::Trainable;

@@ -20,6 +20,35 @@ const STEM_POOL: MaxPool2dConfig = MaxPool2dConfig {
     padding: 1,
 };
 
+/// The modules whose output [`ResNet::activation`] returns (torchvision's names): the stem
+/// (ending in `maxpool`), each stage, and each block of a stage (`layer4` = `layer4.1`).
+pub const LAYERS: [&str; 13] = [
+    "maxpool", "layer1", "layer1.0", "layer1.1", "layer2", "layer2.0", "layer2.1", "layer3",
+    "layer3.0", "layer3.1", "layer4", "layer4.0", "layer4.1",
+];
+
+/// How many blocks run between the stem and the cut after `layer`.
+fn blocks_before_cut(layer: &str) -> Result<usize> {
+    let unknown = || ModelError::UnknownLayer {
+        model: "resnet18",
+        layer: layer.to_string(),
+        known: LAYERS.join(", "),
+    };
+    if layer == "maxpool" {
+        return Ok(0);
+    }
+    let rest = layer.strip_prefix("layer").ok_or_else(unknown)?;
+    let (stage, block) = match rest.split_once('.') {
+        Some((s, b)) => (s, b.parse::<usize>().map_err(|_| unknown())?),
+        None => (rest, 1),
+    };
+    let stage = stage.parse::<usize>().map_err(|_| unknown())?;
+    if !(1..=4).contains(&stage) || block > 1 {
+        return Err(unknown());
+    }
+    Ok(2 * (stage - 1) + block + 1)
+}
+
 /// torchvision's `BasicBlock`: 3x3 conv, BN, ReLU, 3x3 conv, BN, plus the shortcut
 /// (identity, or `downsample` = 1x1 strided conv + BN), then ReLU.
 #[derive(Clone, Debug)]
@@ -173,15 +202,17 @@ impl ResNet {
         Ok(y)
     }
 
-    /// Pooled 512-wide features (before `fc`): what a linear probe trains on. They come out
-    /// in the head's dtype (f32) even for a bf16 input, so the head and loss stay in f32.
+    /// Global average pool in the head's dtype (f32 even for a bf16 input, so the head and
+    /// loss stay in f32), `[N, 512]`.
+    fn pool(&self, y: &Tensor) -> CResult<Tensor> {
+        y.to_dtype(self.fc.weight().dtype())?.mean((2, 3))
+    }
+
+    /// Pooled 512-wide features (before `fc`): what a linear probe trains on.
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
-        let mut y = self.stem(x, train)?;
-        for i in 0..4 {
-            y = self.layer(i, &y, train)?;
-        }
-        Ok(y.to_dtype(self.fc.weight().dtype())?.mean((2, 3))?)
+        let y = self.run_blocks(self.stem(x, train)?, 0, train)?;
+        Ok(self.pool(&y)?)
     }
 
     /// Logits `[N, num_classes]`, with this crate's error type.
@@ -198,7 +229,7 @@ impl ResNet {
         let l2 = self.layer(1, &l1, train)?;
         let l3 = self.layer(2, &l2, train)?;
         let l4 = self.layer(3, &l3, train)?;
-        let features = l4.to_dtype(self.fc.weight().dtype())?.mean((2, 3))?;
+        let features = self.pool(&l4)?;
         let logits = dense(&self.fc, &features, false)?;
         Ok(Stages {
             stem,
@@ -206,6 +237,32 @@ impl ResNet {
             features,
             logits,
         })
+    }
+
+    /// The blocks in forward order, from the `start`-th on, applied to `y`.
+    fn run_blocks(&self, mut y: Tensor, start: usize, train: bool) -> CResult<Tensor> {
+        for block in self.layers.iter().flatten().skip(start) {
+            y = block.forward_t(&y, train)?;
+        }
+        Ok(y)
+    }
+
+    /// The eval-mode activation at `layer` ([`LAYERS`]: torchvision's module names).
+    pub fn activation(&self, x: &Tensor, layer: &str) -> Result<Tensor> {
+        self.check_input(x)?;
+        let end = blocks_before_cut(layer)?;
+        let mut y = self.stem(x, false)?;
+        for block in self.layers.iter().flatten().take(end) {
+            y = block.forward_t(&y, false)?;
+        }
+        Ok(y)
+    }
+
+    /// The eval-mode logits from `a`, the activation at `layer` that
+    /// [`ResNet::activation`] returns: the rest of the forward pass, differentiable in `a`.
+    pub fn logits_from(&self, a: &Tensor, layer: &str) -> Result<Tensor> {
+        let y = self.run_blocks(a.clone(), blocks_before_cut(layer)?, false)?;
+        Ok(dense(&self.fc, &self.pool(&y)?, false)?)
     }
 
     /// The classifier head.
