@@ -45,6 +45,7 @@ impl Cli {
             Command::Finetune(a) => a.common.quiet,
             Command::Eval(a) => a.json,
             Command::Predict(a) => a.json,
+            Command::Explain(a) => a.predict.json,
             Command::Data(DataCommand::Inspect(a)) => a.json,
             Command::Weights(WeightsCommand::List(a)) => a.json,
             Command::Weights(WeightsCommand::Fetch(_)) => false,
@@ -75,6 +76,11 @@ pub enum Command {
         after_help = "Examples:\n  cv predict --checkpoint runs/finetune cat.png dog.jpg\n  cv predict --weights resnet18.tv_in1k --top-k 5 --json photo.jpg"
     )]
     Predict(PredictArgs),
+    /// Where the model looks: Grad-CAM, Grad-CAM++ or CAM heatmaps over image files.
+    #[command(
+        after_help = "Examples:\n  cv explain --checkpoint runs/finetune cat.png dog.jpg --out cams/\n  cv explain --weights resnet18.tv_in1k --method gradcam++ --class 281 --layer layer3 --json photo.jpg\n\nFor each image it writes, into --out: NAME.cam.png (the heatmap over the image as the model\nsaw it), NAME.cam.npy (the map at the layer's resolution) and NAME.cam_upsampled.npy (at the\ninput's, scaled to [0, 1]); numpy.load reads both."
+    )]
+    Explain(ExplainArgs),
     /// Look at datasets.
     #[command(subcommand)]
     Data(DataCommand),
@@ -334,6 +340,26 @@ pub struct PredictArgs {
     /// Arithmetic of the forward pass: f32, or bf16 (CPU with AMX-BF16 or AVX512-BF16).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
+}
+
+/// `cv explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The model, the images and how they are read, as for `cv predict`.
+    #[command(flatten)]
+    pub predict: PredictArgs,
+    /// How the layer's channels are weighted: gradcam, gradcam++ or cam.
+    #[arg(long, default_value = "gradcam")]
+    pub method: String,
+    /// The class to explain, by index or name (default: each image's top-1).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// The layer (torchvision's module name; default: layer4 for ResNet-18, conv2 for the CNN).
+    #[arg(long)]
+    pub layer: Option<String>,
+    /// Folder for the heatmaps (created if missing).
+    #[arg(long, default_value = "explain")]
+    pub out: PathBuf,
 }
 
 /// `cv data ...`.

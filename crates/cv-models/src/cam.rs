@@ -301,6 +301,43 @@ fn taps(i: usize, src: usize, dst: usize) -> (usize, usize, f32) {
     (lo, hi, pos - lo as f32)
 }
 
+/// OpenCV's `COLORMAP_JET` at `level` (0 = dark blue, 255 = dark red) as RGB, from the
+/// piecewise-linear jet curves (within one level of OpenCV's table; a test checks it).
+pub fn jet(level: u8) -> [u8; 3] {
+    let x = level as f32 / 255.0;
+    let curve =
+        |centre: f32| ((1.5 - (4.0 * x - centre).abs()).clamp(0.0, 1.0) * 255.0).round() as u8;
+    [curve(3.0), curve(2.0), curve(1.0)]
+}
+
+/// The map over the image, as pytorch-grad-cam's `show_cam_on_image(img, map, use_rgb=True)`
+/// draws it: jet colours of `map` blended half and half with `rgb` (row-major RGB bytes of the
+/// map's size), then scaled so the brightest channel is 255.
+pub fn overlay_rgb(rgb: &[u8], map: &Heatmap) -> Result<Vec<u8>> {
+    if rgb.len() != 3 * map.values.len() {
+        return Err(ModelError::Config(format!(
+            "overlay: {} bytes of RGB for a {}x{} map",
+            rgb.len(),
+            map.height,
+            map.width
+        )));
+    }
+    let mut blend: Vec<f32> = Vec::with_capacity(rgb.len());
+    for (px, &v) in rgb.chunks_exact(3).zip(&map.values) {
+        // np.uint8(255 * mask) truncates.
+        let colour = jet((255.0 * v.clamp(0.0, 1.0)) as u8);
+        for (c, &p) in colour.iter().zip(px) {
+            blend.push(0.5 * (*c as f32 / 255.0) + 0.5 * (p as f32 / 255.0));
+        }
+    }
+    let max = blend
+        .iter()
+        .copied()
+        .fold(0.0f32, f32::max)
+        .max(f32::MIN_POSITIVE);
+    Ok(blend.iter().map(|v| (255.0 * v / max) as u8).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +373,15 @@ mod tests {
         let w = plus_plus_weight(&[1.0, 1.0], &[1.0, -1.0]);
         // alpha = 1 / (2 + 2 + eps) for the positive gradient; the negative one is clipped.
         assert!((w - 0.25).abs() < 1e-6, "{w}");
+    }
+
+    #[test]
+    fn overlay_of_a_flat_map_is_the_blend_with_jets_blue() {
+        let m = map(1, 2, vec![0.0, 0.0]);
+        let out = overlay_rgb(&[255, 255, 255, 0, 0, 0], &m).unwrap();
+        // jet(0) = (0, 0, 128): white blends to (0.5, 0.5, 0.75), then 255 / 0.75 scales it.
+        assert_eq!(out, vec![169, 169, 255, 0, 0, 85]);
+        assert!(overlay_rgb(&[0; 3], &m).is_err());
     }
 
     #[test]

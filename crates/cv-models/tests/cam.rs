@@ -175,3 +175,18 @@ fn bad_requests_are_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn jet_matches_opencv_within_one_level() {
+    let lut: Vec<u8> = reference()["jet"].flatten_all().unwrap().to_vec1().unwrap();
+    for level in 0..=255u8 {
+        let ours = cv_models::cam::jet(level);
+        for c in 0..3 {
+            let theirs = lut[3 * level as usize + c];
+            assert!(
+                ours[c].abs_diff(theirs) <= 1,
+                "level {level}: {ours:?} vs opencv {theirs} in channel {c}"
+            );
+        }
+    }
+}

@@ -36,6 +36,6 @@ pub mod source;
 pub use error::{Result, WeightsError};
 pub use hub::HubConfig;
 pub use load::{load_into, LoadReport};
-pub use predict::{Classifier, Prediction};
+pub use predict::{Classifier, ExplainRequest, Explanation, Prediction};
 pub use registry::{find, registry, Pretrained};
 pub use source::{resolve, ResolveOptions, ResolvedWeights, WeightsSource};

@@ -111,18 +111,95 @@ impl Classifier {
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(CHUNK) {
             let x = self.preprocess(chunk)?;
-            let probs = candle_nn::ops::softmax(&self.logits(&x)?, D::Minus1)?.to_vec2::<f32>()?;
-            for row in probs {
+            out.extend(self.top_classes(&self.logits(&x)?, k)?);
+        }
+        Ok(out)
+    }
+
+    /// Each row's `k` most probable classes (softmax of the logits), most probable first.
+    fn top_classes(&self, logits: &Tensor, k: usize) -> Result<Vec<Vec<Prediction>>> {
+        let probs = candle_nn::ops::softmax(logits, D::Minus1)?.to_vec2::<f32>()?;
+        Ok(probs
+            .into_iter()
+            .map(|row| {
                 let mut order: Vec<usize> = (0..row.len()).collect();
                 order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                out.push(
-                    order[..k]
-                        .iter()
-                        .map(|&i| (i, self.classes[i].clone(), row[i]))
-                        .collect(),
-                );
+                order[..k]
+                    .iter()
+                    .map(|&i| (i, self.classes[i].clone(), row[i]))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Class activation maps of `images` through the eval transforms (see
+    /// [`cv_models::cam`]): each image's top classes, the class explained, the image as the
+    /// model saw it (after resize and crop) and its maps.
+    pub fn explain(
+        &self,
+        images: &[RgbImage],
+        request: &ExplainRequest,
+    ) -> Result<Vec<Explanation>> {
+        if request.top_k == 0 {
+            return Err(WeightsError::Input("top_k must be at least 1".into()));
+        }
+        let k = request.top_k.min(self.classes.len());
+        let layer = request
+            .layer
+            .as_deref()
+            .unwrap_or(self.model.last_spatial_layer());
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(CHUNK) {
+            let x = self.preprocess(chunk)?;
+            let targets = request.class.map(|c| vec![c; chunk.len()]);
+            let maps = cv_models::class_activation_maps(
+                &self.model,
+                &x,
+                layer,
+                request.method,
+                targets.as_deref(),
+            )?;
+            let top = self.top_classes(&maps.logits, k)?;
+            for (i, ((image, raw), map)) in
+                chunk.iter().zip(maps.raw).zip(maps.upsampled).enumerate()
+            {
+                out.push(Explanation {
+                    top: top[i].clone(),
+                    target: (maps.targets[i], self.classes[maps.targets[i]].clone()),
+                    seen: self.transforms.augment(image, 0)?,
+                    raw,
+                    map,
+                });
             }
         }
         Ok(out)
     }
+}
+
+/// What [`Classifier::explain`] computes.
+#[derive(Clone, Debug)]
+pub struct ExplainRequest {
+    /// The layer (`None`: the last spatial one, `layer4` / `conv2`).
+    pub layer: Option<String>,
+    /// How the layer's channels are weighted.
+    pub method: cv_models::CamMethod,
+    /// The class explained in every image (`None`: each image's top-1).
+    pub class: Option<usize>,
+    /// How many top classes to report.
+    pub top_k: usize,
+}
+
+/// One image explained.
+#[derive(Clone, Debug)]
+pub struct Explanation {
+    /// The most probable classes.
+    pub top: Vec<Prediction>,
+    /// The class the maps explain: index and name.
+    pub target: (usize, String),
+    /// The image after the eval resize and crop, unnormalised: what the maps lie over.
+    pub seen: RgbImage,
+    /// The map at the layer's resolution, unscaled.
+    pub raw: cv_models::Heatmap,
+    /// The map at the input's resolution, scaled to [0, 1].
+    pub map: cv_models::Heatmap,
 }

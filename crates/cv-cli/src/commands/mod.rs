@@ -1,6 +1,7 @@
 //! One module per command; each turns flags into library calls and prints the result.
 
 mod data;
+mod explain;
 mod predict;
 mod train;
 mod weights;
@@ -17,6 +18,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Finetune(a) => train::finetune(a),
         Command::Eval(a) => train::eval(a),
         Command::Predict(a) => predict::run(a),
+        Command::Explain(a) => explain::run(a),
         Command::Data(DataCommand::Inspect(a)) => data::inspect(a),
         Command::Weights(WeightsCommand::List(a)) => weights::list(a),
         Command::Weights(WeightsCommand::Fetch(a)) => weights::fetch(a),

@@ -9,9 +9,11 @@ use cv_weights::source::{resolve, ResolveOptions, WeightsSource};
 use image::RgbImage;
 
 use crate::args::{rgb, usage, PredictArgs};
+use cv_train::autocast::Autocast;
 
-/// Classifies each image with the checkpoint's (or registry entry's) eval transforms.
-pub fn run(a: &PredictArgs) -> Result<()> {
+/// The classifier `--checkpoint` or `--weights` names, on `--device`, in `--precision`
+/// (the guard keeps the precision on while it lives), and where its weights came from.
+pub(super) fn load(a: &PredictArgs) -> Result<(Classifier, String, Autocast)> {
     let source = match (&a.checkpoint, &a.weights) {
         (Some(dir), _) => {
             if !dir.is_dir() {
@@ -37,15 +39,21 @@ pub fn run(a: &PredictArgs) -> Result<()> {
         log::info!("{note}");
     }
     let device = cv_models::device::select(&a.device)?;
-    let _cast = super::eval_precision(a.precision, &device)?;
+    let cast = super::eval_precision(a.precision, &device)?;
     let classifier = Classifier::load(&weights, &device)?;
+    Ok((classifier, weights.origin.to_string(), cast))
+}
+
+/// Classifies each image with the checkpoint's (or registry entry's) eval transforms.
+pub fn run(a: &PredictArgs) -> Result<()> {
+    let (classifier, origin, _cast) = load(a)?;
     let (images, decoded) = decode_all(&a.images);
     let answers = if images.is_empty() {
         Vec::new()
     } else {
         classifier
             .classify(&images, a.top_k)
-            .with_context(|| format!("classifying with {}", weights.origin))?
+            .with_context(|| format!("classifying with {origin}"))?
     };
     let outcomes: Vec<(&Path, Outcome)> = a
         .images
@@ -59,18 +67,25 @@ pub fn run(a: &PredictArgs) -> Result<()> {
     } else {
         print_table(&outcomes);
     }
-    let bad: Vec<&String> = outcomes
-        .iter()
-        .filter_map(|(_, o)| o.as_ref().err())
-        .collect();
+    report_unreadable(
+        outcomes.iter().map(|(_, o)| o.as_ref().err()),
+        a.images.len(),
+    )
+}
+
+/// Names each unreadable image on stderr; an error when there was one.
+pub(super) fn report_unreadable<'a>(
+    errors: impl Iterator<Item = Option<&'a String>>,
+    total: usize,
+) -> Result<()> {
+    let bad: Vec<&String> = errors.flatten().collect();
     for message in &bad {
         eprintln!("error: {message}");
     }
     if !bad.is_empty() {
         anyhow::bail!(
-            "{} of {} images could not be read (named above)",
-            bad.len(),
-            a.images.len()
+            "{} of {total} images could not be read (named above)",
+            bad.len()
         );
     }
     Ok(())
@@ -81,7 +96,9 @@ type Outcome<'a> = std::result::Result<&'a [Prediction], String>;
 
 /// Decodes every file; returns the good images and, per file, the index of its image among
 /// them or the error naming the file.
-fn decode_all(paths: &[PathBuf]) -> (Vec<RgbImage>, Vec<std::result::Result<usize, String>>) {
+pub(super) fn decode_all(
+    paths: &[PathBuf],
+) -> (Vec<RgbImage>, Vec<std::result::Result<usize, String>>) {
     let mut images = Vec::new();
     let decoded = paths
         .iter()
