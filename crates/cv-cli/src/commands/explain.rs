@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
 use cv_models::{CamMethod, Heatmap};
 use cv_weights::{Classifier, ExplainRequest, Explanation};
 use image::RgbImage;
@@ -138,9 +137,29 @@ fn write_files(dir: &Path, name: &str, e: &Explanation) -> Result<Files> {
 }
 
 fn write_npy(path: &Path, map: &Heatmap) -> Result<()> {
-    let t = Tensor::from_slice(&map.values, (map.height, map.width), &Device::Cpu)?;
-    cv_train::atomic::write_with(path, |tmp| Ok(t.write_npy(tmp)?))?;
+    cv_train::atomic::write_bytes(path, &npy_bytes(map))?;
     Ok(())
+}
+
+/// A map as `.npy` (format 1.0, little-endian f32, C order), built in memory: candle's
+/// `Tensor::write_npy` issues one unbuffered write per value.
+fn npy_bytes(map: &Heatmap) -> Vec<u8> {
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
+        map.height, map.width
+    );
+    // Magic (6) + version (2) + length (2) + header, padded to a multiple of 64, ending in \n.
+    let total = (10 + header.len() + 1).div_ceil(64) * 64;
+    header.push_str(&" ".repeat(total - 10 - header.len() - 1));
+    header.push('\n');
+    let mut out = Vec::with_capacity(total + 4 * map.values.len());
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in &map.values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
 }
 
 type Outcome<'a> = std::result::Result<(&'a Explanation, Files), String>;
