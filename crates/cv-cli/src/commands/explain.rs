@@ -10,7 +10,7 @@ use cv_models::{CamMethod, Heatmap};
 use cv_weights::{Classifier, ExplainRequest, Explanation};
 use image::RgbImage;
 
-use super::predict::{decode_all, load, report_unreadable};
+use super::predict::{decode_all, load, report_failures};
 use crate::args::{usage, ExplainArgs};
 
 /// Explains each image and writes its files into `--out`.
@@ -65,7 +65,11 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
     } else {
         print_table(paths, &results, layer, method);
     }
-    report_unreadable(results.iter().map(|r| r.as_ref().err()), paths.len())
+    report_failures(
+        results.iter().map(|r| r.as_ref().err()),
+        paths.len(),
+        "could not be read or their files written",
+    )
 }
 
 /// `--class`: an index, or a class name of the model.

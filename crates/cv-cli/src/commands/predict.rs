@@ -67,26 +67,26 @@ pub fn run(a: &PredictArgs) -> Result<()> {
     } else {
         print_table(&outcomes);
     }
-    report_unreadable(
+    report_failures(
         outcomes.iter().map(|(_, o)| o.as_ref().err()),
         a.images.len(),
+        "could not be read",
     )
 }
 
-/// Names each unreadable image on stderr; an error when there was one.
-pub(super) fn report_unreadable<'a>(
+/// Names each failed image on stderr; an error saying how many `failed` (e.g. "could not be
+/// read") when there was one.
+pub(super) fn report_failures<'a>(
     errors: impl Iterator<Item = Option<&'a String>>,
     total: usize,
+    failed: &str,
 ) -> Result<()> {
     let bad: Vec<&String> = errors.flatten().collect();
     for message in &bad {
         eprintln!("error: {message}");
     }
     if !bad.is_empty() {
-        anyhow::bail!(
-            "{} of {total} images could not be read (named above)",
-            bad.len()
-        );
+        anyhow::bail!("{} of {total} images {failed} (named above)", bad.len());
     }
     Ok(())
 }
