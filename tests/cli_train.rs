@@ -100,8 +100,11 @@ fn train_then_eval_then_predict() {
         .sum();
     assert_eq!(total, 100);
 
+    reports_of_the_run(tmp.path(), &out, &data, acc);
+
     let png = tmp.path().join("ship.png");
     cifar_png(&png, 8);
+    explain_the_small_cnn(tmp.path(), &out, &png);
     let o = predict(tmp.path(), &out, &["--json", "--top-k", "3"], &[&png], 0);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let preds = v[0]["predictions"].as_array().unwrap();
@@ -110,6 +113,126 @@ fn train_then_eval_then_predict() {
     if acc > 0.9 {
         assert_eq!(preds[0]["class"], "ship");
     }
+}
+
+/// The sections of a report page and its count of top-loss tiles.
+fn report_sections(path: &Path) -> (String, usize) {
+    let html = std::fs::read_to_string(path).unwrap();
+    for id in [
+        "summary",
+        "curves",
+        "confusion",
+        "per-class",
+        "most-confused",
+        "top-losses",
+        "recipe",
+    ] {
+        assert!(
+            html.contains(&format!("id=\"{id}\"")),
+            "{}: section {id}",
+            path.display()
+        );
+    }
+    assert!(html.contains(">airplane</text>") && html.contains("<td>truck</td>"));
+    assert!(!html.contains("<script"));
+    let tiles = html.matches("<figure class=\"tile\">").count();
+    (html, tiles)
+}
+
+/// The report training wrote, `cv report` (recorded data, then --out and --top-losses),
+/// `cv eval --report`, and their bad input.
+fn reports_of_the_run(home: &Path, out: &Path, data: &Path, acc: f64) {
+    let accuracy = format!("top-1 accuracy <b>{:.2}%</b>", 100.0 * acc);
+    let (html, tiles) = report_sections(&out.join("report.html"));
+    assert!(
+        html.contains(&accuracy),
+        "training's report has the final accuracy"
+    );
+    assert!(html.contains("<th>epochs</th><td>5</td>") && html.contains("train loss"));
+    assert_eq!(tiles, 12);
+
+    let other = home.join("other.html");
+    let o = expect_code(
+        cv(home)
+            .arg("report")
+            .arg(out)
+            .args(["--top-losses", "5", "--out"])
+            .arg(&other),
+        0,
+    );
+    assert!(stdout(&o).contains("100 test images"), "{}", stdout(&o));
+    let (html, tiles) = report_sections(&other);
+    assert!(html.contains(&accuracy));
+    assert_eq!(tiles, 5);
+
+    let dir = home.join("eval-report");
+    let o = expect_code(
+        cv(home)
+            .args(["eval", "--checkpoint"])
+            .arg(out)
+            .arg("--data")
+            .arg(data)
+            .arg("--report")
+            .arg(&dir),
+        0,
+    );
+    assert!(stdout(&o).contains("100 images"), "{}", stdout(&o));
+    let (html, _) = report_sections(&dir.join("report.html"));
+    assert!(html.contains(&accuracy));
+
+    // Bad input: not a run, a --report that is a file, data of other classes.
+    assert_clean_error(
+        &expect_code(cv(home).arg("report").arg(data), 1),
+        "not a run folder",
+    );
+    assert_clean_error(
+        &expect_code(
+            cv(home)
+                .args(["eval", "--checkpoint"])
+                .arg(out)
+                .arg("--data")
+                .arg(data)
+                .arg("--report")
+                .arg(&other),
+            2,
+        ),
+        "a file",
+    );
+    let folder = home.join("two-classes");
+    for class in ["a", "b"] {
+        for split in ["train", "test"] {
+            let d = folder.join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            cifar_png(&d.join("x.png"), 1);
+        }
+    }
+    assert_clean_error(
+        &expect_code(
+            cv(home).arg("report").arg(out).arg("--data").arg(&folder),
+            1,
+        ),
+        "was trained on",
+    );
+}
+
+/// `cv explain` on the small CNN: its default layer is conv2 (10x10 for a 32x32 input).
+fn explain_the_small_cnn(home: &Path, run: &Path, png: &Path) {
+    let cams = home.join("cams");
+    let o = expect_code(
+        cv(home)
+            .args(["explain", "--json", "--checkpoint"])
+            .arg(run)
+            .arg("--out")
+            .arg(&cams)
+            .arg(png),
+        0,
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v[0]["layer"], "conv2", "{v}");
+    let npy = std::fs::read(cams.join("ship.cam.npy")).unwrap();
+    let header = String::from_utf8_lossy(&npy[..npy.len().min(128)]).into_owned();
+    assert!(header.contains("(10, 10)"), "{header}");
+    assert!(cams.join("ship.cam.png").is_file());
 }
 
 /// `cv eval --json` of the run in `out` on `data`.

@@ -46,6 +46,7 @@ impl Cli {
             Command::Eval(a) => a.json,
             Command::Predict(a) => a.json,
             Command::Explain(a) => a.predict.json,
+            Command::Report(_) => false,
             Command::Data(DataCommand::Inspect(a)) => a.json,
             Command::Weights(WeightsCommand::List(a)) => a.json,
             Command::Weights(WeightsCommand::Fetch(_)) => false,
@@ -81,6 +82,12 @@ pub enum Command {
         after_help = "Examples:\n  cv explain --checkpoint runs/finetune cat.png dog.jpg --out cams/\n  cv explain --weights resnet18.tv_in1k --method gradcam++ --class 281 --layer layer3 --json photo.jpg\n\nFor each image it writes, into --out: NAME.cam.png (the heatmap over the image as the model\nsaw it), NAME.cam.npy (the map at the layer's resolution) and NAME.cam_upsampled.npy (at the\ninput's, scaled to [0, 1]); numpy.load reads both."
     )]
     Explain(ExplainArgs),
+    /// Write a run's report.html: curves, confusion heatmap, per-class accuracy, the most
+    /// confused pairs, the highest-loss test images with Grad-CAM, the recipe.
+    #[command(
+        after_help = "Examples:\n  cv report runs/finetune                  # evaluates on the data the run recorded\n  cv report runs/cnn --data other-photos/ --out other.html\n\nOne self-contained HTML file (inline SVG and PNG, no script, nothing fetched): open it in\nany browser. cv train and cv finetune write one at the end of every run; cv eval --report\nDIR writes one for any checkpoint and data set."
+    )]
+    Report(ReportArgs),
     /// Look at datasets.
     #[command(subcommand)]
     Data(DataCommand),
@@ -305,6 +312,37 @@ pub struct EvalArgs {
     /// Arithmetic of the forward pass: f32, or bf16 (CPU with AMX-BF16 or AVX512-BF16).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
+    /// Also write DIR/report.html (the page `cv report` writes) for this data.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Highest-loss images the report shows.
+    #[arg(long, default_value_t = cv_train::run_report::DEFAULT_TOP_LOSSES)]
+    pub top_losses: usize,
+}
+
+/// `cv report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A run folder written by train/finetune.
+    pub run: PathBuf,
+    /// Evaluate on this dataset's test split instead of the data the run recorded.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Where to write the page [default: RUN/report.html].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Highest-loss images the report shows.
+    #[arg(long, default_value_t = cv_train::run_report::DEFAULT_TOP_LOSSES)]
+    pub top_losses: usize,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Device: cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Skip unreadable images in an image folder instead of failing.
+    #[arg(long)]
+    pub skip_bad: bool,
 }
 
 /// `cv predict`.

@@ -113,6 +113,11 @@ impl Loader {
         &self.pipeline
     }
 
+    /// Where its batches are put.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The dataset.
     pub fn dataset(&self) -> &Dataset {
         &self.dataset

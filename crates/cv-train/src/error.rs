@@ -98,6 +98,15 @@ pub enum TrainError {
         /// The plotting library's message.
         message: String,
     },
+
+    /// The run report could not be drawn.
+    #[error("{path}: cannot draw the report: {message}")]
+    Report {
+        /// The report file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
 }
 
 /// Result with [`TrainError`].

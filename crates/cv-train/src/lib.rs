@@ -28,7 +28,9 @@
 //! [`schedule`], [`loss`], [`metrics`] (top-k, per-class, confusion, the eval step,
 //! `cv eval --json`), [`config`] (the recipe apart from the run-time settings),
 //! [`checkpoint`] (the output folder: one owner of its file names, `config.json` and the
-//! resume state), [`report`] (`metrics.jsonl`, `curves.png`/`.svg`, progress), [`atomic`] (temp file +
+//! resume state), [`report`] (`metrics.jsonl`, `curves.png`/`.svg`, progress), [`run_report`]
+//! (`report.html`: curves, confusion heatmap, per-class accuracy, most-confused pairs,
+//! top losses with Grad-CAM, recipe), [`atomic`] (temp file +
 //! fsync + rename, the one crash-safe writer).
 
 pub mod atomic;
@@ -40,6 +42,7 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod report;
+pub mod run_report;
 pub mod schedule;
 pub mod trainer;
 

@@ -397,10 +397,18 @@ pub fn plot_curves(path: &Path, records: &[EpochRecord]) -> Result<()> {
 /// Draws the same figure as [`plot_curves`] as `curves.svg` atomically: text as `<text>`
 /// elements (searchable, sharp at any zoom).
 pub fn plot_curves_svg(path: &Path, records: &[EpochRecord]) -> Result<()> {
-    atomic::write_with(path, |tmp| {
-        let root = SVGBackend::new(tmp, SIZE).into_drawing_area();
-        draw_curves(&root, records).map_err(plot_error(path))
-    })
+    let svg = curves_svg(records).map_err(plot_error(path))?;
+    atomic::write_bytes(path, svg.as_bytes())
+}
+
+/// The figure of [`plot_curves_svg`] as an SVG document in memory (the run report inlines it).
+pub fn curves_svg(records: &[EpochRecord]) -> std::result::Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        draw_curves(&root, records)?;
+    }
+    Ok(svg)
 }
 
 /// Writes both figures into the run folder `out`: [`CURVES_FILE`] and [`CURVES_SVG_FILE`].

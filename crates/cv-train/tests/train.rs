@@ -10,9 +10,10 @@ use cv_data::{DataFormat, Dataset, Splits};
 use cv_models::{Architecture, Model};
 use cv_testkit::cifar::SplitMix;
 use cv_train::checkpoint::{
-    CheckpointConfig, TrainState, CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE,
+    CheckpointConfig, TrainState, CONFIG_FILE, METRICS_FILE, MODEL_FILE, REPORT_FILE, STATE_FILE,
 };
 use cv_train::config::{Augment, OptimizerKind, Precision, RunSettings, TrainConfig, TrainMode};
+use cv_train::metrics::EvalReport;
 use cv_train::schedule::Schedule;
 use cv_train::trainer::{
     on_epoch, run, run_with_hooks, Flow, Hook, Init, StepContext, StepOutput, TrainBatch, TrainJob,
@@ -170,6 +171,11 @@ fn small_cnn_learns_and_writes_the_checkpoint_folder() {
     for f in ["curves.png", "curves.svg", STATE_FILE, CONFIG_FILE] {
         assert!(out.join(f).is_file(), "{f}");
     }
+    assert_eq!(
+        summary.report.as_deref(),
+        Some(out.join(REPORT_FILE).as_path())
+    );
+    assert_report(&out, &eval, 12, "from scratch (seed 7)");
     // No temporary file left behind.
     assert!(std::fs::read_dir(&out).unwrap().all(|e| !e
         .unwrap()
@@ -210,6 +216,79 @@ fn small_cnn_learns_and_writes_the_checkpoint_folder() {
         max_diff(&weights(&out)["fc3.weight"], &w["fc3.weight"]),
         0.0
     );
+}
+
+/// `report.html` of the run in `out`: every section, the numbers of `eval`, `tiles`
+/// highest-loss images (each shown as seen and under its Grad-CAM, highest loss first), the
+/// recipe, and nothing that reaches outside the file.
+fn assert_report(out: &Path, eval: &EvalReport, tiles: usize, init: &str) {
+    use base64::Engine;
+    let html = std::fs::read_to_string(out.join(REPORT_FILE)).unwrap();
+    for id in [
+        "summary",
+        "curves",
+        "confusion",
+        "per-class",
+        "most-confused",
+        "top-losses",
+        "recipe",
+    ] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "section {id}");
+    }
+    // The curves with their legend, the heatmap with class names and a tooltip per cell.
+    assert!(html.contains("train loss") && html.contains("test accuracy"));
+    let cells = eval.confusion.len() * eval.confusion.len();
+    assert_eq!(html.matches("<title>true class").count(), cells);
+    for c in &eval.per_class {
+        assert!(
+            html.contains(&format!(">{}</text>", c.class)),
+            "{}",
+            c.class
+        );
+        let row = format!(
+            "<td>{}</td><td class=\"num\">{:.2}%</td>",
+            c.class,
+            100.0 * c.accuracy
+        );
+        assert!(html.contains(&row), "{row}");
+    }
+    assert!(html.contains(&format!(
+        "top-1 accuracy <b>{:.2}%</b>",
+        100.0 * eval.accuracy
+    )));
+    // The grid: highest loss first, each image twice (as seen, with its heatmap).
+    assert_eq!(html.matches("<figure class=\"tile\">").count(), tiles);
+    let losses: Vec<f64> = html
+        .split("<br>loss ")
+        .skip(1)
+        .map(|t| t.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(losses.len(), tiles);
+    assert!(losses.windows(2).all(|w| w[0] >= w[1]), "{losses:?}");
+    let pngs: Vec<image::RgbImage> = html
+        .split("src=\"data:image/png;base64,")
+        .skip(1)
+        .map(|t| {
+            let b64 = &t[..t.find('"').unwrap()];
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            image::load_from_memory(&bytes).unwrap().to_rgb8()
+        })
+        .collect();
+    assert_eq!(pngs.len(), 2 * tiles);
+    for pair in pngs.chunks(2) {
+        assert_eq!(pair[0].dimensions(), (32, 32));
+        assert_eq!(pair[1].dimensions(), (32, 32));
+        assert_ne!(pair[0], pair[1], "the overlay draws the heatmap");
+    }
+    // The recipe, and a page that needs nothing but itself.
+    assert!(html.contains(init), "{init}");
+    assert!(html.contains("<th>batch_size</th><td>16</td>"));
+    assert!(!html.contains("<script"));
+    let outside = html.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+    assert!(!outside.contains("http://") && !outside.contains("https://"));
+    assert!(!outside.contains("src=\"http") && !outside.contains("url("));
 }
 
 #[test]
@@ -419,8 +498,11 @@ fn probe_computes_each_feature_once_and_learns() {
         64 + 32,
         "features computed once per image"
     );
-    let acc = summary.final_eval.unwrap().accuracy;
+    let eval = summary.final_eval.unwrap();
+    let acc = eval.accuracy;
     eprintln!("probe: {:?}", summary.records);
+    // The report of a probe: evaluated on cached features, Grad-CAM through the network.
+    assert_report(dir.path(), &eval, 12, "from scratch (seed 7)");
     assert!(acc >= 0.6, "probe accuracy {acc}");
     let before = initial(Architecture::ResNet18, 7);
     let after = weights(dir.path());

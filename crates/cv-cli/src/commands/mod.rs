@@ -3,6 +3,7 @@
 mod data;
 mod explain;
 mod predict;
+mod report;
 mod train;
 mod weights;
 
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => train::eval(a),
         Command::Predict(a) => predict::run(a),
         Command::Explain(a) => explain::run(a),
+        Command::Report(a) => report::run(a),
         Command::Data(DataCommand::Inspect(a)) => data::inspect(a),
         Command::Weights(WeightsCommand::List(a)) => weights::list(a),
         Command::Weights(WeightsCommand::Fetch(a)) => weights::fetch(a),

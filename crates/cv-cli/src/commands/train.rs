@@ -2,7 +2,6 @@
 //! `--config` names one) -> `cv_train` job, then a summary.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use cv_data::DataSource;
@@ -11,8 +10,7 @@ use cv_train::checkpoint::{CheckpointConfig, InitRecord};
 use cv_train::config::{Augment, OptimizerKind, RunSettings, TrainConfig, TrainMode};
 use cv_train::schedule::Schedule;
 use cv_train::trainer::{run, Init, TrainJob};
-use cv_weights::predict::Classifier;
-use cv_weights::source::{resolve, ResolveOptions, WeightsSource};
+use cv_weights::source::{resolve, ResolveOptions};
 
 use crate::args::{
     rgb, usage, AugmentArg, CommonTrainArgs, EvalArgs, FinetuneArgs, ModeArg, ModelArg,
@@ -201,45 +199,26 @@ fn run_settings(c: &CommonTrainArgs) -> RunSettings {
     }
 }
 
-/// Evaluating a checkpoint on the test split.
+/// Evaluating a checkpoint on the test split (and its report with `--report`).
 pub fn eval(a: &EvalArgs) -> Result<()> {
-    if !a.checkpoint.is_dir() {
-        anyhow::bail!("--checkpoint {}: no such folder", a.checkpoint.display());
-    }
-    let weights = resolve(
-        &WeightsSource::Folder(a.checkpoint.clone()),
-        &ResolveOptions::default(),
-    )?;
     let device = device(&a.device)?;
     let _cast = super::eval_precision(a.precision, &device)?;
-    let classifier = Classifier::load(&weights, &device)?;
-    let splits = cv_data::open(
-        &a.data,
-        &cv_data::OpenOptions {
-            skip_bad: a.skip_bad,
-        },
-    )?;
-    report_skipped(&splits);
-    if splits.classes != weights.classes {
-        anyhow::bail!(
-            "{} has classes {:?} but the checkpoint {} was trained on {:?}",
-            a.data.display(),
-            splits.classes,
-            a.checkpoint.display(),
-            weights.classes
-        );
-    }
-    let loader = cv_data::Loader::new(
-        Arc::new(splits.test),
-        classifier.transforms().clone(),
-        cv_data::LoaderConfig {
-            batch_size: a.batch_size,
-            shuffle: false,
-            ..Default::default()
-        },
-        device,
-    )?;
-    let report = cv_train::metrics::evaluate(classifier.model(), &loader)?;
+    let data = DataSource {
+        skip_bad: a.skip_bad,
+        ..DataSource::new(&a.data)
+    };
+    let evaluated = super::report::open(&a.checkpoint, &data, a.batch_size, &device)?;
+    let model = evaluated.classifier.model();
+    let report = match &a.report {
+        Some(dir) => {
+            let path = super::report::path_in(dir)?;
+            let evaluation = cv_train::metrics::evaluate_samples(model, &evaluated.loader)?;
+            super::report::write(&a.checkpoint, &evaluated, &evaluation, &path, a.top_losses)?;
+            log::info!("wrote {}", path.display());
+            evaluation.report
+        }
+        None => cv_train::metrics::evaluate(model, &evaluated.loader)?,
+    };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
@@ -278,14 +257,14 @@ fn execute(job: TrainJob) -> Result<()> {
         .map(|r| format!("{:.2}%", r.accuracy * 100.0))
         .unwrap_or_else(|| "n/a".into());
     println!(
-        "done: {} epochs, test accuracy {acc}; wrote {}/{{model.safetensors, config.json, metrics.jsonl, curves.png, curves.svg}}",
+        "done: {} epochs, test accuracy {acc}; wrote {}/{{model.safetensors, config.json, metrics.jsonl, curves.png, curves.svg, report.html}}",
         summary.epochs_completed,
         out.display()
     );
     Ok(())
 }
 
-fn open_data(data: &DataSource) -> Result<cv_data::Splits> {
+pub(super) fn open_data(data: &DataSource) -> Result<cv_data::Splits> {
     let splits = data.open().map_err(|e| match e {
         cv_data::DataError::Missing { .. } => anyhow::Error::new(e).context(format!(
             "no dataset at {} (run `cargo xtask fetch-data` for CIFAR-10, or pass --data DIR)",

@@ -8,7 +8,8 @@
 //!   the data source, the starting weights and the seed;
 //! - `metrics.jsonl`, `curves.png` and `curves.svg` (one figure, two formats): see
 //!   [`crate::report`];
-//! - `train_state.safetensors`: [`TrainState`], what a resume needs.
+//! - `train_state.safetensors`: [`TrainState`], what a resume needs;
+//! - `report.html` ([`REPORT_FILE`]), at the end of the run: [`crate::run_report`].
 //!
 //! Inference code reads a folder through [`ModelCard::read`] and [`MODEL_FILE`].
 
@@ -39,6 +40,8 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CURVES_FILE: &str = "curves.png";
 /// The same plot as SVG.
 pub const CURVES_SVG_FILE: &str = "curves.svg";
+/// The run report ([`crate::run_report`]), written at the end of a run.
+pub const REPORT_FILE: &str = "report.html";
 /// Resume state.
 pub const STATE_FILE: &str = "train_state.safetensors";
 

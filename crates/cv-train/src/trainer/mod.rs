@@ -11,6 +11,7 @@
 //!   evaluate          every eval_every epochs and after the last
 //!   save              model, config, metrics, curves, then the resume state
 //!   hooks.after_epoch Continue | Stop
+//! report.html         from the last evaluation (crate::run_report)
 //! ```
 
 mod hooks;
@@ -34,7 +35,7 @@ pub use step::{StepOutput, TrainBatch, TrainStep};
 use crate::checkpoint::{InitRecord, STATE_FILE};
 use crate::config::{RunSettings, TrainConfig, TrainMode};
 use crate::error::Result;
-use crate::metrics::{EvalReport, MetricsAccumulator};
+use crate::metrics::{EvalReport, Evaluation, MetricsAccumulator};
 use crate::optim::AnyOptimizer;
 use crate::report::{EpochProgress, EpochRecord};
 use optimizers::Optimizers;
@@ -130,6 +131,8 @@ pub struct RunSummary {
     /// Images pushed through the backbone by this process (training and evaluation); in
     /// `probe` mode each image's features are computed exactly once.
     pub backbone_images: u64,
+    /// `report.html` in the run folder (`None`, with a warning, when it could not be drawn).
+    pub report: Option<PathBuf>,
 }
 
 /// Runs `job`: trains, evaluates and checkpoints after every epoch.
@@ -150,19 +153,22 @@ pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<Run
     let mut optimizers = Optimizers::new(std::mem::take(&mut counters.saved_optimizer));
     let state_file = job.out_dir.join(STATE_FILE);
     let mut final_eval = None;
+    // The evaluation of the last epoch trained, if it ran one: the report reuses it.
+    let mut last_evaluation = None;
     for epoch in counters.start_epoch..c.epochs {
         let mode = c.mode_at(epoch);
         let opt = optimizers.for_mode(&session.varmap, job.architecture, mode, c, &state_file)?;
         let started = Instant::now();
         let (train, lr, progress) = train_epoch(&session, &mut counters, opt, epoch, hooks)?;
         let images_per_s = train.images() as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        let eval = if (epoch + 1) % c.eval_every == 0 || epoch + 1 == c.epochs {
-            let (report, images) = session.evaluate(mode)?;
+        let evaluation = if (epoch + 1) % c.eval_every == 0 || epoch + 1 == c.epochs {
+            let (evaluation, images) = session.evaluate(mode)?;
             counters.backbone_images += images;
-            Some(report)
+            Some(evaluation)
         } else {
             None
         };
+        let eval = evaluation.as_ref().map(|e| e.report.clone());
         let record = EpochRecord {
             epoch: epoch + 1,
             lr,
@@ -179,10 +185,12 @@ pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<Run
         if eval.is_some() {
             final_eval = eval;
         }
+        last_evaluation = evaluation;
         if flow == Flow::Stop {
             break;
         }
     }
+    let report = report_at_end(&session, &mut counters, last_evaluation);
     Ok(RunSummary {
         out_dir: job.out_dir.clone(),
         epochs_completed: counters.records.len(),
@@ -191,7 +199,37 @@ pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<Run
         records: counters.records,
         final_eval,
         backbone_images: counters.backbone_images,
+        report,
     })
+}
+
+/// Writes `report.html` from the last epoch's evaluation (evaluating the final weights when
+/// that epoch ran none). The checkpoint is complete by then, so a report that cannot be
+/// drawn is a warning, not a failed run.
+fn report_at_end(
+    session: &Session,
+    counters: &mut Counters,
+    last: Option<Evaluation>,
+) -> Option<PathBuf> {
+    let written = (|| {
+        let evaluation = match last {
+            Some(e) => e,
+            None => {
+                let epoch = counters.records.len().saturating_sub(1);
+                let (evaluation, images) = session.evaluate(session.job.config.mode_at(epoch))?;
+                counters.backbone_images += images;
+                evaluation
+            }
+        };
+        session.write_report(&evaluation, &counters.records)
+    })();
+    match written {
+        Ok(path) => Some(path),
+        Err(e) => {
+            log::warn!("no run report: {e} (the checkpoint is complete; `cv report` retries)");
+            None
+        }
+    }
 }
 
 /// Records the epoch, writes its checkpoint, then asks the hooks whether to go on (every hook

@@ -3,6 +3,7 @@
 //! cache; and what it writes at the end of each epoch.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor};
@@ -16,13 +17,15 @@ use super::step::TrainBatch;
 use super::{Init, TrainJob};
 use crate::autocast::{compute_name, Autocast};
 use crate::checkpoint::{
-    CheckpointConfig, CheckpointDir, ModelCard, StateMeta, TrainState, STATE_FILE, STATE_VERSION,
+    CheckpointConfig, CheckpointDir, ModelCard, StateMeta, TrainState, REPORT_FILE, STATE_FILE,
+    STATE_VERSION,
 };
 use crate::config::{Precision, TrainMode};
 use crate::error::{Result, TrainError};
-use crate::metrics::{evaluate, evaluate_logits, EvalReport};
+use crate::metrics::{evaluate_logit_samples, evaluate_samples, Evaluation};
 use crate::optim::AnyOptimizer;
 use crate::report::EpochRecord;
+use crate::run_report::{self, ReportInput, DEFAULT_TOP_LOSSES};
 
 /// What changes while a run goes on.
 #[derive(Debug, Default)]
@@ -154,8 +157,9 @@ impl<'j> Session<'j> {
     }
 
     /// The eval step over the test split: on cached features in `probe` mode, else through
-    /// the whole network. Returns the report and the images that crossed the backbone.
-    pub fn evaluate(&self, mode: TrainMode) -> Result<(EvalReport, u64)> {
+    /// the whole network. Returns the evaluation (every image's outcome included) and the
+    /// images that crossed the backbone.
+    pub fn evaluate(&self, mode: TrainMode) -> Result<(Evaluation, u64)> {
         let _cast = eval_autocast(self.job)?;
         let classes = &self.job.splits.classes;
         match (&self.probe, mode) {
@@ -171,10 +175,10 @@ impl<'j> Session<'j> {
                         labels.narrow(0, start, len)?,
                     ))
                 });
-                Ok((evaluate_logits(batches, classes)?, 0))
+                Ok((evaluate_logit_samples(batches, classes)?, 0))
             }
             _ => Ok((
-                evaluate(&self.model, &self.test_loader)?,
+                evaluate_samples(&self.model, &self.test_loader)?,
                 self.job.splits.test.len() as u64,
             )),
         }
@@ -185,11 +189,7 @@ impl<'j> Session<'j> {
         let c = &self.job.config;
         let records = &counters.records;
         let epochs_completed = records.len();
-        let config_json = CheckpointConfig {
-            epochs_completed,
-            test_accuracy: records.iter().rev().find_map(|r| r.test_acc),
-            ..self.config_json.clone()
-        };
+        let config_json = self.config_after(records);
         let state = TrainState {
             meta: StateMeta {
                 version: STATE_VERSION,
@@ -204,6 +204,42 @@ impl<'j> Session<'j> {
             optimizer: opt.state_tensors()?,
         };
         self.dir.save_epoch(&config_json, &state, records)
+    }
+}
+
+impl Session<'_> {
+    /// `config.json` after the epochs of `records`.
+    fn config_after(&self, records: &[EpochRecord]) -> CheckpointConfig {
+        CheckpointConfig {
+            epochs_completed: records.len(),
+            test_accuracy: records.iter().rev().find_map(|r| r.test_acc),
+            ..self.config_json.clone()
+        }
+    }
+
+    /// Writes `report.html` into the run folder from `evaluation` (of the current weights on
+    /// the test split) and the epochs so far.
+    pub fn write_report(
+        &self,
+        evaluation: &Evaluation,
+        records: &[EpochRecord],
+    ) -> Result<PathBuf> {
+        let path = self.dir.path().join(REPORT_FILE);
+        let config = self.config_after(records);
+        let title = self.dir.path().display().to_string();
+        run_report::write_report(
+            &path,
+            &ReportInput {
+                title: &title,
+                model: &self.model,
+                test: &self.test_loader,
+                evaluation,
+                records,
+                config: Some(&config),
+                top_losses: DEFAULT_TOP_LOSSES,
+            },
+        )?;
+        Ok(path)
     }
 }
 
