@@ -718,3 +718,52 @@ fn finetune_probe_and_full_from_the_hub_stand_in() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["images"], 15);
 }
+
+#[test]
+fn mixing_and_early_stop_flags_reach_the_recipe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = cifar(tmp.path(), 20, 30);
+    let out = tmp.path().join("run");
+    expect_code(
+        cv(tmp.path())
+            .args([
+                "train",
+                "--model",
+                "cnn",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "20",
+            ])
+            .args([
+                "--mixup",
+                "0.2",
+                "--cutmix",
+                "1",
+                "--early-stop",
+                "3",
+                "--quiet",
+            ])
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out),
+        0,
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["train"]["mixup_alpha"], 0.2);
+    assert_eq!(config["train"]["cutmix_alpha"], 1.0);
+    assert_eq!(config["train"]["early_stop"], 3);
+    assert!(out.join("model_best.safetensors").is_file());
+    // Bad values are usage errors naming the flag's field, before anything is read.
+    for (flags, needle) in [
+        (&["train", "--mixup", "0"][..], "mixup alpha"),
+        (&["train", "--cutmix=-1"][..], "cutmix alpha"),
+        (&["train", "--early-stop", "0"][..], "early_stop"),
+        (&["finetune", "--mixup", "0.2"][..], "probe mode"),
+    ] {
+        let o = expect_code(cv(tmp.path()).args(flags).arg("--data").arg(&data), 2);
+        assert_clean_error(&o, needle);
+    }
+}

@@ -213,6 +213,17 @@ pub struct CommonTrainArgs {
     /// Label smoothing of the cross-entropy loss (0 to 1).
     #[arg(long)]
     pub label_smoothing: Option<f64>,
+    /// MixUp with lam ~ Beta(ALPHA, ALPHA) (torchvision's MixUp; 0.2 is common).
+    #[arg(long, value_name = "ALPHA")]
+    pub mixup: Option<f64>,
+    /// CutMix with lam ~ Beta(ALPHA, ALPHA) (1.0 is common); with --mixup, one of the two per
+    /// batch, each with probability 1/2.
+    #[arg(long, value_name = "ALPHA")]
+    pub cutmix: Option<f64>,
+    /// Stop after N epochs without a better test accuracy (model_best.safetensors keeps the
+    /// best epoch's weights either way).
+    #[arg(long, value_name = "N")]
+    pub early_stop: Option<usize>,
     /// Side of the square images the model sees (CIFAR's 32x32 are resized to it).
     #[arg(long)]
     pub image_size: Option<u32>,

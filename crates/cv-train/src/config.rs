@@ -108,6 +108,13 @@ pub struct TrainConfig {
     pub drop_last: bool,
     /// `f32` or `bf16` (mixed precision, CUDA only) for the training passes.
     pub precision: Precision,
+    /// MixUp's `alpha` (`lam ~ Beta(alpha, alpha)`), or none ([`crate::mixing`]).
+    pub mixup_alpha: Option<f64>,
+    /// CutMix's `alpha`, or none; with MixUp, one of the two per batch.
+    pub cutmix_alpha: Option<f64>,
+    /// Stop after this many epochs without a better selection accuracy
+    /// ([`crate::selection`]), or never.
+    pub early_stop: Option<usize>,
 }
 
 /// How this process runs a job: nothing here changes the weights a run computes, so these
@@ -184,6 +191,9 @@ impl Default for TrainConfig {
             eval_every: 1,
             drop_last: false,
             precision: Precision::F32,
+            mixup_alpha: None,
+            cutmix_alpha: None,
+            early_stop: None,
         }
     }
 }
@@ -261,6 +271,21 @@ impl TrainConfig {
         }
         if self.mode == TrainMode::Probe && self.unfreeze_after.is_some() {
             return bad("unfreeze_after cannot be combined with probe mode".into());
+        }
+        for (name, alpha) in [("mixup", self.mixup_alpha), ("cutmix", self.cutmix_alpha)] {
+            if let Some(a) = alpha {
+                if !(a.is_finite() && a > 0.0) {
+                    return bad(format!("{name} alpha must be a positive number, got {a}"));
+                }
+                if self.mode == TrainMode::Probe {
+                    return bad(format!(
+                        "{name} mixes images, and probe mode trains on cached features: use mode head or full"
+                    ));
+                }
+            }
+        }
+        if self.early_stop == Some(0) {
+            return bad("early_stop must be at least 1 epoch".into());
         }
         if self.unfreeze_after.is_some() && self.mode == TrainMode::Head {
             return bad("unfreeze_after starts in head mode by itself: use mode full".into());

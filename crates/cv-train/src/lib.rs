@@ -25,7 +25,8 @@
 //! Modules, one idea each: [`autocast`] (what `--precision bf16` does on each device), [`trainer`] (the loop as named parts: the train step, the epoch
 //! loop, the [`trainer::Hook`]s features plug in through, the fine-tuning modes), [`optim`]
 //! (SGD with momentum and AdamW, PyTorch semantics, parameter groups, exportable state),
-//! [`schedule`], [`loss`], [`metrics`] (top-k, per-class, confusion, the eval step,
+//! [`schedule`], [`loss`], [`mixing`] (MixUp, CutMix), [`selection`] (the best epoch's
+//! weights, early stopping), [`metrics`] (top-k, per-class, confusion, the eval step,
 //! `cv eval --json`), [`config`] (the recipe apart from the run-time settings),
 //! [`checkpoint`] (the output folder: one owner of its file names, `config.json` and the
 //! resume state), [`report`] (`metrics.jsonl`, `curves.png`/`.svg`, progress), [`run_report`]
@@ -40,10 +41,12 @@ pub mod config;
 mod error;
 pub mod loss;
 pub mod metrics;
+pub mod mixing;
 pub mod optim;
 pub mod report;
 pub mod run_report;
 pub mod schedule;
+pub mod selection;
 pub mod trainer;
 
 pub use error::{Result, TrainError};

@@ -10,7 +10,8 @@ use cv_data::{DataFormat, Dataset, Splits};
 use cv_models::{Architecture, Model};
 use cv_testkit::cifar::SplitMix;
 use cv_train::checkpoint::{
-    CheckpointConfig, TrainState, CONFIG_FILE, METRICS_FILE, MODEL_FILE, REPORT_FILE, STATE_FILE,
+    CheckpointConfig, TrainState, CONFIG_FILE, METRICS_FILE, MODEL_BEST_FILE, MODEL_FILE,
+    REPORT_FILE, STATE_FILE,
 };
 use cv_train::config::{Augment, OptimizerKind, Precision, RunSettings, TrainConfig, TrainMode};
 use cv_train::metrics::EvalReport;
@@ -749,4 +750,104 @@ fn batch_and_loss_hooks_plug_into_the_step() {
     for (p, h) in plain.steps.iter().zip(&hooked.steps) {
         assert!((h.2 - p.2 - 1.0).abs() < 1e-5, "{} vs {}", h.2, p.2);
     }
+}
+
+/// Checks, after the recipe's own hooks, that every batch carries MixUp/CutMix targets: rows
+/// of probabilities whose dominant label is the batch's label.
+struct SeesMixedTargets(usize);
+
+impl Hook for SeesMixedTargets {
+    fn on_batch(&mut self, batch: TrainBatch, _ctx: &StepContext) -> cv_train::Result<TrainBatch> {
+        let targets = batch
+            .targets
+            .as_ref()
+            .expect("mixed targets")
+            .to_vec2::<f32>()?;
+        for (row, label) in targets.iter().zip(batch.labels.to_vec1::<u32>()?) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+            assert!(row[label as usize] >= 0.5 - 1e-6, "{row:?} label {label}");
+        }
+        self.0 += 1;
+        Ok(batch)
+    }
+}
+
+#[test]
+fn mixup_and_cutmix_learn_reproducibly_and_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TrainConfig {
+        mixup_alpha: Some(0.2),
+        cutmix_alpha: Some(1.0),
+        ..config(5)
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut seen = SeesMixedTargets(0);
+    let summary = run_with_hooks(
+        &job(Architecture::SimpleCnn, c.clone(), &a, 192, 64),
+        &mut [&mut seen],
+    )
+    .unwrap();
+    assert_eq!(seen.0, 5 * 192 / 16);
+    let acc = summary.final_eval.unwrap().accuracy;
+    eprintln!("mixed: {:?}", summary.records);
+    assert!(acc >= 0.5, "accuracy {acc} with MixUp/CutMix (chance 0.25)");
+    run(&job(Architecture::SimpleCnn, c.clone(), &b, 192, 64)).unwrap();
+    assert_same_weights(&a, &b);
+    let cfg = CheckpointConfig::read(&a).unwrap();
+    assert_eq!(
+        (cfg.train.mixup_alpha, cfg.train.cutmix_alpha),
+        (Some(0.2), Some(1.0))
+    );
+    // Mixing needs images: a probe's cached features are refused before anything trains.
+    let probe = TrainConfig {
+        mode: TrainMode::Probe,
+        ..c
+    };
+    let err = run(&job(
+        Architecture::ResNet18,
+        probe,
+        &dir.path().join("p"),
+        32,
+        16,
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("probe"), "{err}");
+}
+
+#[test]
+fn model_best_holds_the_best_epoch_and_early_stop_ends_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every epoch's weights, to compare model_best.safetensors with.
+    let mut saved: Vec<Vec<u8>> = Vec::new();
+    let out = dir.path().join("run");
+    let mut keep = on_epoch(|end| {
+        saved.push(std::fs::read(end.checkpoint.join(MODEL_FILE)).unwrap());
+        Flow::Continue
+    });
+    let summary = run_with_hooks(
+        &job(Architecture::SimpleCnn, config(5), &out, 96, 64),
+        &mut [&mut keep],
+    )
+    .unwrap();
+    drop(keep);
+    let (best, _) = cv_train::selection::best_epoch(&summary.records).unwrap();
+    let kept = std::fs::read(out.join(MODEL_BEST_FILE)).unwrap();
+    assert!(
+        kept == saved[best - 1],
+        "model_best is epoch {best}'s weights"
+    );
+
+    // A rate too small to change any prediction: no epoch beats the first, so the run stops
+    // two epochs after its best.
+    let still = TrainConfig {
+        lr: 1e-12,
+        early_stop: Some(2),
+        ..config(8)
+    };
+    let out = dir.path().join("still");
+    let summary = run(&job(Architecture::SimpleCnn, still, &out, 96, 64)).unwrap();
+    let (best, _) = cv_train::selection::best_epoch(&summary.records).unwrap();
+    assert_eq!(summary.epochs_completed, best + 2, "{:?}", summary.records);
+    assert!(summary.epochs_completed < 8);
+    assert!(out.join(MODEL_BEST_FILE).is_file() && out.join(REPORT_FILE).is_file());
 }

@@ -322,6 +322,15 @@ fn apply_common(config: &mut TrainConfig, c: &CommonTrainArgs) -> Result<()> {
     if let Some(s) = c.image_size {
         config.image_size = s as usize;
     }
+    if let Some(a) = c.mixup {
+        config.mixup_alpha = Some(a);
+    }
+    if let Some(a) = c.cutmix {
+        config.cutmix_alpha = Some(a);
+    }
+    if let Some(n) = c.early_stop {
+        config.early_stop = Some(n);
+    }
     if c.nesterov {
         config.nesterov = true;
     }

@@ -8,6 +8,7 @@
 //!   the data source, the starting weights and the seed;
 //! - `metrics.jsonl`, `curves.png` and `curves.svg` (one figure, two formats): see
 //!   [`crate::report`];
+//! - `model_best.safetensors` ([`MODEL_BEST_FILE`]): the best epoch's weights, same keys;
 //! - `train_state.safetensors`: [`TrainState`], what a resume needs;
 //! - `report.html` ([`REPORT_FILE`]), at the end of the run: [`crate::run_report`].
 //!
@@ -32,6 +33,8 @@ use crate::report::{self, EpochRecord};
 
 /// Weights file of a checkpoint folder.
 pub const MODEL_FILE: &str = "model.safetensors";
+/// The weights of the epoch with the best selection accuracy ([`crate::selection`]).
+pub const MODEL_BEST_FILE: &str = "model_best.safetensors";
 /// Config file of a checkpoint folder.
 pub const CONFIG_FILE: &str = "config.json";
 /// Per-epoch metrics.

@@ -41,6 +41,8 @@ pub struct StepContext {
 pub struct EpochEnd<'a> {
     /// The epoch's metrics, as written to `metrics.jsonl`.
     pub record: &'a EpochRecord,
+    /// Every epoch's so far, this one last (those before a resume included).
+    pub records: &'a [EpochRecord],
     /// The evaluation on the test split, when this epoch ran one.
     pub eval: Option<&'a EvalReport>,
     /// The checkpoint folder, already holding this epoch's files.

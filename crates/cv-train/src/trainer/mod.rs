@@ -36,8 +36,10 @@ use crate::checkpoint::{InitRecord, STATE_FILE};
 use crate::config::{RunSettings, TrainConfig, TrainMode};
 use crate::error::Result;
 use crate::metrics::{EvalReport, Evaluation, MetricsAccumulator};
+use crate::mixing::BatchMixing;
 use crate::optim::AnyOptimizer;
 use crate::report::{EpochProgress, EpochRecord};
+use crate::selection::Selection;
 use optimizers::Optimizers;
 use session::{Counters, Session};
 
@@ -146,6 +148,21 @@ pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<Run
     cv_data::keep_freed_memory();
     let c = &job.config;
     let (session, mut counters) = Session::start(job)?;
+    // The recipe's own features run as hooks, before the caller's.
+    let classes = job.splits.classes.len();
+    let mut mixing = BatchMixing::new(c.mixup_alpha, c.cutmix_alpha, classes, c.seed)?;
+    let mut selection = Selection::new(c.early_stop);
+    let mut all: Vec<&mut dyn Hook> = Vec::with_capacity(hooks.len() + 2);
+    if let Some(m) = mixing.as_mut() {
+        all.push(m);
+    }
+    all.push(&mut selection);
+    for h in hooks.iter_mut() {
+        // Shortens the trait object's lifetime to the borrow's, as the local hooks have.
+        let h: &mut dyn Hook = &mut **h;
+        all.push(h);
+    }
+    let hooks = all.as_mut_slice();
     let resumed_at_epoch = job
         .resume
         .then_some(counters.start_epoch)
@@ -246,6 +263,7 @@ fn end_epoch(
     session.save(counters, opt)?;
     let end = EpochEnd {
         record: &record,
+        records: &counters.records,
         eval,
         checkpoint: session.dir.path(),
         vars: &session.varmap,

@@ -334,12 +334,14 @@ fn check(job: &TrainJob) -> Result<()> {
 }
 
 /// The recipe fields that may change between a run and its resume: the length of the run,
-/// how often it evaluates, and the arithmetic (the weights are f32 either way).
+/// how often it evaluates, the arithmetic (the weights are f32 either way) and when it stops
+/// early.
 fn resumable_view(c: &crate::config::TrainConfig) -> crate::config::TrainConfig {
     crate::config::TrainConfig {
         epochs: 0,
         eval_every: 1,
         precision: Precision::F32,
+        early_stop: None,
         ..c.clone()
     }
 }
@@ -359,8 +361,8 @@ fn restore(job: &TrainJob, varmap: &VarMap, state: TrainState) -> Result<Counter
     }
     if resumable_view(&state.meta.config) != resumable_view(&job.config) {
         return Err(refuse(
-            "saved with other hyper-parameters (only epochs, eval_every and precision may \
-             change on resume)"
+            "saved with other hyper-parameters (only epochs, eval_every, precision and \
+             early_stop may change on resume)"
                 .into(),
         ));
     }
