@@ -744,6 +744,7 @@ fn mixing_and_early_stop_flags_reach_the_recipe() {
                 "3",
                 "--quiet",
             ])
+            .args(["--accum-steps", "2"])
             .arg("--data")
             .arg(&data)
             .arg("--out")
@@ -755,12 +756,14 @@ fn mixing_and_early_stop_flags_reach_the_recipe() {
     assert_eq!(config["train"]["mixup_alpha"], 0.2);
     assert_eq!(config["train"]["cutmix_alpha"], 1.0);
     assert_eq!(config["train"]["early_stop"], 3);
+    assert_eq!(config["train"]["accum_steps"], 2);
     assert!(out.join("model_best.safetensors").is_file());
     // Bad values are usage errors naming the flag's field, before anything is read.
     for (flags, needle) in [
         (&["train", "--mixup", "0"][..], "mixup alpha"),
         (&["train", "--cutmix=-1"][..], "cutmix alpha"),
         (&["train", "--early-stop", "0"][..], "early_stop"),
+        (&["train", "--accum-steps", "0"][..], "accum_steps"),
         (&["finetune", "--mixup", "0.2"][..], "probe mode"),
     ] {
         let o = expect_code(cv(tmp.path()).args(flags).arg("--data").arg(&data), 2);

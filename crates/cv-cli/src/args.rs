@@ -220,6 +220,10 @@ pub struct CommonTrainArgs {
     /// batch, each with probability 1/2.
     #[arg(long, value_name = "ALPHA")]
     pub cutmix: Option<f64>,
+    /// Batches per optimizer step: an effective batch N times --batch-size, for when that
+    /// does not fit in memory (BatchNorm still normalises each batch alone).
+    #[arg(long, value_name = "N")]
+    pub accum_steps: Option<usize>,
     /// Stop after N epochs without a better test accuracy (model_best.safetensors keeps the
     /// best epoch's weights either way).
     #[arg(long, value_name = "N")]

@@ -112,6 +112,10 @@ pub struct TrainConfig {
     pub mixup_alpha: Option<f64>,
     /// CutMix's `alpha`, or none; with MixUp, one of the two per batch.
     pub cutmix_alpha: Option<f64>,
+    /// Loader batches per optimizer step: gradients of `accum_steps` consecutive batches are
+    /// summed, weighted by their share of the images, so a step equals one on a batch
+    /// `accum_steps` times larger (BatchNorm still sees each batch alone, as in PyTorch).
+    pub accum_steps: usize,
     /// Stop after this many epochs without a better selection accuracy
     /// ([`crate::selection`]), or never.
     pub early_stop: Option<usize>,
@@ -193,6 +197,7 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             mixup_alpha: None,
             cutmix_alpha: None,
+            accum_steps: 1,
             early_stop: None,
         }
     }
@@ -284,6 +289,9 @@ impl TrainConfig {
                 }
             }
         }
+        if self.accum_steps == 0 {
+            return bad("accum_steps must be at least 1".into());
+        }
         if self.early_stop == Some(0) {
             return bad("early_stop must be at least 1 epoch".into());
         }
@@ -291,6 +299,11 @@ impl TrainConfig {
             return bad("unfreeze_after starts in head mode by itself: use mode full".into());
         }
         Ok(())
+    }
+
+    /// Optimizer steps in an epoch of `batches` loader batches.
+    pub fn optimizer_steps(&self, batches: usize) -> usize {
+        batches.div_ceil(self.accum_steps.max(1))
     }
 
     /// The mode of 0-based epoch `epoch`, after gradual unfreezing.

@@ -851,3 +851,52 @@ fn model_best_holds_the_best_epoch_and_early_stop_ends_the_run() {
     assert!(summary.epochs_completed < 8);
     assert!(out.join(MODEL_BEST_FILE).is_file() && out.join(REPORT_FILE).is_file());
 }
+
+#[test]
+fn accumulated_steps_equal_one_step_on_the_large_batch() {
+    // The small CNN has no BatchNorm, so four batches of 8 accumulated are one batch of 32:
+    // same data order, learning rates and weights, up to float rounding. 70 images make a
+    // short last step (6 images) on both sides.
+    let dir = tempfile::tempdir().unwrap();
+    let base = TrainConfig {
+        augment: Augment::None,
+        ..config(2)
+    };
+    let large = TrainConfig {
+        batch_size: 32,
+        ..base.clone()
+    };
+    let accumulated = TrainConfig {
+        batch_size: 8,
+        accum_steps: 4,
+        ..base
+    };
+    let (a, b) = (dir.path().join("large"), dir.path().join("accum"));
+    let one = run(&job(Architecture::SimpleCnn, large, &a, 70, 16)).unwrap();
+    let four = run(&job(Architecture::SimpleCnn, accumulated, &b, 70, 16)).unwrap();
+    assert_eq!(one.global_step, 6);
+    assert_eq!(four.global_step, 6);
+    let (wa, wb) = (weights(&a), weights(&b));
+    let start = initial(Architecture::SimpleCnn, 7);
+    for (k, t) in &wa {
+        let moved = max_diff(t, &start[k]);
+        let diff = max_diff(t, &wb[k]);
+        assert!(moved > 1e-4, "{k} trained");
+        assert!(
+            diff < 1e-5 + 1e-3 * moved,
+            "{k}: {diff} apart after moving {moved}"
+        );
+    }
+    let err = run(&job(
+        Architecture::SimpleCnn,
+        TrainConfig {
+            accum_steps: 0,
+            ..config(1)
+        },
+        &dir.path().join("zero"),
+        16,
+        8,
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("accum_steps"), "{err}");
+}

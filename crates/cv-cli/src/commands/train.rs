@@ -319,6 +319,7 @@ fn apply_common(config: &mut TrainConfig, c: &CommonTrainArgs) -> Result<()> {
     set!(weight_decay);
     set!(label_smoothing);
     set!(seed);
+    set!(accum_steps);
     if let Some(s) = c.image_size {
         config.image_size = s as usize;
     }
@@ -356,12 +357,12 @@ fn apply_common(config: &mut TrainConfig, c: &CommonTrainArgs) -> Result<()> {
 
 /// The schedule needs the number of steps, known once the data is open.
 fn finish_config(config: &mut TrainConfig, c: &CommonTrainArgs, train_images: usize) {
-    let steps_per_epoch = if config.drop_last {
+    let batches = if config.drop_last {
         train_images / config.batch_size
     } else {
         train_images.div_ceil(config.batch_size)
-    }
-    .max(1);
+    };
+    let steps_per_epoch = config.optimizer_steps(batches).max(1);
     if let Some(s) = c.schedule {
         config.schedule = match s {
             ScheduleArg::Constant => Schedule::Constant,

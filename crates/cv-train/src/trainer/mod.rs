@@ -14,6 +14,7 @@
 //! report.html         from the last evaluation (crate::run_report)
 //! ```
 
+mod accumulate;
 mod hooks;
 mod optimizers;
 mod pipelines;
@@ -40,6 +41,7 @@ use crate::mixing::BatchMixing;
 use crate::optim::AnyOptimizer;
 use crate::report::{EpochProgress, EpochRecord};
 use crate::selection::Selection;
+use accumulate::Accumulated;
 use optimizers::Optimizers;
 use session::{Counters, Session};
 
@@ -302,13 +304,18 @@ fn train_epoch(
         c.precision,
         c.label_smoothing,
     );
-    let total_steps = session.steps_per_epoch * c.epochs;
+    let total_steps = c.optimizer_steps(session.steps_per_epoch) * c.epochs;
+    let accum = c.accum_steps.max(1);
+    let mut sums = Accumulated::new(session.varmap.all_vars());
+    let mut group_images = 0usize;
     let started = Instant::now();
     let mut metrics = MetricsAccumulator::new(job.splits.classes.len());
     let mut lr = c.lr;
     for (b, batch) in session.batches(epoch, mode)?.enumerate() {
-        lr = c.schedule.lr_at(c.lr, counters.global_step, total_steps);
-        opt.set_learning_rate(lr);
+        if b % accum == 0 {
+            lr = c.schedule.lr_at(c.lr, counters.global_step, total_steps);
+            opt.set_learning_rate(lr);
+        }
         let ctx = StepContext {
             epoch,
             batch: b,
@@ -320,13 +327,31 @@ fn train_epoch(
         for hook in hooks.iter_mut() {
             batch = hook.on_batch(batch, &ctx)?;
         }
-        let out = step.run(&batch, opt, hooks, &ctx)?;
-        for hook in hooks.iter_mut() {
-            hook.after_step(&out, &session.varmap, &ctx)?;
-        }
+        let last_of_step = (b + 1) % accum == 0 || b + 1 == session.steps_per_epoch;
+        let out = if accum == 1 {
+            step.run(&batch, opt, hooks, &ctx)?
+        } else {
+            // Weighted by the images of a full step; a short last step is rescaled below.
+            let full_step = (accum * c.batch_size) as f64;
+            let images = batch.labels.dim(0)?;
+            let (grads, out) = step.gradients(&batch, images as f64 / full_step, hooks, &ctx)?;
+            group_images += images;
+            sums.add(&grads)?;
+            if last_of_step {
+                let factor = full_step / group_images.max(1) as f64;
+                opt.step(&sums.finish(grads, factor)?)?;
+                group_images = 0;
+            }
+            out
+        };
         let labels = batch.labels.to_vec1::<u32>()?;
         metrics.update(&out.logits, &labels, out.loss as f64)?;
-        counters.global_step += 1;
+        if last_of_step {
+            for hook in hooks.iter_mut() {
+                hook.after_step(&out, &session.varmap, &ctx)?;
+            }
+            counters.global_step += 1;
+        }
         if mode != TrainMode::Probe {
             counters.backbone_images += labels.len() as u64;
         }

@@ -2,6 +2,7 @@
 //! Forward in the epoch's mode, cross-entropy (plus the hooks' extra terms), backward,
 //! optimizer step.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Module, Tensor};
 use cv_models::Model;
 
@@ -98,6 +99,21 @@ impl<'a> TrainStep<'a> {
         hooks: &mut [&mut dyn Hook],
         ctx: &StepContext,
     ) -> Result<StepOutput> {
+        let (grads, out) = self.gradients(batch, 1.0, hooks, ctx)?;
+        opt.step(&grads)?;
+        Ok(out)
+    }
+
+    /// Forward, loss (the hooks' terms included) and backward of `batch`, the loss scaled by
+    /// `weight` before backward (a batch's share of an accumulated step); no update. The
+    /// output's loss is unscaled. A NaN or infinite loss is an error.
+    pub fn gradients(
+        &self,
+        batch: &TrainBatch,
+        weight: f64,
+        hooks: &mut [&mut dyn Hook],
+        ctx: &StepContext,
+    ) -> Result<(GradStore, StepOutput)> {
         let logits = self.logits(&batch.input)?;
         let mut loss = match &batch.targets {
             None => cross_entropy(&logits, &batch.labels, self.label_smoothing)?,
@@ -117,10 +133,15 @@ impl<'a> TrainStep<'a> {
                 step: ctx.global_step,
             });
         }
-        opt.step(&loss.backward()?)?;
-        Ok(StepOutput {
+        let scaled = if weight == 1.0 {
+            loss
+        } else {
+            loss.affine(weight, 0.0)?
+        };
+        let out = StepOutput {
             loss: value,
             logits: logits.detach(),
-        })
+        };
+        Ok((scaled.backward()?, out))
     }
 }
