@@ -24,6 +24,7 @@ flags=(--headless --no-sandbox --disable-gpu --disable-quic --no-first-run
 
 dom=$(timeout 120 "$browser" "${flags[@]}" --dump-dom "$url" 2>"$log")
 missing=0
+# The ids of cv_train::run_report::SECTIONS.
 for id in summary curves confusion per-class most-confused top-losses recipe; do
   if ! grep -q "id=\"$id\"" <<<"$dom"; then
     echo "error: $report: the parsed page has no section \"$id\"" >&2

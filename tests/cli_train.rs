@@ -118,15 +118,7 @@ fn train_then_eval_then_predict() {
 /// The sections of a report page and its count of top-loss tiles.
 fn report_sections(path: &Path) -> (String, usize) {
     let html = std::fs::read_to_string(path).unwrap();
-    for id in [
-        "summary",
-        "curves",
-        "confusion",
-        "per-class",
-        "most-confused",
-        "top-losses",
-        "recipe",
-    ] {
+    for id in cv_train::run_report::SECTIONS {
         assert!(
             html.contains(&format!("id=\"{id}\"")),
             "{}: section {id}",

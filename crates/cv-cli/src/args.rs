@@ -315,15 +315,9 @@ pub struct EvalArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 100)]
-    pub batch_size: usize,
-    /// Device: cpu, cuda, cuda:N or metal.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Skip unreadable images in an image folder instead of failing.
-    #[arg(long)]
-    pub skip_bad: bool,
+    /// How the test split is read and run.
+    #[command(flatten)]
+    pub pass: EvalPassArgs,
     /// Arithmetic of the forward pass: f32, or bf16 (CPU with AMX-BF16 or AVX512-BF16).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
@@ -349,6 +343,14 @@ pub struct ReportArgs {
     /// Highest-loss images the report shows.
     #[arg(long, default_value_t = cv_train::run_report::DEFAULT_TOP_LOSSES)]
     pub top_losses: usize,
+    /// How the test split is read and run.
+    #[command(flatten)]
+    pub pass: EvalPassArgs,
+}
+
+/// How `cv eval` and `cv report` read and run a test split.
+#[derive(Debug, Args)]
+pub struct EvalPassArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,

@@ -225,15 +225,7 @@ fn small_cnn_learns_and_writes_the_checkpoint_folder() {
 fn assert_report(out: &Path, eval: &EvalReport, tiles: usize, init: &str) {
     use base64::Engine;
     let html = std::fs::read_to_string(out.join(REPORT_FILE)).unwrap();
-    for id in [
-        "summary",
-        "curves",
-        "confusion",
-        "per-class",
-        "most-confused",
-        "top-losses",
-        "recipe",
-    ] {
+    for id in cv_train::run_report::SECTIONS {
         assert!(html.contains(&format!("id=\"{id}\"")), "section {id}");
     }
     // The curves with their legend, the heatmap with class names and a tooltip per cell.

@@ -110,11 +110,11 @@ pub fn run(a: &ReportArgs) -> Result<()> {
     })?;
     let data = match (&a.data, config.data) {
         (Some(path), _) => DataSource {
-            skip_bad: a.skip_bad,
+            skip_bad: a.pass.skip_bad,
             ..DataSource::new(path)
         },
         (None, Some(recorded)) => DataSource {
-            skip_bad: a.skip_bad || recorded.skip_bad,
+            skip_bad: a.pass.skip_bad || recorded.skip_bad,
             ..recorded
         },
         (None, None) => {
@@ -124,8 +124,8 @@ pub fn run(a: &ReportArgs) -> Result<()> {
             )))
         }
     };
-    let device = cv_models::device::select(&a.device)?;
-    let evaluated = open(&a.run, &data, a.batch_size, &device)?;
+    let device = cv_models::device::select(&a.pass.device)?;
+    let evaluated = open(&a.run, &data, a.pass.batch_size, &device)?;
     let evaluation =
         cv_train::metrics::evaluate_samples(evaluated.classifier.model(), &evaluated.loader)?;
     let path = a.out.clone().unwrap_or_else(|| a.run.join(REPORT_FILE));

@@ -201,13 +201,13 @@ fn run_settings(c: &CommonTrainArgs) -> RunSettings {
 
 /// Evaluating a checkpoint on the test split (and its report with `--report`).
 pub fn eval(a: &EvalArgs) -> Result<()> {
-    let device = device(&a.device)?;
+    let device = device(&a.pass.device)?;
     let _cast = super::eval_precision(a.precision, &device)?;
     let data = DataSource {
-        skip_bad: a.skip_bad,
+        skip_bad: a.pass.skip_bad,
         ..DataSource::new(&a.data)
     };
-    let evaluated = super::report::open(&a.checkpoint, &data, a.batch_size, &device)?;
+    let evaluated = super::report::open(&a.checkpoint, &data, a.pass.batch_size, &device)?;
     let model = evaluated.classifier.model();
     let report = match &a.report {
         Some(dir) => {

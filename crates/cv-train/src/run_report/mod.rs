@@ -24,6 +24,17 @@ use crate::error::{Result, TrainError};
 use crate::metrics::Evaluation;
 use crate::report::EpochRecord;
 
+/// The `id`s of the page's sections, in order (what a check of the page looks for).
+pub const SECTIONS: [&str; 7] = [
+    "summary",
+    "curves",
+    "confusion",
+    "per-class",
+    "most-confused",
+    "top-losses",
+    "recipe",
+];
+
 /// How many of the highest-loss test images the report shows by default.
 pub const DEFAULT_TOP_LOSSES: usize = 12;
 
