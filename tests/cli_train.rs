@@ -736,7 +736,7 @@ fn mixing_and_early_stop_flags_reach_the_recipe() {
                 "3",
                 "--quiet",
             ])
-            .args(["--accum-steps", "2"])
+            .args(["--accum-steps", "2", "--val-split", "0.2"])
             .arg("--data")
             .arg(&data)
             .arg("--out")
@@ -749,6 +749,12 @@ fn mixing_and_early_stop_flags_reach_the_recipe() {
     assert_eq!(config["train"]["cutmix_alpha"], 1.0);
     assert_eq!(config["train"]["early_stop"], 3);
     assert_eq!(config["train"]["accum_steps"], 2);
+    assert_eq!(config["train"]["val_split"], 0.2);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.lines().all(|l| l.contains("\"val_acc\"")),
+        "{metrics}"
+    );
     assert!(out.join("model_best.safetensors").is_file());
     // Bad values are usage errors naming the flag's field, before anything is read.
     for (flags, needle) in [
@@ -756,6 +762,7 @@ fn mixing_and_early_stop_flags_reach_the_recipe() {
         (&["train", "--cutmix=-1"][..], "cutmix alpha"),
         (&["train", "--early-stop", "0"][..], "early_stop"),
         (&["train", "--accum-steps", "0"][..], "accum_steps"),
+        (&["train", "--val-split", "1.5"][..], "val_split"),
         (&["finetune", "--mixup", "0.2"][..], "probe mode"),
     ] {
         let o = expect_code(cv(tmp.path()).args(flags).arg("--data").arg(&data), 2);

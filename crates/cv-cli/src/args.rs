@@ -220,12 +220,17 @@ pub struct CommonTrainArgs {
     /// batch, each with probability 1/2.
     #[arg(long, value_name = "ALPHA")]
     pub cutmix: Option<f64>,
+    /// Hold out this stratified, seeded fraction of the training images as a validation
+    /// split (never the test split): evaluated each epoch, used by model selection and
+    /// --early-stop.
+    #[arg(long, value_name = "F")]
+    pub val_split: Option<f64>,
     /// Batches per optimizer step: an effective batch N times --batch-size, for when that
     /// does not fit in memory (BatchNorm still normalises each batch alone).
     #[arg(long, value_name = "N")]
     pub accum_steps: Option<usize>,
-    /// Stop after N epochs without a better test accuracy (model_best.safetensors keeps the
-    /// best epoch's weights either way).
+    /// Stop after N epochs without a better validation accuracy (test accuracy without
+    /// --val-split); model_best.safetensors keeps the best epoch's weights either way.
     #[arg(long, value_name = "N")]
     pub early_stop: Option<usize>,
     /// Side of the square images the model sees (CIFAR's 32x32 are resized to it).

@@ -112,6 +112,10 @@ pub struct TrainConfig {
     pub mixup_alpha: Option<f64>,
     /// CutMix's `alpha`, or none; with MixUp, one of the two per batch.
     pub cutmix_alpha: Option<f64>,
+    /// Hold out this stratified, seeded fraction of the training images as a validation
+    /// split: evaluated every epoch beside the test split, and what model selection and
+    /// early stopping use.
+    pub val_split: Option<f64>,
     /// Loader batches per optimizer step: gradients of `accum_steps` consecutive batches are
     /// summed, weighted by their share of the images, so a step equals one on a batch
     /// `accum_steps` times larger (BatchNorm still sees each batch alone, as in PyTorch).
@@ -197,6 +201,7 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             mixup_alpha: None,
             cutmix_alpha: None,
+            val_split: None,
             accum_steps: 1,
             early_stop: None,
         }
@@ -287,6 +292,11 @@ impl TrainConfig {
                         "{name} mixes images, and probe mode trains on cached features: use mode head or full"
                     ));
                 }
+            }
+        }
+        if let Some(f) = self.val_split {
+            if !(f > 0.0 && f < 1.0) {
+                return bad(format!("val_split must be a fraction in (0, 1), got {f}"));
             }
         }
         if self.accum_steps == 0 {

@@ -36,6 +36,12 @@ pub struct EpochRecord {
     pub test_acc: Option<f64>,
     /// Test top-5 accuracy.
     pub test_top5: Option<f64>,
+    /// Validation loss (absent without a validation split, or when not evaluated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// Validation top-1 accuracy: what model selection uses when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_acc: Option<f64>,
     /// Wall-clock seconds of the epoch (training and evaluation).
     pub seconds: f64,
     /// Training throughput, images per second.
@@ -95,6 +101,7 @@ const MAX_MARKERS: usize = 60;
 const TRAIN: RGBColor = RGBColor(220, 40, 40);
 const TEST: RGBColor = RGBColor(30, 90, 220);
 const TOP5: RGBColor = RGBColor(30, 160, 60);
+const VAL: RGBColor = RGBColor(230, 140, 20);
 const GRID_LIGHT: RGBColor = RGBColor(235, 235, 235);
 const GRID_BOLD: RGBColor = RGBColor(200, 200, 200);
 
@@ -104,6 +111,7 @@ enum Marker {
     Circle,
     Triangle,
     Square,
+    Diamond,
 }
 
 /// One curve: its legend label, colour, marker and `(epoch, value)` points.
@@ -142,6 +150,9 @@ fn draw_marker<DB: DrawingBackend, CT: CoordTranslate>(
         Marker::Square => {
             area.draw(&(EmptyElement::at(at) + Rectangle::new([(-3, -3), (4, 4)], style)))
         }
+        Marker::Diamond => area.draw(
+            &(EmptyElement::at(at) + Polygon::new(vec![(0, -5), (5, 0), (0, 5), (-5, 0)], style)),
+        ),
     }
     .map_err(|e| e.to_string())
 }
@@ -313,17 +324,23 @@ fn draw_curves<DB: DrawingBackend>(
         marker,
         points: series(f),
     };
-    let loss = [
+    // Validation curves only for runs that have a validation split.
+    let has_val = records.iter().any(|r| r.val_acc.is_some());
+    let mut loss = vec![
         curve("train loss", TRAIN, Marker::Circle, &|r| Some(r.train_loss)),
         curve("test loss", TEST, Marker::Triangle, &|r| r.test_loss),
     ];
-    let accuracy = [
+    let mut accuracy = vec![
         curve("train accuracy", TRAIN, Marker::Circle, &|r| {
             Some(r.train_acc)
         }),
         curve("test accuracy", TEST, Marker::Triangle, &|r| r.test_acc),
         curve("test top-5", TOP5, Marker::Square, &|r| r.test_top5),
     ];
+    if has_val {
+        loss.push(curve("val loss", VAL, Marker::Diamond, &|r| r.val_loss));
+        accuracy.push(curve("val accuracy", VAL, Marker::Diamond, &|r| r.val_acc));
+    }
     let epochs = EpochAxis::new(records);
     // Loss from 0 to a little over its largest value (1 when nothing finite was measured).
     let loss_max = loss
@@ -469,6 +486,8 @@ mod tests {
             test_loss: eval.then_some(loss * 1.1),
             test_acc: eval.then_some(acc * 0.9),
             test_top5: eval.then_some(1.0),
+            val_loss: None,
+            val_acc: None,
             seconds: 1.5,
             images_per_s: 100.0,
         }

@@ -1,8 +1,8 @@
 //! Model selection, as a [`Hook`] at the end of each epoch: `model_best.safetensors` keeps the
 //! weights of the epoch with the best selection accuracy (the earliest on ties), and
 //! `early_stop: N` ends the run after N epochs without a better one, saying why. The
-//! selection accuracy is the test split's: the run has no validation split to use instead,
-//! which the log says when it stops.
+//! selection accuracy is the validation split's when the run holds one out (`val_split`),
+//! else the test split's, and the log says which.
 //!
 //! Everything is computed from the epochs' records, so a resumed run selects as the
 //! uninterrupted one would.
@@ -13,11 +13,16 @@ use crate::error::{Result, TrainError};
 use crate::report::EpochRecord;
 use crate::trainer::{EpochEnd, Flow, Hook};
 
-/// The best epoch so far: its 1-based number and accuracy.
+/// The accuracy selection uses: validation when the epoch measured it, else test.
+pub fn selection_accuracy(r: &EpochRecord) -> Option<f64> {
+    r.val_acc.or(r.test_acc)
+}
+
+/// The best epoch so far: its 1-based number and selection accuracy.
 pub fn best_epoch(records: &[EpochRecord]) -> Option<(usize, f64)> {
     records
         .iter()
-        .filter_map(|r| r.test_acc.map(|a| (r.epoch, a)))
+        .filter_map(|r| selection_accuracy(r).map(|a| (r.epoch, a)))
         .fold(None, |best, (e, a)| match best {
             Some((_, b)) if b >= a => best,
             _ => Some((e, a)),
@@ -50,12 +55,22 @@ impl Hook for Selection {
         let since = end.record.epoch - best;
         match self.early_stop {
             Some(patience) if since >= patience => {
+                let split = if end.records.iter().any(|r| r.val_acc.is_some()) {
+                    "validation"
+                } else {
+                    "test"
+                };
                 log::info!(
-                    "early stop after epoch {}: no better test accuracy for {since} epochs \
+                    "early stop after epoch {}: no better {split} accuracy for {since} epochs \
                      (best {:.2}% at epoch {best}, kept in {MODEL_BEST_FILE}); selection uses \
-                     the test split, as the run has no validation split",
+                     the {split} split{}",
                     end.record.epoch,
-                    100.0 * accuracy
+                    100.0 * accuracy,
+                    if split == "test" {
+                        ", as the run has no validation split (--val-split)"
+                    } else {
+                        ""
+                    }
                 );
                 Ok(Flow::Stop)
             }
@@ -77,6 +92,8 @@ mod tests {
             test_loss: test_acc.map(|_| 1.0),
             test_acc,
             test_top5: test_acc,
+            val_loss: None,
+            val_acc: None,
             seconds: 1.0,
             images_per_s: 1.0,
         }
@@ -94,5 +111,9 @@ mod tests {
             record(5, Some(0.6)),
         ];
         assert_eq!(best_epoch(&r), Some((2, 0.7)));
+        // Validation accuracy, when measured, decides over test accuracy.
+        let mut v = r.to_vec();
+        v[4].val_acc = Some(0.9);
+        assert_eq!(best_epoch(&v), Some((5, 0.9)));
     }
 }

@@ -892,3 +892,33 @@ fn accumulated_steps_equal_one_step_on_the_large_batch() {
     .unwrap_err();
     assert!(err.to_string().contains("accum_steps"), "{err}");
 }
+
+#[test]
+fn val_split_is_held_out_evaluated_and_selects() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TrainConfig {
+        val_split: Some(0.25),
+        ..config(3)
+    };
+    let summary = run(&job(Architecture::SimpleCnn, c, dir.path(), 192, 64)).unwrap();
+    // 48 of the 192 training images (12 per class) are held out: each epoch trains on 144
+    // and evaluates 64 test and 48 validation images.
+    assert_eq!(summary.backbone_images, 3 * (144 + 64 + 48));
+    assert_eq!(summary.global_step, 3 * 144 / 16);
+    for r in &summary.records {
+        assert!(
+            r.val_acc.is_some() && r.val_loss.is_some() && r.test_acc.is_some(),
+            "{r:?}"
+        );
+    }
+    let (best, acc) = cv_train::selection::best_epoch(&summary.records).unwrap();
+    assert_eq!(
+        Some(acc),
+        summary.records[best - 1].val_acc,
+        "selection on validation"
+    );
+    let svg = std::fs::read_to_string(dir.path().join("curves.svg")).unwrap();
+    assert!(svg.contains("val accuracy") && svg.contains("val loss"));
+    let cfg = CheckpointConfig::read(dir.path()).unwrap();
+    assert_eq!(cfg.train.val_split, Some(0.25));
+}

@@ -329,6 +329,9 @@ fn apply_common(config: &mut TrainConfig, c: &CommonTrainArgs) -> Result<()> {
     if let Some(a) = c.cutmix {
         config.cutmix_alpha = Some(a);
     }
+    if let Some(f) = c.val_split {
+        config.val_split = Some(f);
+    }
     if let Some(n) = c.early_stop {
         config.early_stop = Some(n);
     }

@@ -188,6 +188,17 @@ pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<Run
             None
         };
         let eval = evaluation.as_ref().map(|e| e.report.clone());
+        let val = if evaluation.is_some() {
+            match session.evaluate_val(mode)? {
+                Some((v, images)) => {
+                    counters.backbone_images += images;
+                    Some(v.report)
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
         let record = EpochRecord {
             epoch: epoch + 1,
             lr,
@@ -196,6 +207,8 @@ pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<Run
             test_loss: eval.as_ref().map(|r| r.loss),
             test_acc: eval.as_ref().map(|r| r.accuracy),
             test_top5: eval.as_ref().map(|r| r.top5),
+            val_loss: val.as_ref().map(|r| r.loss),
+            val_acc: val.as_ref().map(|r| r.accuracy),
             seconds: started.elapsed().as_secs_f64(),
             images_per_s,
         };
@@ -371,6 +384,10 @@ fn summary_line(r: &EpochRecord) -> String {
         .test_acc
         .map(|a| format!(" test {:.1}%", 100.0 * a))
         .unwrap_or_default();
+    let test = match r.val_acc {
+        Some(v) => format!(" val {:.1}%{test}", 100.0 * v),
+        None => test,
+    };
     format!(
         "loss {:.4} acc {:.1}%{test} {:.0} img/s {:.1}s",
         r.train_loss,

@@ -46,6 +46,7 @@ pub(super) struct Counters {
 struct ProbeCache {
     train: (Tensor, Tensor),
     test: (Tensor, Tensor),
+    val: Option<(Tensor, Tensor)>,
 }
 
 /// A run's fixed parts.
@@ -58,6 +59,8 @@ pub(super) struct Session<'j> {
     pub frozen: Model,
     train_loader: Loader,
     test_loader: Loader,
+    /// The held-out validation split (eval transforms), with `val_split`.
+    val_loader: Option<Loader>,
     probe: Option<ProbeCache>,
     pub steps_per_epoch: usize,
     /// `config.json` as of the start; each epoch fills in its progress.
@@ -78,12 +81,21 @@ impl<'j> Session<'j> {
             compute_name(c.precision, &job.device)?
         );
         let (mean, std) = job.init.normalization();
-        let train_data = Arc::new(job.splits.train.clone());
+        let (train_data, val_data) = hold_out(job);
         let test_data = Arc::new(job.splits.test.clone());
         let train_tf = train_pipeline(c.augment, c.image_size, &train_data, mean, std);
         let eval_tf = eval_pipeline(c.image_size, &test_data, mean, std);
         let train_loader = loader(job, &train_data, &train_tf, true)?;
         let test_loader = loader(job, &test_data, &eval_tf, false)?;
+        let val_loader = match &val_data {
+            Some(d) => Some(loader(
+                job,
+                d,
+                &eval_pipeline(c.image_size, d, mean, std),
+                false,
+            )?),
+            None => None,
+        };
         let steps_per_epoch = train_loader.num_batches();
         if steps_per_epoch == 0 {
             return Err(TrainError::Config(format!(
@@ -96,10 +108,15 @@ impl<'j> Session<'j> {
         // A probe trains on features of the eval transforms: record what it really saw.
         let probe_tf = eval_pipeline(c.image_size, &train_data, mean, std);
         let probe = if c.mode == TrainMode::Probe && counters.start_epoch < c.epochs {
-            counters.backbone_images += (train_data.len() + test_data.len()) as u64;
+            let val_len = val_data.as_ref().map_or(0, |d| d.len());
+            counters.backbone_images += (train_data.len() + test_data.len() + val_len) as u64;
             Some(ProbeCache {
                 train: features(job, &frozen, &loader(job, &train_data, &probe_tf, false)?)?,
                 test: features(job, &frozen, &test_loader)?,
+                val: match &val_loader {
+                    Some(l) => Some(features(job, &frozen, l)?),
+                    None => None,
+                },
             })
         } else {
             None
@@ -117,6 +134,7 @@ impl<'j> Session<'j> {
             frozen,
             train_loader,
             test_loader,
+            val_loader,
             probe,
             steps_per_epoch,
             config_json: config_json(job, eval_tf, seen_tf),
@@ -160,12 +178,30 @@ impl<'j> Session<'j> {
     /// the whole network. Returns the evaluation (every image's outcome included) and the
     /// images that crossed the backbone.
     pub fn evaluate(&self, mode: TrainMode) -> Result<(Evaluation, u64)> {
+        let cached = self.probe.as_ref().map(|p| &p.test);
+        self.evaluate_on(mode, &self.test_loader, cached)
+    }
+
+    /// The same on the validation split, when the run holds one out.
+    pub fn evaluate_val(&self, mode: TrainMode) -> Result<Option<(Evaluation, u64)>> {
+        let Some(val_loader) = &self.val_loader else {
+            return Ok(None);
+        };
+        let cached = self.probe.as_ref().and_then(|p| p.val.as_ref());
+        Ok(Some(self.evaluate_on(mode, val_loader, cached)?))
+    }
+
+    fn evaluate_on(
+        &self,
+        mode: TrainMode,
+        data: &Loader,
+        cached: Option<&(Tensor, Tensor)>,
+    ) -> Result<(Evaluation, u64)> {
         let _cast = eval_autocast(self.job)?;
         let classes = &self.job.splits.classes;
-        match (&self.probe, mode) {
-            (Some(probe), TrainMode::Probe) => {
+        match (cached, mode) {
+            (Some((feats, labels)), TrainMode::Probe) => {
                 let head = self.frozen.head();
-                let (feats, labels) = &probe.test;
                 let n = feats.dim(0)?;
                 let size = self.job.config.batch_size;
                 let batches = (0..n).step_by(size).map(|start| {
@@ -178,8 +214,8 @@ impl<'j> Session<'j> {
                 Ok((evaluate_logit_samples(batches, classes)?, 0))
             }
             _ => Ok((
-                evaluate_samples(&self.model, &self.test_loader)?,
-                self.job.splits.test.len() as u64,
+                evaluate_samples(&self.model, data)?,
+                data.dataset().len() as u64,
             )),
         }
     }
@@ -267,6 +303,26 @@ fn build_model(job: &TrainJob, previous: Option<TrainState>) -> Result<(VarMap, 
         }
     };
     Ok((varmap, model, counters))
+}
+
+/// The training images the run trains on and, with `val_split`, the stratified part of the
+/// training split held out for validation (drawn from the run's seed).
+fn hold_out(job: &TrainJob) -> (Arc<Dataset>, Option<Arc<Dataset>>) {
+    let train = &job.splits.train;
+    match job.config.val_split {
+        None => (Arc::new(train.clone()), None),
+        Some(fraction) => {
+            let (rest, val) = train.split_stratified(fraction, job.config.seed);
+            log::info!(
+                "validation split: {} of the {} training images held out (stratified, seed {}); \
+                 model selection uses it",
+                val.len(),
+                train.len(),
+                job.config.seed
+            );
+            (Arc::new(rest), Some(Arc::new(val)))
+        }
+    }
 }
 
 /// A loader of `data` through `tf`: shuffled (and dropping the last short batch when the
