@@ -922,3 +922,62 @@ fn val_split_is_held_out_evaluated_and_selects() {
     let cfg = CheckpointConfig::read(dir.path()).unwrap();
     assert_eq!(cfg.train.val_split, Some(0.25));
 }
+
+/// The report of a ResNet-18 on images that are not square (no eval transform: the model
+/// sees 48x32): each tile keeps the image's width and height.
+#[test]
+fn report_tiles_keep_the_shape_of_non_square_images() {
+    let varmap = VarMap::new();
+    let model = Model::new(
+        Architecture::ResNet18,
+        CLASSES,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    cv_models::init::initialise(&varmap, Architecture::ResNet18, 3).unwrap();
+    let mut rng = SplitMix(9);
+    let data = Dataset {
+        images: (0..3)
+            .map(|c| cv_testkit::folder::class_image(c, 48, 32, &mut rng))
+            .collect(),
+        labels: vec![0, 1, 2],
+        classes: (0..CLASSES).map(|c| format!("class{c}")).collect(),
+    };
+    let loader = cv_data::Loader::new(
+        std::sync::Arc::new(data),
+        cv_data::Pipeline::none(
+            cv_data::transforms::CIFAR10_MEAN,
+            cv_data::transforms::CIFAR10_STD,
+        ),
+        cv_data::LoaderConfig::default(),
+        Device::Cpu,
+    )
+    .unwrap();
+    let evaluation = cv_train::metrics::evaluate_samples(&model, &loader).unwrap();
+    let html = cv_train::run_report::render_report(&cv_train::run_report::ReportInput {
+        title: "non-square",
+        model: &model,
+        test: &loader,
+        evaluation: &evaluation,
+        records: &[],
+        config: None,
+        top_losses: 2,
+    })
+    .unwrap();
+    use base64::Engine;
+    let sizes: Vec<(u32, u32)> = html
+        .split("src=\"data:image/png;base64,")
+        .skip(1)
+        .map(|t| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&t[..t.find('"').unwrap()])
+                .unwrap();
+            image::load_from_memory(&bytes)
+                .unwrap()
+                .to_rgb8()
+                .dimensions()
+        })
+        .collect();
+    assert_eq!(sizes, vec![(48, 32); 4]);
+    assert!(html.contains("No epochs recorded") && html.contains("No config.json"));
+}

@@ -44,12 +44,19 @@ fn tile(input: &ReportInput, outcome: SampleOutcome, layer: &'static str) -> Res
         .ok_or_else(|| failed(&"not in the evaluated data set"))?;
     let pipeline = input.test.pipeline();
     let seen = pipeline.augment(image, 0).map_err(|e| failed(&e))?;
-    let (pixels, (h, w)) = pipeline.apply(image, 0).map_err(|e| failed(&e))?;
+    let (pixels, (w, h)) = pipeline.apply(image, 0).map_err(|e| failed(&e))?;
     let x = Tensor::from_vec(pixels, (1, 3, h, w), input.test.device()).map_err(|e| failed(&e))?;
     let target = [outcome.predicted as usize];
     let maps = class_activation_maps(input.model, &x, layer, CamMethod::GradCam, Some(&target))
         .map_err(|e| failed(&e))?;
-    let overlay = overlay_rgb(seen.as_raw(), &maps.upsampled[0]).map_err(|e| failed(&e))?;
+    let map = &maps.upsampled[0];
+    if (map.width, map.height) != (seen.width() as usize, seen.height() as usize) {
+        let (mw, mh, sw, sh) = (map.width, map.height, seen.width(), seen.height());
+        return Err(failed(&format!(
+            "a {mw}x{mh} heatmap for a {sw}x{sh} image"
+        )));
+    }
+    let overlay = overlay_rgb(seen.as_raw(), map).map_err(|e| failed(&e))?;
     let overlay = RgbImage::from_raw(seen.width(), seen.height(), overlay)
         .ok_or_else(|| failed(&"overlay size differs from the image"))?;
     Ok(Tile {
