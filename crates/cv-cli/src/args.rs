@@ -149,6 +149,34 @@ pub enum AugmentArg {
     None,
 }
 
+/// `--auto-augment` (torchvision reference scripts' names are accepted too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AutoAugmentArg {
+    /// TrivialAugmentWide: one operation at a random magnitude.
+    #[value(alias = "ta_wide")]
+    Trivial,
+    /// RandAugment: --randaugment-ops operations at --randaugment-magnitude.
+    #[value(alias = "ra")]
+    Rand,
+    /// AutoAugment with the ImageNet policy.
+    #[value(alias = "imagenet")]
+    Auto,
+}
+
+/// `--color-jitter B,C,S,H`: four non-negative strengths.
+fn parse_jitter(s: &str) -> Result<[f64; 4], String> {
+    let values: Vec<f64> = s
+        .split(',')
+        .map(|v| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    <[f64; 4]>::try_from(values.as_slice()).map_err(|_| {
+        format!(
+            "expected four strengths B,C,S,H (e.g. 0.4,0.4,0.4,0.1), got {}",
+            values.len()
+        )
+    })
+}
+
 /// `--precision`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {
@@ -233,12 +261,35 @@ pub struct CommonTrainArgs {
     /// --val-split); model_best.safetensors keeps the best epoch's weights either way.
     #[arg(long, value_name = "N")]
     pub early_stop: Option<usize>,
+    /// Keep an exponential moving average of the weights, decay D per optimizer step (timm's
+    /// ModelEmaV2; e.g. 0.999): each epoch evaluates it and model.safetensors holds it, the
+    /// raw weights stay in train_state.safetensors for --resume.
+    #[arg(long, value_name = "D")]
+    pub ema_decay: Option<f64>,
     /// Side of the square images the model sees (CIFAR's 32x32 are resized to it).
     #[arg(long)]
     pub image_size: Option<u32>,
     /// Augmentation of training batches.
     #[arg(long, value_enum)]
     pub augment: Option<AugmentArg>,
+    /// ColorJitter after the crop and flip: brightness, contrast, saturation and hue strengths
+    /// (torchvision's ColorJitter, e.g. 0.4,0.4,0.4,0.1).
+    #[arg(long, value_name = "B,C,S,H", value_parser = parse_jitter)]
+    pub color_jitter: Option<[f64; 4]>,
+    /// An automatic augmentation policy per image, after the crop, flip and colour jitter
+    /// (torchvision's TrivialAugmentWide, RandAugment, AutoAugment).
+    #[arg(long, value_enum)]
+    pub auto_augment: Option<AutoAugmentArg>,
+    /// RandAugment's operations per image [default: 2].
+    #[arg(long, value_name = "N")]
+    pub randaugment_ops: Option<usize>,
+    /// RandAugment's magnitude, a bin of 0..=30 [default: 9].
+    #[arg(long, value_name = "M")]
+    pub randaugment_magnitude: Option<usize>,
+    /// RandomErasing with probability P: a rectangle of 2-33% of the normalised image set to
+    /// 0, last (torchvision's RandomErasing).
+    #[arg(long, value_name = "P")]
+    pub random_erasing: Option<f64>,
     /// Seed of initialisation, shuffling and augmentation.
     #[arg(long)]
     pub seed: Option<u64>,

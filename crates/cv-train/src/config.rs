@@ -44,6 +44,19 @@ pub enum Augment {
     None,
 }
 
+/// An automatic augmentation policy (torchvision's), applied per image after the crop and
+/// flip of [`Augment`], as torchvision's reference recipes order them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoAugmentKind {
+    /// TrivialAugmentWide: one operation at a random magnitude.
+    Trivial,
+    /// RandAugment with `randaugment_ops` operations at bin `randaugment_magnitude`.
+    Rand,
+    /// AutoAugment with the ImageNet policy.
+    Auto,
+}
+
 /// Arithmetic of the training forward/backward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -123,7 +136,24 @@ pub struct TrainConfig {
     /// Stop after this many epochs without a better selection accuracy
     /// ([`crate::selection`]), or never.
     pub early_stop: Option<usize>,
+    /// ColorJitter strengths (brightness, contrast, saturation, hue) after the crop and flip,
+    /// or none.
+    pub color_jitter: Option<[f64; 4]>,
+    /// An automatic augmentation policy after the crop, flip and colour jitter, or none.
+    pub auto_augment: Option<AutoAugmentKind>,
+    /// RandAugment's operations per image.
+    pub randaugment_ops: usize,
+    /// RandAugment's magnitude bin, of 31.
+    pub randaugment_magnitude: usize,
+    /// RandomErasing's probability, applied to the normalised images last, or none.
+    pub random_erasing: Option<f64>,
+    /// Keep an exponential moving average of the weights with this decay per optimizer
+    /// step ([`crate::ema`]): it is what each epoch evaluates and `model.safetensors` holds.
+    pub ema_decay: Option<f64>,
 }
+
+/// RandAugment's number of magnitude bins (torchvision's default).
+pub const RANDAUGMENT_BINS: usize = 31;
 
 /// How this process runs a job: nothing here changes the weights a run computes, so these
 /// may differ between a run, its resume and its replay.
@@ -204,6 +234,12 @@ impl Default for TrainConfig {
             val_split: None,
             accum_steps: 1,
             early_stop: None,
+            color_jitter: None,
+            auto_augment: None,
+            randaugment_ops: 2,
+            randaugment_magnitude: 9,
+            random_erasing: None,
+            ema_decay: None,
         }
     }
 }
@@ -294,9 +330,15 @@ impl TrainConfig {
                 }
             }
         }
+        self.validate_policies()?;
         if let Some(f) = self.val_split {
             if !(f > 0.0 && f < 1.0) {
                 return bad(format!("val_split must be a fraction in (0, 1), got {f}"));
+            }
+        }
+        if let Some(d) = self.ema_decay {
+            if !(d > 0.0 && d < 1.0) {
+                return bad(format!("ema_decay must be in (0, 1), got {d}"));
             }
         }
         if self.accum_steps == 0 {
@@ -307,6 +349,47 @@ impl TrainConfig {
         }
         if self.unfreeze_after.is_some() && self.mode == TrainMode::Head {
             return bad("unfreeze_after starts in head mode by itself: use mode full".into());
+        }
+        Ok(())
+    }
+
+    /// The per-image policies: sane values, and never with a probe (it trains on features of
+    /// the eval transforms).
+    fn validate_policies(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        let used = [
+            ("color_jitter", self.color_jitter.is_some()),
+            ("auto_augment", self.auto_augment.is_some()),
+            ("random_erasing", self.random_erasing.is_some()),
+        ];
+        for (name, on) in used {
+            if on && self.mode == TrainMode::Probe {
+                return bad(format!(
+                    "{name} augments training images, and probe mode trains on cached features of the eval transforms: use mode head or full"
+                ));
+            }
+        }
+        if let Some([b, c, s, h]) = self.color_jitter {
+            let j = cv_data::transforms::Jitter {
+                brightness: b,
+                contrast: c,
+                saturation: s,
+                hue: h,
+            };
+            j.validate().map_err(TrainError::Config)?;
+        }
+        if self.randaugment_magnitude >= RANDAUGMENT_BINS {
+            return bad(format!(
+                "randaugment_magnitude must be below {RANDAUGMENT_BINS}, got {}",
+                self.randaugment_magnitude
+            ));
+        }
+        if let Some(p) = self.random_erasing {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad(format!(
+                    "random_erasing must be a probability in (0, 1], got {p}"
+                ));
+            }
         }
         Ok(())
     }

@@ -25,7 +25,7 @@
 //! Modules, one idea each: [`autocast`] (what `--precision bf16` does on each device), [`trainer`] (the loop as named parts: the train step, the epoch
 //! loop, the [`trainer::Hook`]s features plug in through, the fine-tuning modes), [`optim`]
 //! (SGD with momentum and AdamW, PyTorch semantics, parameter groups, exportable state),
-//! [`schedule`], [`loss`], [`mixing`] (MixUp, CutMix), [`selection`] (the best epoch's
+//! [`schedule`], [`loss`], [`mixing`] (MixUp, CutMix), [`ema`] (the weight average), [`selection`] (the best epoch's
 //! weights, early stopping), [`metrics`] (top-k, per-class, confusion, the eval step,
 //! `cv eval --json`), [`config`] (the recipe apart from the run-time settings),
 //! [`checkpoint`] (the output folder: one owner of its file names, `config.json` and the
@@ -38,6 +38,7 @@ pub mod atomic;
 pub mod autocast;
 pub mod checkpoint;
 pub mod config;
+pub mod ema;
 mod error;
 pub mod loss;
 pub mod metrics;

@@ -981,3 +981,188 @@ fn report_tiles_keep_the_shape_of_non_square_images() {
     assert_eq!(sizes, vec![(48, 32); 4]);
     assert!(html.contains("No epochs recorded") && html.contains("No config.json"));
 }
+
+/// Records one tensor of the raw weights after every optimizer step.
+struct RawWeights {
+    key: &'static str,
+    seen: Vec<Tensor>,
+}
+
+impl Hook for RawWeights {
+    fn after_step(
+        &mut self,
+        _out: &StepOutput,
+        vars: &VarMap,
+        _ctx: &StepContext,
+    ) -> cv_train::Result<()> {
+        let all = cv_models::state::state_dict(vars)?;
+        self.seen.push(all[self.key].clone());
+        Ok(())
+    }
+}
+
+/// `--ema-decay`: the average follows its recurrence from the starting weights, is what each
+/// epoch evaluates and `model.safetensors` holds, while `train_state` keeps the raw weights
+/// and the average, so a resume continues both exactly.
+#[test]
+fn ema_is_evaluated_published_and_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let c = TrainConfig {
+        ema_decay: Some(0.8),
+        ..config(3)
+    };
+    let mut raw = RawWeights {
+        key: "conv1.weight",
+        seen: vec![],
+    };
+    let full = run_with_hooks(
+        &job(Architecture::SimpleCnn, c.clone(), &a, 64, 32),
+        &mut [&mut raw],
+    )
+    .unwrap();
+    assert_eq!(raw.seen.len(), full.global_step);
+    let mut expect = initial(Architecture::SimpleCnn, 7)["conv1.weight"].clone();
+    for w in &raw.seen {
+        expect = ((expect * 0.8).unwrap() + (w * 0.2).unwrap()).unwrap();
+    }
+    let published = weights(&a);
+    let d = max_diff(&published["conv1.weight"], &expect);
+    assert!(d < 1e-5, "model.safetensors is the average: off by {d}");
+    let state = TrainState::read(&a, &Device::Cpu).unwrap().unwrap();
+    let last = raw.seen.last().unwrap();
+    assert!(
+        max_diff(&state.model["conv1.weight"], last) < 1e-7,
+        "train_state keeps the raw weights"
+    );
+    assert!(
+        max_diff(last, &expect) > 1e-3,
+        "the average differs from the raw weights"
+    );
+    assert!(max_diff(&state.ema["conv1.weight"], &expect) < 1e-5);
+
+    // The recorded test accuracy and loss are those of the published weights.
+    let varmap = VarMap::new();
+    let model = Model::new(
+        Architecture::SimpleCnn,
+        CLASSES,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    cv_models::state::load_state_dict(&varmap, &published).unwrap();
+    let test = std::sync::Arc::new(splits(64, 32).test);
+    let eval_tf = cv_train::trainer::eval_pipeline(
+        32,
+        &test,
+        cv_data::transforms::CIFAR10_MEAN,
+        cv_data::transforms::CIFAR10_STD,
+    );
+    let loader = cv_data::Loader::new(
+        test,
+        eval_tf,
+        cv_data::LoaderConfig {
+            batch_size: 16,
+            shuffle: false,
+            prefetch: 0,
+            ..Default::default()
+        },
+        Device::Cpu,
+    )
+    .unwrap();
+    let report = cv_train::metrics::evaluate(&model, &loader).unwrap();
+    let last_record = full.records.last().unwrap();
+    assert_eq!(Some(report.accuracy), last_record.test_acc);
+    assert!((report.loss - last_record.test_loss.unwrap()).abs() < 1e-6);
+
+    // Interrupted after the first epoch and resumed: the same average.
+    run_with_hooks(
+        &job(Architecture::SimpleCnn, c.clone(), &b, 64, 32),
+        &mut [&mut on_epoch(|_| Flow::Stop)],
+    )
+    .unwrap();
+    let mut resumed_job = job(Architecture::SimpleCnn, c, &b, 64, 32);
+    resumed_job.resume = true;
+    let resumed = run(&resumed_job).unwrap();
+    assert_eq!(
+        resumed.records.last().unwrap().test_acc,
+        last_record.test_acc
+    );
+    assert_same_weights(&a, &b);
+    let cfg = CheckpointConfig::read(&a).unwrap();
+    assert_eq!(cfg.train.ema_decay, Some(0.8));
+}
+
+/// The policies reach the training pipeline in torchvision's order and are recorded.
+#[test]
+fn augmentation_policies_train_and_are_recorded_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TrainConfig {
+        color_jitter: Some([0.4, 0.4, 0.4, 0.1]),
+        auto_augment: Some(cv_train::config::AutoAugmentKind::Rand),
+        randaugment_ops: 3,
+        randaugment_magnitude: 5,
+        random_erasing: Some(0.25),
+        ..config(2)
+    };
+    let summary = run(&job(Architecture::SimpleCnn, c.clone(), dir.path(), 64, 16)).unwrap();
+    assert!(summary.records.iter().all(|r| r.train_loss.is_finite()));
+    let cfg = CheckpointConfig::read(dir.path()).unwrap();
+    let names: Vec<String> = cfg
+        .train_transforms
+        .transforms
+        .iter()
+        .map(|t| {
+            serde_json::to_value(t).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "random_crop",
+            "random_horizontal_flip",
+            "color_jitter",
+            "rand_augment",
+            "random_erasing"
+        ]
+    );
+    assert_eq!(
+        cfg.train_transforms.transforms[3],
+        cv_data::Transform::RandAugment {
+            num_ops: 3,
+            magnitude: 5,
+            num_magnitude_bins: 31
+        }
+    );
+    // The same recipe gives the same run.
+    let again = tempfile::tempdir().unwrap();
+    run(&job(
+        Architecture::SimpleCnn,
+        c.clone(),
+        again.path(),
+        64,
+        16,
+    ))
+    .unwrap();
+    assert_same_weights(dir.path(), again.path());
+    // A probe trains on cached eval features: refused, naming the flag.
+    let probe = TrainConfig {
+        mode: TrainMode::Probe,
+        ..c
+    };
+    let err = run(&job(
+        Architecture::ResNet18,
+        probe,
+        &dir.path().join("p"),
+        8,
+        4,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("color_jitter") && err.contains("probe"),
+        "{err}"
+    );
+}

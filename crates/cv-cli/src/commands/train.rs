@@ -7,14 +7,16 @@ use anyhow::{Context, Result};
 use cv_data::DataSource;
 use cv_models::Architecture;
 use cv_train::checkpoint::{CheckpointConfig, InitRecord};
-use cv_train::config::{Augment, OptimizerKind, RunSettings, TrainConfig, TrainMode};
+use cv_train::config::{
+    Augment, AutoAugmentKind, OptimizerKind, RunSettings, TrainConfig, TrainMode,
+};
 use cv_train::schedule::Schedule;
 use cv_train::trainer::{run, Init, TrainJob};
 use cv_weights::source::{resolve, ResolveOptions};
 
 use crate::args::{
-    rgb, usage, AugmentArg, CommonTrainArgs, EvalArgs, FinetuneArgs, ModeArg, ModelArg,
-    OptimizerArg, ScheduleArg, TrainArgs, DEFAULT_DATA, DEFAULT_WEIGHTS,
+    rgb, usage, AugmentArg, AutoAugmentArg, CommonTrainArgs, EvalArgs, FinetuneArgs, ModeArg,
+    ModelArg, OptimizerArg, ScheduleArg, TrainArgs, DEFAULT_DATA, DEFAULT_WEIGHTS,
 };
 
 /// Training from scratch, or replaying a run that did (`--config`).
@@ -304,6 +306,35 @@ fn check_image_size(arch: Architecture, config: &TrainConfig) -> Result<()> {
         .map_err(|e| usage(format!("--image-size: {e}")))
 }
 
+/// `--color-jitter`, `--auto-augment`, `--randaugment-*`, `--random-erasing`.
+fn apply_policies(config: &mut TrainConfig, c: &CommonTrainArgs) -> Result<()> {
+    if let Some(j) = c.color_jitter {
+        config.color_jitter = Some(j);
+    }
+    if let Some(a) = c.auto_augment {
+        config.auto_augment = Some(match a {
+            AutoAugmentArg::Trivial => AutoAugmentKind::Trivial,
+            AutoAugmentArg::Rand => AutoAugmentKind::Rand,
+            AutoAugmentArg::Auto => AutoAugmentKind::Auto,
+        });
+    }
+    if c.randaugment_ops.is_some() || c.randaugment_magnitude.is_some() {
+        if config.auto_augment != Some(AutoAugmentKind::Rand) {
+            return Err(usage(
+                "--randaugment-ops and --randaugment-magnitude need --auto-augment rand",
+            ));
+        }
+        config.randaugment_ops = c.randaugment_ops.unwrap_or(config.randaugment_ops);
+        config.randaugment_magnitude = c
+            .randaugment_magnitude
+            .unwrap_or(config.randaugment_magnitude);
+    }
+    if let Some(p) = c.random_erasing {
+        config.random_erasing = Some(p);
+    }
+    Ok(())
+}
+
 fn apply_common(config: &mut TrainConfig, c: &CommonTrainArgs) -> Result<()> {
     macro_rules! set {
         ($field:ident) => {
@@ -335,6 +366,9 @@ fn apply_common(config: &mut TrainConfig, c: &CommonTrainArgs) -> Result<()> {
     if let Some(n) = c.early_stop {
         config.early_stop = Some(n);
     }
+    if let Some(d) = c.ema_decay {
+        config.ema_decay = Some(d);
+    }
     if c.nesterov {
         config.nesterov = true;
     }
@@ -354,6 +388,7 @@ fn apply_common(config: &mut TrainConfig, c: &CommonTrainArgs) -> Result<()> {
     if let Some(p) = c.precision {
         config.precision = p.into();
     }
+    apply_policies(config, c)?;
     config.validate().map_err(|e| usage(e.to_string()))?;
     Ok(())
 }

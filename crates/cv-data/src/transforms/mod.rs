@@ -7,6 +7,8 @@
 //! Resize+CenterCrop computes only the pixels it keeps. A second resize after a first one
 //! renders the intermediate to u8 first, as torchvision does between steps.
 
+pub mod ops;
+pub mod policies;
 mod resample;
 
 use std::borrow::Cow;
@@ -21,6 +23,7 @@ use resample::{crop_into, resize_into, Region, ResizePlan};
 use std::mem::MaybeUninit;
 
 use crate::buffer::as_uninit;
+pub use policies::{AutoAugmentPolicy, Jitter};
 
 /// CIFAR-10 per-channel mean (training set, 0..1 scale).
 pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
@@ -42,6 +45,21 @@ fn default_true() -> bool {
 }
 fn default_half() -> f64 {
     0.5
+}
+fn default_bins() -> u32 {
+    31
+}
+fn default_num_ops() -> u32 {
+    2
+}
+fn default_magnitude() -> u32 {
+    9
+}
+fn default_erase_scale() -> [f64; 2] {
+    [0.02, 0.33]
+}
+fn default_erase_ratio() -> [f64; 2] {
+    [0.3, 3.3]
 }
 
 /// One augmentation step (square output sizes). Serialised as `{"type": "random_crop", ...}`.
@@ -92,6 +110,80 @@ pub enum Transform {
         #[serde(default = "default_half")]
         p: f64,
     },
+    /// torchvision `ColorJitter(brightness, contrast, saturation, hue)`: the four
+    /// adjustments in a random order, each factor drawn from its range ([`Jitter`]).
+    ColorJitter {
+        /// Brightness factor range `[max(0, 1 - b), 1 + b]`; 0 = unchanged.
+        #[serde(default)]
+        brightness: f64,
+        /// Contrast factor range, likewise.
+        #[serde(default)]
+        contrast: f64,
+        /// Saturation factor range, likewise.
+        #[serde(default)]
+        saturation: f64,
+        /// Hue shift range `[-h, h]` in turns, `h <= 0.5`.
+        #[serde(default)]
+        hue: f64,
+    },
+    /// torchvision `TrivialAugmentWide`: one of 14 operations, uniformly, at a uniform one of
+    /// `num_magnitude_bins` magnitudes of the wide ranges ([`policies`]).
+    TrivialAugmentWide {
+        /// Number of magnitude bins.
+        #[serde(default = "default_bins")]
+        num_magnitude_bins: u32,
+    },
+    /// torchvision `RandAugment`: `num_ops` uniform operations, each at bin `magnitude` of
+    /// `num_magnitude_bins`.
+    RandAugment {
+        /// Operations per image.
+        #[serde(default = "default_num_ops")]
+        num_ops: u32,
+        /// Bin of every operation's magnitude, below `num_magnitude_bins`.
+        #[serde(default = "default_magnitude")]
+        magnitude: u32,
+        /// Number of magnitude bins.
+        #[serde(default = "default_bins")]
+        num_magnitude_bins: u32,
+    },
+    /// torchvision `AutoAugment` with a learned policy.
+    AutoAugment {
+        /// Which policy.
+        #[serde(default = "default_policy")]
+        policy: AutoAugmentPolicy,
+    },
+    /// torchvision `RandomErasing(p, scale, ratio, value=0)`: with probability `p`, a random
+    /// rectangle of the normalised output is set to 0 (the mean colour). It acts on the
+    /// normalised values, as torchvision's does after `Normalize`, so it comes last.
+    RandomErasing {
+        /// Probability of erasing.
+        #[serde(default = "default_half")]
+        p: f64,
+        /// Range of the erased area as a fraction of the image area.
+        #[serde(default = "default_erase_scale")]
+        scale: [f64; 2],
+        /// Range of the erased rectangle's aspect ratio (height / width), log-uniform.
+        #[serde(default = "default_erase_ratio")]
+        ratio: [f64; 2],
+    },
+}
+
+fn default_policy() -> AutoAugmentPolicy {
+    AutoAugmentPolicy::Imagenet
+}
+
+/// `lo <= hi`, both positive and finite.
+fn positive_range(r: [f64; 2]) -> bool {
+    r[0] > 0.0 && r[0] <= r[1] && r[1].is_finite()
+}
+
+/// `p` is a probability.
+fn probability(p: f64, what: &str) -> std::result::Result<(), String> {
+    if (0.0..=1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(format!("{what}: p = {p} is not in [0, 1]"))
+    }
 }
 
 impl Transform {
@@ -128,6 +220,48 @@ impl Transform {
         Self::RandomHorizontalFlip { p }
     }
 
+    /// `TrivialAugmentWide()` with 31 bins.
+    pub fn trivial_augment_wide() -> Self {
+        Self::TrivialAugmentWide {
+            num_magnitude_bins: default_bins(),
+        }
+    }
+
+    /// `RandAugment(num_ops, magnitude)` with 31 bins.
+    pub fn rand_augment(num_ops: u32, magnitude: u32) -> Self {
+        Self::RandAugment {
+            num_ops,
+            magnitude,
+            num_magnitude_bins: default_bins(),
+        }
+    }
+
+    /// `AutoAugment(AutoAugmentPolicy.IMAGENET)`.
+    pub fn auto_augment() -> Self {
+        Self::AutoAugment {
+            policy: AutoAugmentPolicy::Imagenet,
+        }
+    }
+
+    /// `ColorJitter` of the strengths in `j`.
+    pub fn color_jitter(j: Jitter) -> Self {
+        Self::ColorJitter {
+            brightness: j.brightness,
+            contrast: j.contrast,
+            saturation: j.saturation,
+            hue: j.hue,
+        }
+    }
+
+    /// `RandomErasing(p)` with torchvision's scale and ratio ranges.
+    pub fn random_erasing(p: f64) -> Self {
+        Self::RandomErasing {
+            p,
+            scale: default_erase_scale(),
+            ratio: default_erase_ratio(),
+        }
+    }
+
     fn validate(&self) -> std::result::Result<(), String> {
         let positive = |s: u32, what: &str| {
             if s == 0 {
@@ -141,10 +275,10 @@ impl Transform {
                 size, scale, ratio, ..
             } => {
                 positive(*size, "random_resized_crop")?;
-                if !(scale[0] > 0.0 && scale[0] <= scale[1] && scale[1].is_finite()) {
+                if !positive_range(*scale) {
                     return Err(format!("random_resized_crop: bad scale range {scale:?}"));
                 }
-                if !(ratio[0] > 0.0 && ratio[0] <= ratio[1] && ratio[1].is_finite()) {
+                if !positive_range(*ratio) {
                     return Err(format!("random_resized_crop: bad ratio range {ratio:?}"));
                 }
                 Ok(())
@@ -152,13 +286,55 @@ impl Transform {
             Self::Resize { size, .. } => positive(*size, "resize"),
             Self::CenterCrop { size } => positive(*size, "center_crop"),
             Self::RandomCrop { size, .. } => positive(*size, "random_crop"),
-            Self::RandomHorizontalFlip { p } => {
-                if (0.0..=1.0).contains(p) {
-                    Ok(())
-                } else {
-                    Err(format!("random_horizontal_flip: p = {p} is not in [0, 1]"))
+            Self::RandomHorizontalFlip { p } => probability(*p, "random_horizontal_flip"),
+            Self::ColorJitter { .. } => self.jitter().map_or(Ok(()), |j| j.validate()),
+            Self::TrivialAugmentWide { num_magnitude_bins } => {
+                if *num_magnitude_bins < 2 {
+                    return Err("trivial_augment_wide: num_magnitude_bins must be >= 2".into());
                 }
+                Ok(())
             }
+            Self::RandAugment {
+                magnitude,
+                num_magnitude_bins,
+                ..
+            } => {
+                if magnitude >= num_magnitude_bins {
+                    return Err(format!(
+                        "rand_augment: magnitude {magnitude} must be below num_magnitude_bins {num_magnitude_bins}"
+                    ));
+                }
+                Ok(())
+            }
+            Self::AutoAugment { .. } => Ok(()),
+            Self::RandomErasing { p, scale, ratio } => {
+                probability(*p, "random_erasing")?;
+                if !(positive_range(*scale) && scale[1] <= 1.0) {
+                    return Err(format!("random_erasing: bad scale range {scale:?}"));
+                }
+                if !positive_range(*ratio) {
+                    return Err(format!("random_erasing: bad ratio range {ratio:?}"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The [`Jitter`] of a `ColorJitter` step.
+    fn jitter(&self) -> Option<Jitter> {
+        match *self {
+            Self::ColorJitter {
+                brightness,
+                contrast,
+                saturation,
+                hue,
+            } => Some(Jitter {
+                brightness,
+                contrast,
+                saturation,
+                hue,
+            }),
+            _ => None,
         }
     }
 
@@ -179,7 +355,12 @@ impl Transform {
                 }
                 (s, s)
             }
-            Self::RandomHorizontalFlip { .. } => (w, h),
+            Self::RandomHorizontalFlip { .. }
+            | Self::ColorJitter { .. }
+            | Self::TrivialAugmentWide { .. }
+            | Self::RandAugment { .. }
+            | Self::AutoAugment { .. }
+            | Self::RandomErasing { .. } => (w, h),
         })
     }
 }
@@ -233,6 +414,87 @@ fn rrc_params<R: Rng>(
         (w, h)
     };
     (((w - cw) / 2) as i64, ((h - ch) / 2) as i64, cw, ch)
+}
+
+/// torchvision `RandomErasing.get_params` on a `w` x `h` output: the rectangle to erase, or
+/// none when the draw says no or 10 attempts find no rectangle that fits.
+fn erasing_params<R: Rng>(
+    rng: &mut R,
+    (w, h): (usize, usize),
+    p: f64,
+    scale: [f64; 2],
+    ratio: [f64; 2],
+) -> Option<Erased> {
+    if rng.random::<f64>() >= p {
+        return None;
+    }
+    let area = (w * h) as f64;
+    let (lr0, lr1) = (ratio[0].ln(), ratio[1].ln());
+    for _ in 0..10 {
+        let target = area * (scale[0] + (scale[1] - scale[0]) * rng.random::<f64>());
+        let aspect = (lr0 + (lr1 - lr0) * rng.random::<f64>()).exp();
+        let eh = round_even((target * aspect).sqrt());
+        let ew = round_even((target / aspect).sqrt());
+        if !(eh < h as i64 && ew < w as i64) {
+            continue;
+        }
+        let (eh, ew) = (eh.max(0) as usize, ew.max(0) as usize);
+        let y = rng.random_range(0..=(h - eh));
+        let x = rng.random_range(0..=(w - ew));
+        return Some(Erased { x, y, w: ew, h: eh });
+    }
+    None
+}
+
+/// A rectangle of the output set to 0 after normalisation (RandomErasing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Erased {
+    x: usize,
+    y: usize,
+    w: usize,
+    h: usize,
+}
+
+impl Erased {
+    /// Flat indices (within one plane of width `width`) of the erased pixels.
+    fn pixels(self, width: usize) -> impl Iterator<Item = usize> {
+        (self.y..self.y + self.h)
+            .flat_map(move |row| (row * width + self.x)..(row * width + self.x + self.w))
+    }
+}
+
+/// Everything drawn for one sample: the geometry and u8 changes, then the erased rectangles.
+struct Plan<'a> {
+    view: View<'a>,
+    erased: Vec<Erased>,
+}
+
+impl Plan<'_> {
+    /// Render normalised planar f32 into `out` (every element written), then erase.
+    fn render(&self, stream: bool, scale: [f32; 3], bias: [f32; 3], out: &mut [MaybeUninit<f32>]) {
+        self.view.render(self.view.flip, stream, scale, bias, out);
+        let (w, h) = self.view.size();
+        for rect in &self.erased {
+            for c in 0..3 {
+                for i in rect.pixels(w) {
+                    out[c * w * h + i].write(0.0);
+                }
+            }
+        }
+    }
+
+    /// The u8 image, erased rectangles painted `fill` (the mean colour).
+    fn to_image(&self, fill: [u8; 3]) -> RgbImage {
+        let mut img = self.view.to_image(self.view.flip);
+        let w = img.width() as usize;
+        let data: &mut [u8] = &mut img;
+        for rect in &self.erased {
+            for i in rect.pixels(w) {
+                data[3 * i..3 * i + 3].copy_from_slice(&fill);
+            }
+        }
+        img
+    }
 }
 
 /// The geometry accumulated so far for one sample: a region of `img` (possibly beyond its
@@ -374,19 +636,39 @@ impl<'a> View<'a> {
         }
     }
 
-    /// Render the current view to u8 (rounded, as torchvision does between steps), leaving a
-    /// plain full-image view; the pending mirror stays pending.
-    fn materialise(&mut self) {
-        let img = self.to_image(false);
-        *self = Self {
+    /// The view as a plain u8 image that a policy may change in place. The geometry so far,
+    /// mirror included, is rendered first (rounded), as torchvision hands an image from step
+    /// to step; an untouched source image is copied, never changed.
+    fn pixels_mut(&mut self) -> &mut RgbImage {
+        let whole = self.x0 == 0
+            && self.y0 == 0
+            && self.w == self.img.width() as usize
+            && self.h == self.img.height() as usize;
+        if self.resize.is_some() || self.flip || !whole {
+            let img = self.to_image(self.flip);
+            *self = Self::new_owned(img);
+        }
+        self.img.to_mut()
+    }
+
+    fn new_owned(img: RgbImage) -> Self {
+        Self {
             x0: 0,
             y0: 0,
             w: img.width() as usize,
             h: img.height() as usize,
             img: Cow::Owned(img),
             resize: None,
-            flip: self.flip,
-        };
+            flip: false,
+        }
+    }
+
+    /// Render the current view to u8 (rounded, as torchvision does between steps), leaving a
+    /// plain full-image view; the pending mirror stays pending.
+    fn materialise(&mut self) {
+        let flip = self.flip;
+        *self = Self::new_owned(self.to_image(false));
+        self.flip = flip;
     }
 
     fn to_image(&self, flip: bool) -> RgbImage {
@@ -478,6 +760,14 @@ impl Pipeline {
         for t in &self.transforms {
             t.validate().map_err(bad)?;
         }
+        let erasing = |t: &Transform| matches!(t, Transform::RandomErasing { .. });
+        if let Some(first) = self.transforms.iter().position(erasing) {
+            if !self.transforms[first..].iter().all(erasing) {
+                return Err(bad(
+                    "random_erasing acts on the normalised output, so it must come after every other transform".into(),
+                ));
+            }
+        }
         for c in 0..3 {
             if !(self.std[c].is_finite() && self.std[c] != 0.0 && self.mean[c].is_finite()) {
                 return Err(bad(format!(
@@ -512,10 +802,12 @@ impl Pipeline {
         Ok(3 * ow * oh)
     }
 
-    /// Draw every random parameter from the per-sample `seed` and plan the geometry.
-    fn plan<'a>(&self, img: &'a RgbImage, seed: u64) -> View<'a> {
+    /// Draw every random parameter from the per-sample `seed`, plan the geometry and apply
+    /// the u8 policies.
+    fn plan<'a>(&self, img: &'a RgbImage, seed: u64) -> Plan<'a> {
         let mut rng = crate::seed::rng(seed);
         let mut view = View::new(img);
+        let mut erased = Vec::new();
         for t in &self.transforms {
             let (w, h) = view.size();
             match *t {
@@ -563,9 +855,41 @@ impl Pipeline {
                         view.flip = !view.flip;
                     }
                 }
+                Transform::ColorJitter { .. } => {
+                    if let Some(j) = t.jitter() {
+                        j.apply(&mut rng, view.pixels_mut());
+                    }
+                }
+                Transform::TrivialAugmentWide { num_magnitude_bins } => {
+                    let bins = num_magnitude_bins as usize;
+                    policies::trivial_augment_wide(&mut rng, view.pixels_mut(), bins);
+                }
+                Transform::RandAugment {
+                    num_ops,
+                    magnitude,
+                    num_magnitude_bins,
+                } => policies::rand_augment(
+                    &mut rng,
+                    view.pixels_mut(),
+                    num_ops as usize,
+                    magnitude as usize,
+                    num_magnitude_bins as usize,
+                ),
+                Transform::AutoAugment { policy } => {
+                    policies::auto_augment(&mut rng, view.pixels_mut(), policy)
+                }
+                Transform::RandomErasing { p, scale, ratio } => {
+                    erased.extend(erasing_params(&mut rng, (w, h), p, scale, ratio));
+                }
             }
         }
-        view
+        Plan { view, erased }
+    }
+
+    /// The u8 colour of a normalised 0: the mean, what RandomErasing paints in a preview.
+    fn mean_colour(&self) -> [u8; 3] {
+        self.mean
+            .map(|m| (m * 255.0).round().clamp(0.0, 255.0) as u8)
     }
 
     fn scale_bias(&self) -> ([f32; 3], [f32; 3]) {
@@ -590,9 +914,9 @@ impl Pipeline {
                 ),
             });
         }
-        let view = self.plan(img, seed);
         let (scale, bias) = self.scale_bias();
-        view.render(view.flip, false, scale, bias, as_uninit(out));
+        self.plan(img, seed)
+            .render(false, scale, bias, as_uninit(out));
         Ok(())
     }
 
@@ -607,8 +931,7 @@ impl Pipeline {
     /// Augment `img` without normalising, as a u8 image (for previews and tests).
     pub fn augment(&self, img: &RgbImage, seed: u64) -> Result<RgbImage> {
         self.output_size(img.width(), img.height())?;
-        let view = self.plan(img, seed);
-        Ok(view.to_image(view.flip))
+        Ok(self.plan(img, seed).to_image(self.mean_colour()))
     }
 
     /// Augment many images in parallel (rayon) into one NCHW buffer; `seeds[i]` drives
@@ -625,8 +948,8 @@ impl Pipeline {
         // SAFETY: `render` writes every element of its sample's piece (it asserts the size).
         let out = unsafe {
             crate::buffer::par_filled_f32(images.len(), 3 * size.0 * size.1, |i, dst| {
-                let view = self.plan(images[i], seeds[i]);
-                view.render(view.flip, true, scale, bias, dst);
+                self.plan(images[i], seeds[i])
+                    .render(true, scale, bias, dst);
             })
         };
         Ok((out, size))
@@ -716,8 +1039,8 @@ impl Pipeline {
         out.par_chunks_mut(3 * size.0 * size.1)
             .zip(images.par_iter().zip(seeds.par_iter()))
             .for_each(|(dst, (img, &seed))| {
-                let view = self.plan(img, seed);
-                view.render(view.flip, stream, scale, bias, as_uninit(dst));
+                self.plan(img, seed)
+                    .render(stream, scale, bias, as_uninit(dst));
             });
     }
 }

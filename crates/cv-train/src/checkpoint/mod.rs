@@ -176,7 +176,7 @@ impl CheckpointDir {
         records: &[EpochRecord],
     ) -> Result<()> {
         let dir = &self.path;
-        atomic::write_safetensors(&dir.join(MODEL_FILE), &state.model)?;
+        atomic::write_safetensors(&dir.join(MODEL_FILE), state.published())?;
         config.write(dir)?;
         report::write_metrics(&dir.join(METRICS_FILE), records)?;
         report::write_curves(dir, records)?;

@@ -1,6 +1,6 @@
 //! `train_state.safetensors`: everything a resume needs in ONE file, so it is always
-//! self-consistent: the model (`model.<key>`), the optimizer state (`optim.<key>`) and a JSON
-//! header (`meta.json`, stored as a u8 tensor: epoch, global step, seed, recipe, metrics so
+//! self-consistent: the model (`model.<key>`), the optimizer state (`optim.<key>`), the
+//! weight average when the run keeps one (`ema.<key>`, [`crate::ema`]) and a JSON header (`meta.json`, stored as a u8 tensor: epoch, global step, seed, recipe, metrics so
 //! far).
 
 use std::collections::HashMap;
@@ -17,6 +17,7 @@ use crate::report::EpochRecord;
 
 const MODEL_PREFIX: &str = "model.";
 const OPTIM_PREFIX: &str = "optim.";
+const EMA_PREFIX: &str = "ema.";
 const META_KEY: &str = "meta.json";
 /// Version of the `train_state.safetensors` layout.
 pub const STATE_VERSION: u32 = 1;
@@ -50,6 +51,8 @@ pub struct TrainState {
     pub model: HashMap<String, Tensor>,
     /// The optimizer's named state tensors.
     pub optimizer: HashMap<String, Tensor>,
+    /// The average of the weights (`ema_decay`), empty when the run keeps none.
+    pub ema: HashMap<String, Tensor>,
 }
 
 impl TrainState {
@@ -62,6 +65,9 @@ impl TrainState {
         }
         for (k, v) in &self.optimizer {
             tensors.insert(format!("{OPTIM_PREFIX}{k}"), v.to_device(&Device::Cpu)?);
+        }
+        for (k, v) in &self.ema {
+            tensors.insert(format!("{EMA_PREFIX}{k}"), v.to_device(&Device::Cpu)?);
         }
         let json = serde_json::to_vec(&self.meta).map_err(|source| TrainError::Json {
             path: path.clone(),
@@ -86,6 +92,7 @@ impl TrainState {
             .map_err(|e| bad(format!("cannot read (truncated or not safetensors): {e}")))?;
         let mut model = HashMap::new();
         let mut optimizer = HashMap::new();
+        let mut ema = HashMap::new();
         let mut meta = None;
         for (k, v) in tensors {
             if k == META_KEY {
@@ -99,6 +106,8 @@ impl TrainState {
                 model.insert(name.to_string(), v);
             } else if let Some(name) = k.strip_prefix(OPTIM_PREFIX) {
                 optimizer.insert(name.to_string(), v);
+            } else if let Some(name) = k.strip_prefix(EMA_PREFIX) {
+                ema.insert(name.to_string(), v);
             } else {
                 return Err(bad(format!("unexpected tensor {k}")));
             }
@@ -117,7 +126,17 @@ impl TrainState {
             meta,
             model,
             optimizer,
+            ema,
         }))
+    }
+
+    /// The weights the run publishes as `model.safetensors`: the average when it keeps one.
+    pub fn published(&self) -> &HashMap<String, Tensor> {
+        if self.ema.is_empty() {
+            &self.model
+        } else {
+            &self.ema
+        }
     }
 }
 
@@ -148,7 +167,8 @@ mod tests {
                 ("bn1.num_batches_tracked".to_string(), n),
             ]
             .into(),
-            optimizer: [("sgd.momentum_buffer.fc.weight".to_string(), w)].into(),
+            optimizer: [("sgd.momentum_buffer.fc.weight".to_string(), w.clone())].into(),
+            ema: [("fc.weight".to_string(), w.affine(0.5, 0.0).unwrap())].into(),
         };
         state.write(dir.path()).unwrap();
         let back = TrainState::read(dir.path(), &Device::Cpu).unwrap().unwrap();
@@ -164,6 +184,10 @@ mod tests {
             3
         );
         assert_eq!(back.optimizer.len(), 1);
+        assert_eq!(
+            back.published()["fc.weight"].to_vec1::<f32>().unwrap(),
+            vec![0.5, 1.]
+        );
         // Truncate: a clear error naming the file.
         let p = dir.path().join(STATE_FILE);
         let bytes = std::fs::read(&p).unwrap();

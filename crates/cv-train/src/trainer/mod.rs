@@ -8,7 +8,8 @@
 //! Session::start      checks, folder, model (init | pretrained | resume), loaders, probe cache
 //! for each epoch:
 //!   for each batch    hooks.on_batch -> TrainStep::run (hooks.extra_loss) -> hooks.after_step
-//!   evaluate          every eval_every epochs and after the last
+//!   evaluate          every eval_every epochs and after the last (the weight average with
+//!                     ema_decay: it is swapped in until the checkpoint is written)
 //!   save              model, config, metrics, curves, then the resume state
 //!   hooks.after_epoch Continue | Stop
 //! report.html         from the last evaluation (crate::run_report)
@@ -35,6 +36,7 @@ pub use step::{StepOutput, TrainBatch, TrainStep};
 
 use crate::checkpoint::{InitRecord, STATE_FILE};
 use crate::config::{RunSettings, TrainConfig, TrainMode};
+use crate::ema::Ema;
 use crate::error::Result;
 use crate::metrics::{EvalReport, Evaluation, MetricsAccumulator};
 use crate::mixing::BatchMixing;
@@ -150,21 +152,7 @@ pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<Run
     cv_data::keep_freed_memory();
     let c = &job.config;
     let (session, mut counters) = Session::start(job)?;
-    // The recipe's own features run as hooks, before the caller's.
-    let classes = job.splits.classes.len();
-    let mut mixing = BatchMixing::new(c.mixup_alpha, c.cutmix_alpha, classes, c.seed)?;
-    let mut selection = Selection::new(c.early_stop);
-    let mut all: Vec<&mut dyn Hook> = Vec::with_capacity(hooks.len() + 2);
-    if let Some(m) = mixing.as_mut() {
-        all.push(m);
-    }
-    all.push(&mut selection);
-    for h in hooks.iter_mut() {
-        // Shortens the trait object's lifetime to the borrow's, as the local hooks have.
-        let h: &mut dyn Hook = &mut **h;
-        all.push(h);
-    }
-    let hooks = all.as_mut_slice();
+    let mut recipe = RecipeHooks::new(&session, &mut counters)?;
     let resumed_at_epoch = job
         .resume
         .then_some(counters.start_epoch)
@@ -178,7 +166,14 @@ pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<Run
         let mode = c.mode_at(epoch);
         let opt = optimizers.for_mode(&session.varmap, job.architecture, mode, c, &state_file)?;
         let started = Instant::now();
-        let (train, lr, progress) = train_epoch(&session, &mut counters, opt, epoch, hooks)?;
+        let (train, lr, progress) =
+            train_epoch(&session, &mut counters, opt, epoch, &mut recipe.with(hooks))?;
+        // The average is what the epoch evaluates and publishes; `raw` goes on training.
+        let raw = recipe
+            .ema
+            .as_ref()
+            .map(|e| e.swap_in(&session.varmap))
+            .transpose()?;
         let images_per_s = train.images() as f64 / started.elapsed().as_secs_f64().max(1e-9);
         let evaluation = if (epoch + 1) % c.eval_every == 0 || epoch + 1 == c.epochs {
             let (evaluation, images) = session.evaluate(mode)?;
@@ -213,7 +208,21 @@ pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<Run
             images_per_s,
         };
         progress.finish(summary_line(&record));
-        let flow = end_epoch(&session, &mut counters, opt, record, eval.as_ref(), hooks)?;
+        let epoch_end = EpochEndInput {
+            record,
+            eval: eval.as_ref(),
+            raw: raw.as_ref(),
+        };
+        let flow = end_epoch(
+            &session,
+            &mut counters,
+            opt,
+            epoch_end,
+            &mut recipe.with(hooks),
+        )?;
+        if let Some(raw) = &raw {
+            cv_models::state::load_state_dict(&session.varmap, raw)?;
+        }
         if eval.is_some() {
             final_eval = eval;
         }
@@ -221,6 +230,10 @@ pub fn run_with_hooks(job: &TrainJob, hooks: &mut [&mut dyn Hook]) -> Result<Run
         if flow == Flow::Stop {
             break;
         }
+    }
+    if let Some(ema) = &recipe.ema {
+        // The report shows the published weights.
+        ema.swap_in(&session.varmap)?;
     }
     let report = report_at_end(&session, &mut counters, last_evaluation);
     Ok(RunSummary {
@@ -264,18 +277,72 @@ fn report_at_end(
     }
 }
 
+/// The recipe's own features that run as hooks, before the caller's: MixUp/CutMix on each
+/// batch, the weight average after each step, model selection after each epoch.
+struct RecipeHooks {
+    mixing: Option<BatchMixing>,
+    ema: Option<Ema>,
+    selection: Selection,
+}
+
+impl RecipeHooks {
+    fn new(session: &Session, counters: &mut Counters) -> Result<Self> {
+        let c = &session.job.config;
+        let classes = session.job.splits.classes.len();
+        let saved_ema = std::mem::take(&mut counters.saved_ema);
+        let ema = match c.ema_decay {
+            Some(decay) => {
+                let saved = (!saved_ema.is_empty()).then_some(saved_ema);
+                Some(Ema::new(&session.varmap, decay, saved)?)
+            }
+            None => None,
+        };
+        Ok(RecipeHooks {
+            mixing: BatchMixing::new(c.mixup_alpha, c.cutmix_alpha, classes, c.seed)?,
+            ema,
+            selection: Selection::new(c.early_stop),
+        })
+    }
+
+    /// These hooks, then the caller's.
+    fn with<'a>(&'a mut self, caller: &'a mut [&mut dyn Hook]) -> Vec<&'a mut dyn Hook> {
+        let mut all: Vec<&mut dyn Hook> = Vec::with_capacity(caller.len() + 3);
+        if let Some(m) = self.mixing.as_mut() {
+            all.push(m);
+        }
+        if let Some(e) = self.ema.as_mut() {
+            all.push(e);
+        }
+        all.push(&mut self.selection);
+        for h in caller.iter_mut() {
+            // Shortens the trait object's lifetime to the borrow's, as the local hooks have.
+            let h: &mut dyn Hook = &mut **h;
+            all.push(h);
+        }
+        all
+    }
+}
+
+/// What an epoch hands to its checkpoint.
+struct EpochEndInput<'a> {
+    record: EpochRecord,
+    eval: Option<&'a EvalReport>,
+    /// The raw weights, when the model holds the weight average.
+    raw: Option<&'a std::collections::HashMap<String, candle_core::Tensor>>,
+}
+
 /// Records the epoch, writes its checkpoint, then asks the hooks whether to go on (every hook
 /// sees the epoch, even after one has said stop).
 fn end_epoch(
     session: &Session,
     counters: &mut Counters,
     opt: &AnyOptimizer,
-    record: EpochRecord,
-    eval: Option<&EvalReport>,
+    input: EpochEndInput,
     hooks: &mut [&mut dyn Hook],
 ) -> Result<Flow> {
+    let EpochEndInput { record, eval, raw } = input;
     counters.records.push(record.clone());
-    session.save(counters, opt)?;
+    session.save(counters, opt, raw)?;
     let end = EpochEnd {
         record: &record,
         records: &counters.records,

@@ -40,6 +40,8 @@ pub(super) struct Counters {
     pub backbone_images: u64,
     /// The optimizer state a resume starts from.
     pub saved_optimizer: HashMap<String, Tensor>,
+    /// The weight average a resume starts from (empty when the run keeps none).
+    pub saved_ema: HashMap<String, Tensor>,
 }
 
 /// Backbone features of the eval transforms, computed once for `probe` mode.
@@ -83,7 +85,7 @@ impl<'j> Session<'j> {
         let (mean, std) = job.init.normalization();
         let (train_data, val_data) = hold_out(job);
         let test_data = Arc::new(job.splits.test.clone());
-        let train_tf = train_pipeline(c.augment, c.image_size, &train_data, mean, std);
+        let train_tf = train_pipeline(c, &train_data, mean, std);
         let eval_tf = eval_pipeline(c.image_size, &test_data, mean, std);
         let train_loader = loader(job, &train_data, &train_tf, true)?;
         let test_loader = loader(job, &test_data, &eval_tf, false)?;
@@ -220,8 +222,14 @@ impl<'j> Session<'j> {
         }
     }
 
-    /// Writes the folder's files for the epochs completed so far.
-    pub fn save(&self, counters: &Counters, opt: &AnyOptimizer) -> Result<()> {
+    /// Writes the folder's files for the epochs completed so far. With `raw`, the model holds
+    /// the weight average ([`crate::ema`]) and `raw` the weights the optimizer goes on from.
+    pub fn save(
+        &self,
+        counters: &Counters,
+        opt: &AnyOptimizer,
+        raw: Option<&HashMap<String, Tensor>>,
+    ) -> Result<()> {
         let c = &self.job.config;
         let records = &counters.records;
         let epochs_completed = records.len();
@@ -236,8 +244,15 @@ impl<'j> Session<'j> {
                 classes: self.job.splits.classes.clone(),
                 records: records.clone(),
             },
-            model: cv_models::state::state_dict(&self.varmap)?,
+            model: match raw {
+                Some(raw) => raw.clone(),
+                None => cv_models::state::state_dict(&self.varmap)?,
+            },
             optimizer: opt.state_tensors()?,
+            ema: match raw {
+                Some(_) => cv_models::state::state_dict(&self.varmap)?,
+                None => HashMap::new(),
+            },
         };
         self.dir.save_epoch(&config_json, &state, records)
     }
@@ -435,6 +450,7 @@ fn restore(job: &TrainJob, varmap: &VarMap, state: TrainState) -> Result<Counter
         records: state.meta.records,
         backbone_images: 0,
         saved_optimizer: state.optimizer,
+        saved_ema: state.ema,
     })
 }
 
