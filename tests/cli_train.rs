@@ -737,6 +737,13 @@ fn mixing_and_early_stop_flags_reach_the_recipe() {
                 "--quiet",
             ])
             .args(["--accum-steps", "2", "--val-split", "0.2"])
+            .args([
+                "--auto-augment",
+                "ta_wide",
+                "--color-jitter",
+                "0.2,0.2,0.2,0.05",
+            ])
+            .args(["--random-erasing", "0.25", "--ema-decay", "0.9"])
             .arg("--data")
             .arg(&data)
             .arg("--out")
@@ -750,6 +757,24 @@ fn mixing_and_early_stop_flags_reach_the_recipe() {
     assert_eq!(config["train"]["early_stop"], 3);
     assert_eq!(config["train"]["accum_steps"], 2);
     assert_eq!(config["train"]["val_split"], 0.2);
+    assert_eq!(config["train"]["auto_augment"], "trivial");
+    assert_eq!(config["train"]["ema_decay"], 0.9);
+    let steps: Vec<&str> = config["train_transforms"]["transforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "random_crop",
+            "random_horizontal_flip",
+            "color_jitter",
+            "trivial_augment_wide",
+            "random_erasing"
+        ]
+    );
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert!(
         metrics.lines().all(|l| l.contains("\"val_acc\"")),
@@ -764,6 +789,28 @@ fn mixing_and_early_stop_flags_reach_the_recipe() {
         (&["train", "--accum-steps", "0"][..], "accum_steps"),
         (&["train", "--val-split", "1.5"][..], "val_split"),
         (&["finetune", "--mixup", "0.2"][..], "probe mode"),
+        (&["finetune", "--auto-augment", "rand"][..], "probe mode"),
+        (
+            &["train", "--randaugment-ops", "3"][..],
+            "--auto-augment rand",
+        ),
+        (
+            &[
+                "train",
+                "--auto-augment",
+                "rand",
+                "--randaugment-magnitude",
+                "31",
+            ][..],
+            "randaugment_magnitude",
+        ),
+        (
+            &["train", "--color-jitter", "0.4,0.4"][..],
+            "four strengths",
+        ),
+        (&["train", "--color-jitter", "0,0,0,0.9"][..], "hue"),
+        (&["train", "--random-erasing", "0"][..], "random_erasing"),
+        (&["train", "--ema-decay", "1"][..], "ema_decay"),
     ] {
         let o = expect_code(cv(tmp.path()).args(flags).arg("--data").arg(&data), 2);
         assert_clean_error(&o, needle);
