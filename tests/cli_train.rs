@@ -816,3 +816,63 @@ fn mixing_and_early_stop_flags_reach_the_recipe() {
         assert_clean_error(&o, needle);
     }
 }
+
+/// `ROOT/<class>/*` without train/ and test/: inspected as such, refused for training
+/// without --test-split, trained with it (and --val-split), and evaluated on the same
+/// held-out images by `cv eval --test-split` and by `cv report` from the recorded source.
+#[test]
+fn class_folders_without_a_split_train_with_test_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let made =
+        cv_testkit::folder::make_image_folder(&tmp.path().join("x"), &["ant", "bee"], 20, 0, 32, 3)
+            .unwrap();
+    let root = made.join("train");
+    let o = expect_code(cv(tmp.path()).args(["data", "inspect"]).arg(&root), 0);
+    let text = stdout(&o);
+    assert!(
+        text.contains("class_folders") && text.contains("--test-split"),
+        "{text}"
+    );
+    let out = tmp.path().join("run");
+    let train = |extra: &[&str], code: i32| {
+        expect_code(
+            cv(tmp.path())
+                .args(["train", "--epochs", "1", "--batch-size", "10", "--quiet"])
+                .args(extra)
+                .arg("--data")
+                .arg(&root)
+                .arg("--out")
+                .arg(&out),
+            code,
+        )
+    };
+    assert_clean_error(&train(&[], 1), "--test-split");
+    assert!(!out.join("model.safetensors").exists());
+    train(&["--test-split", "0.25", "--val-split", "0.2"], 0);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["data"]["test_split"], 0.25);
+    let eval = |extra: &[&str]| {
+        let o = expect_code(
+            cv(tmp.path())
+                .args(["eval", "--json", "--checkpoint"])
+                .arg(&out)
+                .arg("--data")
+                .arg(&root)
+                .args(extra),
+            0,
+        );
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    let held_out = eval(&["--test-split", "0.25"]);
+    assert_eq!(held_out["images"], 10, "5 of each class's 20");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        held_out["accuracy"], record["test_acc"],
+        "the run's own test split"
+    );
+    assert_eq!(eval(&[])["images"], 40, "without --test-split: every image");
+    let o = expect_code(cv(tmp.path()).arg("report").arg(&out), 0);
+    assert!(stdout(&o).starts_with("10 test images"), "{}", stdout(&o));
+}

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use cv_data::DataSource;
 
 /// An error in what the user typed (exit code 2), as opposed to a failure while working (1).
 #[derive(Debug)]
@@ -318,6 +319,32 @@ pub struct CommonTrainArgs {
     /// Use at most this many test images (likewise).
     #[arg(long)]
     pub limit_test: Option<usize>,
+    #[command(flatten)]
+    pub split: SplitArgs,
+}
+
+/// The test split of `ROOT/<class>/*` folders, which have none of their own.
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    /// Hold out this stratified fraction of every class of a ROOT/<class>/* folder as the
+    /// test split (such folders have no train/ and test/).
+    #[arg(long, value_name = "F")]
+    pub test_split: Option<f64>,
+    /// Seed of the --test-split draw (apart from --seed, so runs share one test set)
+    /// [default: 0].
+    #[arg(long, value_name = "S")]
+    pub split_seed: Option<u64>,
+}
+
+impl SplitArgs {
+    /// `source` with these flags applied over what it records.
+    pub fn apply(&self, source: DataSource) -> DataSource {
+        DataSource {
+            test_split: self.test_split.or(source.test_split),
+            split_seed: self.split_seed.unwrap_or(source.split_seed),
+            ..source
+        }
+    }
 }
 
 /// `cv train`.
@@ -416,6 +443,8 @@ pub struct EvalPassArgs {
     /// Skip unreadable images in an image folder instead of failing.
     #[arg(long)]
     pub skip_bad: bool,
+    #[command(flatten)]
+    pub split: SplitArgs,
 }
 
 /// `cv predict`.

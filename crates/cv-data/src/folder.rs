@@ -1,6 +1,7 @@
 //! Image folders, the way users bring their own small dataset:
-//! `ROOT/{train,test|val}/<class>/*.{png,jpg,jpeg,bmp,webp}` (any case), any size and colour
-//! mode, converted to RGB. Classes are the sorted sub-folder names of `train`.
+//! `ROOT/{train,test|val}/<class>/*.{png,jpg,jpeg,bmp,webp}` (any case), or `ROOT/<class>/*`
+//! with no split at all; any size and colour mode, converted to RGB. Classes are the sorted
+//! sub-folder names of `train` (of `ROOT` without a split).
 
 use std::path::{Path, PathBuf};
 
@@ -146,6 +147,44 @@ fn load_split(
         }
     }
     Ok(ds)
+}
+
+/// True when some sub-folder of `root` holds an image file: `ROOT/<class>/*`.
+pub fn has_class_folders(root: &Path) -> Result<bool> {
+    for class in class_names(root)? {
+        if sorted_entries(&root.join(class))?
+            .iter()
+            .any(|p| p.is_file() && is_image_file(p))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Load `ROOT/<class>/*`: every image goes to [`Splits::train`] and the test split is empty
+/// until [`crate::DataSource::test_split`] carves one out.
+pub fn load_class_folders(root: &Path, skip_bad: bool) -> Result<Splits> {
+    let classes = class_names(root)?;
+    let files = list_split(root, &classes)?;
+    let mut skipped = Vec::new();
+    let all = load_split(files, &classes, skip_bad, &mut skipped)?;
+    if all.is_empty() {
+        return Err(DataError::Format {
+            path: root.to_path_buf(),
+            message: "no readable images (png, jpg, jpeg, bmp, webp) in the class folders".into(),
+        });
+    }
+    Ok(Splits {
+        format: DataFormat::ClassFolders,
+        test: Dataset {
+            classes: classes.clone(),
+            ..Dataset::default()
+        },
+        classes,
+        train: all,
+        skipped,
+    })
 }
 
 /// Load `ROOT/train` and `ROOT/test` (or `ROOT/val`). With `skip_bad`, undecodable images are

@@ -30,7 +30,7 @@ pub struct InspectSplits {
 /// What `inspect` reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inspection {
-    /// `"cifar10"` or `"folder"`.
+    /// `"cifar10"`, `"folder"` or `"class_folders"` (every image counted as train).
     pub format: DataFormat,
     /// Class names.
     pub classes: Vec<String>,
@@ -65,6 +65,19 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
                 splits: InspectSplits {
                     train: counts(train, n),
                     test: counts(test, n),
+                },
+                classes,
+            })
+        }
+        Located::ClassFolders(root) => {
+            let classes = folder::class_names(&root)?;
+            let n = classes.len();
+            let all = folder::list_split(&root, &classes)?;
+            Ok(Inspection {
+                format: DataFormat::ClassFolders,
+                splits: InspectSplits {
+                    train: counts(all.into_iter().map(|(_, l)| l), n),
+                    test: counts([], n),
                 },
                 classes,
             })

@@ -70,6 +70,10 @@ pub enum DataFormat {
     /// `ROOT/{train,test|val}/<class>/*` image folders.
     #[serde(rename = "folder")]
     Folder,
+    /// `ROOT/<class>/*`: one folder per class and no split; [`DataSource::test_split`]
+    /// carves the test split out of it.
+    #[serde(rename = "class_folders")]
+    ClassFolders,
 }
 
 /// An image that was skipped because it could not be decoded (only with `skip_bad`).
@@ -79,6 +83,19 @@ pub struct Skipped {
     pub path: PathBuf,
     /// Why it could not be read.
     pub reason: String,
+}
+
+impl DataFormat {
+    /// The layout in words, for `cv data inspect` and error messages.
+    pub fn layout(self) -> &'static str {
+        match self {
+            DataFormat::Cifar10 => "CIFAR-10 binary batches (data_batch_*.bin, test_batch.bin)",
+            DataFormat::Folder => "ROOT/{train,test|val}/<class>/* image folders",
+            DataFormat::ClassFolders => {
+                "ROOT/<class>/* image folders without a split (--test-split F carves one)"
+            }
+        }
+    }
 }
 
 /// A train and a test split sharing one class list.
@@ -96,6 +113,18 @@ pub struct Splits {
     pub skipped: Vec<Skipped>,
 }
 
+impl Splits {
+    /// The images to evaluate a model on: the test split, or every image of class folders
+    /// that have no test split (nothing was held out, so nothing was trained on here).
+    pub fn evaluation_set(self) -> Dataset {
+        if self.format == DataFormat::ClassFolders && self.test.is_empty() {
+            self.train
+        } else {
+            self.test
+        }
+    }
+}
+
 /// How [`open`] treats problems in the data.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct OpenOptions {
@@ -111,10 +140,13 @@ pub enum Located {
     Cifar10(PathBuf),
     /// An image-folder root holding `train/` and `test/` or `val/`.
     Folder(PathBuf),
+    /// A root whose sub-folders are the classes, with no split folders.
+    ClassFolders(PathBuf),
 }
 
 /// Decide which format lives at `path`: a CIFAR-10 batch folder (recognised by
-/// `batches.meta.txt` or any `data_batch_<N>.bin`), its parent, or an image-folder root.
+/// `batches.meta.txt` or any `data_batch_<N>.bin`), its parent, an image-folder root with
+/// `train/`, or a root whose sub-folders hold images (one folder per class).
 pub fn detect(path: &Path) -> Result<Located> {
     if !path.is_dir() {
         return Err(DataError::Missing {
@@ -136,10 +168,13 @@ pub fn detect(path: &Path) -> Result<Located> {
     if path.join("train").is_dir() {
         return Ok(Located::Folder(path.to_path_buf()));
     }
+    if folder::has_class_folders(path)? {
+        return Ok(Located::ClassFolders(path.to_path_buf()));
+    }
     Err(DataError::Format {
         path: path.to_path_buf(),
         message: format!(
-            "not a dataset: expected CIFAR-10 batches (batches.meta.txt, data_batch_*.bin), a `{}` folder, or an image folder with train/ and test/ (or val/)",
+            "not a dataset: expected CIFAR-10 batches (batches.meta.txt, data_batch_*.bin), a `{}` folder, an image folder with train/ and test/ (or val/), or one sub-folder of images per class",
             cifar::DIR_NAME
         ),
     })
@@ -150,5 +185,6 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Splits> {
     match detect(path)? {
         Located::Cifar10(dir) => cifar::load(&dir),
         Located::Folder(root) => folder::load(&root, options.skip_bad),
+        Located::ClassFolders(root) => folder::load_class_folders(&root, options.skip_bad),
     }
 }

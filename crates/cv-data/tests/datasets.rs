@@ -410,3 +410,93 @@ fn missing_test_split_is_named() {
 fn planar_layout_constant_matches() {
     assert_eq!(IMAGE_BYTES, cifar::IMAGE_BYTES);
 }
+
+/// `ROOT/<class>/*` with no split: detected, inspected, evaluated whole, and split into a
+/// stratified, seeded test set by `DataSource::test_split`.
+#[test]
+fn class_folders_without_a_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let made =
+        make_image_folder(&tmp.path().join("x"), &["dog", "cat", "bee"], 10, 0, 12, 4).unwrap();
+    let root = made.join("train");
+    assert_eq!(
+        cv_data::detect(&root).unwrap(),
+        cv_data::Located::ClassFolders(root.clone())
+    );
+    let found = inspect::inspect(&root).unwrap();
+    assert_eq!(found.format, DataFormat::ClassFolders);
+    assert_eq!(found.classes, ["bee", "cat", "dog"]);
+    assert_eq!((found.splits.train.total, found.splits.test.total), (30, 0));
+    let json = serde_json::to_value(&found).unwrap();
+    assert_eq!(json["format"], "class_folders");
+
+    // No test split asked for: every image is what an evaluation sees.
+    let whole = cv_data::DataSource::new(&root).open().unwrap();
+    assert_eq!((whole.train.len(), whole.test.len()), (30, 0));
+    assert_eq!(whole.clone().evaluation_set().len(), 30);
+
+    let source = cv_data::DataSource {
+        test_split: Some(0.3),
+        ..cv_data::DataSource::new(&root)
+    };
+    let split = source.open().unwrap();
+    assert_eq!(split.format, DataFormat::ClassFolders);
+    assert_eq!(split.test.per_class(), [3, 3, 3], "stratified");
+    assert_eq!(split.train.per_class(), [7, 7, 7]);
+    let test_set: Vec<Vec<u8>> = split
+        .test
+        .images
+        .iter()
+        .map(|i| i.as_raw().clone())
+        .collect();
+    assert!(
+        split
+            .train
+            .images
+            .iter()
+            .all(|i| !test_set.contains(i.as_raw())),
+        "disjoint"
+    );
+    let again = source.open().unwrap();
+    assert_eq!(again.test.images, split.test.images, "seeded");
+    let other = cv_data::DataSource {
+        split_seed: 5,
+        ..source.clone()
+    }
+    .open()
+    .unwrap();
+    assert_ne!(
+        other.test.images, split.test.images,
+        "another split seed, another split"
+    );
+    // The recorded source round-trips; the old form (no test_split) still reads.
+    let text = serde_json::to_string(&source).unwrap();
+    assert_eq!(
+        serde_json::from_str::<cv_data::DataSource>(&text).unwrap(),
+        source
+    );
+    let old: cv_data::DataSource = serde_json::from_str(r#"{"path": "data/x"}"#).unwrap();
+    assert_eq!(old.test_split, None);
+
+    // Folders that have their own test split refuse --test-split; fractions are checked.
+    let with_split = cv_data::DataSource {
+        test_split: Some(0.2),
+        ..cv_data::DataSource::new(&made)
+    };
+    let err = with_split.open().unwrap_err().to_string();
+    assert!(
+        err.contains("--test-split") && err.contains("own test split"),
+        "{err}"
+    );
+    let bad = cv_data::DataSource {
+        test_split: Some(1.0),
+        ..cv_data::DataSource::new(&root)
+    };
+    assert!(bad.open().unwrap_err().to_string().contains("fraction"));
+    // Sub-folders without images are not a dataset.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(empty.join("a")).unwrap();
+    std::fs::write(empty.join("a/notes.txt"), "x").unwrap();
+    let err = cv_data::detect(&empty).unwrap_err().to_string();
+    assert!(err.contains("one sub-folder of images per class"), "{err}");
+}

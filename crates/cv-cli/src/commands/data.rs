@@ -15,9 +15,10 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
     }
     let format = serde_json::to_value(found.format)?;
     println!(
-        "{}: format {}",
+        "{}: format {} ({})",
         a.dir.display(),
-        format.as_str().unwrap_or("?")
+        format.as_str().unwrap_or("?"),
+        found.format.layout()
     );
     println!("{:<20} {:>8} {:>8}", "class", "train", "test");
     for (i, c) in found.classes.iter().enumerate() {

@@ -47,7 +47,7 @@ pub(super) fn open(
         );
     }
     let loader = Loader::new(
-        Arc::new(splits.test),
+        Arc::new(splits.evaluation_set()),
         classifier.transforms().clone(),
         cv_data::LoaderConfig {
             batch_size,
@@ -109,14 +109,14 @@ pub fn run(a: &ReportArgs) -> Result<()> {
         )
     })?;
     let data = match (&a.data, config.data) {
-        (Some(path), _) => DataSource {
+        (Some(path), _) => a.pass.split.apply(DataSource {
             skip_bad: a.pass.skip_bad,
             ..DataSource::new(path)
-        },
-        (None, Some(recorded)) => DataSource {
+        }),
+        (None, Some(recorded)) => a.pass.split.apply(DataSource {
             skip_bad: a.pass.skip_bad || recorded.skip_bad,
             ..recorded
-        },
+        }),
         (None, None) => {
             return Err(usage(format!(
                 "{} records no data folder (it trained on data built in memory): pass --data",

@@ -180,13 +180,14 @@ fn data_source(
     let base = recorded
         .clone()
         .unwrap_or_else(|| DataSource::new(DEFAULT_DATA));
-    DataSource {
-        path: c.data.clone().unwrap_or(base.path),
+    c.split.apply(DataSource {
+        path: c.data.clone().unwrap_or(base.path.clone()),
         skip_bad: c.skip_bad || base.skip_bad,
         limit_train: c.limit_train.or(base.limit_train),
         limit_test: c.limit_test.or(base.limit_test),
         subset_seed: config.seed,
-    }
+        ..base
+    })
 }
 
 fn out_dir(c: &CommonTrainArgs, default: String) -> PathBuf {
@@ -205,10 +206,10 @@ fn run_settings(c: &CommonTrainArgs) -> RunSettings {
 pub fn eval(a: &EvalArgs) -> Result<()> {
     let device = device(&a.pass.device)?;
     let _cast = super::eval_precision(a.precision, &device)?;
-    let data = DataSource {
+    let data = a.pass.split.apply(DataSource {
         skip_bad: a.pass.skip_bad,
         ..DataSource::new(&a.data)
-    };
+    });
     let evaluated = super::report::open(&a.checkpoint, &data, a.pass.batch_size, &device)?;
     let model = evaluated.classifier.model();
     let report = match &a.report {

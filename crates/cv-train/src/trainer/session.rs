@@ -393,6 +393,12 @@ fn check(job: &TrainJob) -> Result<()> {
     if job.splits.classes.is_empty() {
         return Err(TrainError::Config("the dataset has no classes".into()));
     }
+    if job.splits.format == cv_data::DataFormat::ClassFolders && job.splits.test.is_empty() {
+        return Err(TrainError::Config(format!(
+            "the data is {}: hold out a test split with test_split (--test-split F, e.g. 0.2)",
+            job.splits.format.layout()
+        )));
+    }
     if job.splits.train.is_empty() || job.splits.test.is_empty() {
         return Err(TrainError::Config(format!(
             "the train split has {} images and the test split {}: both need at least one",
