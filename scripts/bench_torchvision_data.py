@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """torchvision side of `cargo xtask bench data --compare-pytorch`.
 
-The same three pipelines as xtask/src/bench/data.rs, with the same names, the way the
+The same five pipelines as xtask/src/bench/data.rs, with the same names, the way the
 PyTorch CIFAR-10 tutorial feeds a model: 50,000 32x32 RGB images in memory, a map-style
 Dataset returning PIL images through torchvision transforms (ToTensor + Normalize last), a
 DataLoader with batch 100, shuffling and 2 worker processes (persistent). Reports images/s over
@@ -38,6 +38,13 @@ def pipelines(T):
         "random_crop_32_pad_4+flip+normalize (loader)": T.Compose([
             T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
             T.Normalize(CIFAR10_MEAN, CIFAR10_STD)]),
+        # torchvision's reference recipe order (references/classification/presets.py).
+        "random_resized_crop_224+flip+trivial_augment_wide+normalize (loader)": T.Compose([
+            T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.TrivialAugmentWide(),
+            T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]),
+        "random_crop_32_pad_4+flip+trivial_augment_wide+normalize (loader)": T.Compose([
+            T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.TrivialAugmentWide(),
+            T.ToTensor(), T.Normalize(CIFAR10_MEAN, CIFAR10_STD)]),
     }
 
 

@@ -1,12 +1,16 @@
-"""Reference outputs of torchvision's augmentation operations, for crates/cv-data/tests/torchvision_ops.rs.
+"""Reference outputs of torchvision's augmentation operations and its policy tables, for
+crates/cv-data/tests/torchvision_ops.rs.
 
 Each operation runs through torchvision's own `_apply_op` (what AutoAugment, RandAugment and
 TrivialAugmentWide call) or `adjust_hue` (ColorJitter), on uint8 tensors, nearest
 interpolation, zero fill. Keys are `IMAGE:OP:MAGNITUDE`; `IMAGE:input` holds the input (H, W, 3).
+Beside it, OUT with `.json` for `.safetensors`: the policies' magnitude tables (every op, every
+bin, signed or not) for a 224x160 (width x height) image and AutoAugment's ImageNet policy.
 
     python3 -m venv venv && venv/bin/pip install torch torchvision numpy safetensors
     venv/bin/python scripts/make_ops_fixture.py crates/cv-data/tests/fixtures/torchvision_ops.safetensors
 """
+import json
 import sys
 
 import numpy as np
@@ -15,6 +19,7 @@ import torchvision
 from safetensors.numpy import save_file
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
+from torchvision.transforms import autoaugment as A
 from torchvision.transforms.autoaugment import _apply_op
 
 
@@ -61,6 +66,31 @@ def main(out):
             tensors[f"{name}:Hue:{m}"] = res.permute(1, 2, 0).contiguous().numpy()
     save_file(tensors, out, metadata={"torch": torch.__version__, "torchvision": torchvision.__version__})
     print(f"{len(tensors)} arrays -> {out}")
+    json_out = out.rsplit(".", 1)[0] + ".json"
+    with open(json_out, "w") as f:
+        json.dump(tables(), f, indent=1)
+        f.write("\n")
+    print(f"policy tables -> {json_out}")
+
+
+def space(table):
+    return {op: {"magnitudes": [float(v) for v in m.reshape(-1).tolist()] if m.ndim > 0 else [],
+                 "signed": bool(signed)}
+            for op, (m, signed) in table.items()}
+
+
+def tables():
+    width, height = 224, 160
+    aa = A.AutoAugment(A.AutoAugmentPolicy.IMAGENET)
+    return {
+        "torchvision": torchvision.__version__,
+        "image": {"width": width, "height": height},
+        "trivial_augment_wide": space(A.TrivialAugmentWide()._augmentation_space(31)),
+        # torchvision passes [height, width] to the two below.
+        "rand_augment": space(A.RandAugment()._augmentation_space(31, [height, width])),
+        "auto_augment": space(aa._augmentation_space(10, [height, width])),
+        "imagenet_policy": [[[op, p, m] for op, p, m in sub] for sub in aa.policies],
+    }
 
 
 if __name__ == "__main__":

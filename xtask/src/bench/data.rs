@@ -1,4 +1,4 @@
-//! Data-pipeline throughput: the three torchvision recipes on 32x32 input, batch 100, through
+//! Data-pipeline throughput: five torchvision recipes on 32x32 input, batch 100, through
 //! the real `Loader` (shuffle, per-sample seeded augmentation on rayon, background prefetch,
 //! candle tensors on the CPU), consumed as fast as it produces.
 
@@ -11,6 +11,11 @@ use cv_data::{Dataset, Loader, LoaderConfig, Pipeline};
 use super::{models, throughput, Measurement, Reference, Report, Settings};
 
 const BATCH: usize = 100;
+
+/// torchvision DataLoader (2 workers) on the TrivialAugmentWide workloads, images/s, for runs
+/// without `--compare-pytorch` (docs/benchmarks.md has the machine).
+const REFERENCE_TA_224: f64 = 520.0;
+const REFERENCE_TA_32: f64 = 3_900.0;
 
 /// Synthetic 32x32 images (deterministic noise with structure), so no download is needed.
 fn dataset(n: usize) -> Dataset {
@@ -31,7 +36,8 @@ fn dataset(n: usize) -> Dataset {
     }
 }
 
-/// The three workloads with torchvision's DataLoader (2 workers) on the same 2-core machine.
+/// The workloads, with torchvision's DataLoader (2 workers) on the same 2-core machine. The
+/// TrivialAugmentWide ones follow torchvision's reference order: crop, flip, policy.
 fn workloads() -> Vec<(&'static str, Pipeline, [f64; 2])> {
     vec![
         (
@@ -60,6 +66,32 @@ fn workloads() -> Vec<(&'static str, Pipeline, [f64; 2])> {
                 std: CIFAR10_STD,
             },
             [6_500.0, 9_400.0],
+        ),
+        (
+            "random_resized_crop_224+flip+trivial_augment_wide+normalize",
+            Pipeline {
+                transforms: vec![
+                    Transform::random_resized_crop(224),
+                    Transform::flip(0.5),
+                    Transform::trivial_augment_wide(),
+                ],
+                mean: IMAGENET_MEAN,
+                std: IMAGENET_STD,
+            },
+            [REFERENCE_TA_224, REFERENCE_TA_224],
+        ),
+        (
+            "random_crop_32_pad_4+flip+trivial_augment_wide+normalize",
+            Pipeline {
+                transforms: vec![
+                    Transform::random_crop(32, 4),
+                    Transform::flip(0.5),
+                    Transform::trivial_augment_wide(),
+                ],
+                mean: CIFAR10_MEAN,
+                std: CIFAR10_STD,
+            },
+            [REFERENCE_TA_32, REFERENCE_TA_32],
         ),
     ]
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::ops;
 
 /// One operation of a policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     /// Leave the image as it is.
     Identity,
@@ -47,8 +47,55 @@ pub enum Op {
     Invert,
 }
 
+impl Op {
+    /// Every operation, Identity first.
+    pub const ALL: [Op; 15] = [
+        Op::Identity,
+        Op::ShearX,
+        Op::ShearY,
+        Op::TranslateX,
+        Op::TranslateY,
+        Op::Rotate,
+        Op::Brightness,
+        Op::Color,
+        Op::Contrast,
+        Op::Sharpness,
+        Op::Posterize,
+        Op::Solarize,
+        Op::AutoContrast,
+        Op::Equalize,
+        Op::Invert,
+    ];
+
+    /// torchvision's name of the operation (`"ShearX"`, `"AutoContrast"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Identity => "Identity",
+            Op::ShearX => "ShearX",
+            Op::ShearY => "ShearY",
+            Op::TranslateX => "TranslateX",
+            Op::TranslateY => "TranslateY",
+            Op::Rotate => "Rotate",
+            Op::Brightness => "Brightness",
+            Op::Color => "Color",
+            Op::Contrast => "Contrast",
+            Op::Sharpness => "Sharpness",
+            Op::Posterize => "Posterize",
+            Op::Solarize => "Solarize",
+            Op::AutoContrast => "AutoContrast",
+            Op::Equalize => "Equalize",
+            Op::Invert => "Invert",
+        }
+    }
+
+    /// The operation torchvision calls `name`.
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.name() == name)
+    }
+}
+
 /// The operations TrivialAugmentWide and RandAugment choose from, in torchvision's order.
-const WIDE_OPS: [Op; 14] = [
+pub const WIDE_OPS: [Op; 14] = [
     Op::Identity,
     Op::ShearX,
     Op::ShearY,
@@ -143,37 +190,77 @@ pub fn apply_op(img: &mut RgbImage, op: Op, magnitude: f64) {
     }
 }
 
-/// Apply `op` at bin `bin`, negating the magnitude with probability 1/2 where it is signed.
-fn apply_binned<R: Rng>(
-    rng: &mut R,
-    img: &mut RgbImage,
-    op: Op,
-    space: Space,
-    bin: usize,
-    bins: usize,
-) {
-    let size = (img.width() as usize, img.height() as usize);
-    let m = match magnitude(op, space, bin, bins, size) {
-        Some((m, true)) if rng.random_bool(0.5) => -m,
-        Some((m, _)) => m,
-        None => 0.0,
-    };
-    apply_op(img, op, m);
+/// One operation a policy drew: which, at which magnitude bin (none for the operations
+/// without a magnitude), and whether the magnitude is negated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drawn {
+    /// The operation.
+    pub op: Op,
+    /// Its magnitude bin.
+    pub bin: Option<usize>,
+    /// Negate the magnitude (drawn with probability 1/2 for the signed operations).
+    pub negative: bool,
 }
 
-/// TrivialAugmentWide: one operation, uniformly, at a uniform bin of `bins`.
-pub fn trivial_augment_wide<R: Rng>(rng: &mut R, img: &mut RgbImage, bins: usize) {
+impl Drawn {
+    fn new<R: Rng>(rng: &mut R, op: Op, space: Space, bin: usize, bins: usize) -> Self {
+        match magnitude(op, space, bin, bins, (1, 1)) {
+            None => Drawn {
+                op,
+                bin: None,
+                negative: false,
+            },
+            Some((_, signed)) => Drawn {
+                op,
+                bin: Some(bin),
+                negative: signed && rng.random_bool(0.5),
+            },
+        }
+    }
+
+    /// Apply it to `img` with the magnitudes of `space` in `bins` bins.
+    pub fn apply(self, img: &mut RgbImage, space: Space, bins: usize) {
+        let size = (img.width() as usize, img.height() as usize);
+        let m = self
+            .bin
+            .and_then(|b| magnitude(self.op, space, b, bins, size))
+            .map_or(0.0, |(m, _)| if self.negative { -m } else { m });
+        apply_op(img, self.op, m);
+    }
+}
+
+/// TrivialAugmentWide's draw: one operation, uniformly, at a uniform bin of `bins`.
+pub fn draw_trivial_augment_wide<R: Rng>(rng: &mut R, bins: usize) -> Drawn {
     let op = WIDE_OPS[rng.random_range(0..WIDE_OPS.len())];
-    let bin = if magnitude(op, Space::Wide, 0, bins, (1, 1)).is_some() {
-        rng.random_range(0..bins)
-    } else {
-        0
+    let bin = match magnitude(op, Space::Wide, 0, bins, (1, 1)) {
+        Some(_) => rng.random_range(0..bins),
+        None => 0,
     };
-    apply_binned(rng, img, op, Space::Wide, bin, bins);
+    Drawn::new(rng, op, Space::Wide, bin, bins)
 }
 
-/// RandAugment: `num_ops` operations drawn uniformly (with repetition), each at bin
+/// TrivialAugmentWide on `img`.
+pub fn trivial_augment_wide<R: Rng>(rng: &mut R, img: &mut RgbImage, bins: usize) {
+    draw_trivial_augment_wide(rng, bins).apply(img, Space::Wide, bins);
+}
+
+/// RandAugment's draw: `num_ops` operations, uniformly with repetition, each at bin
 /// `magnitude` of `bins`.
+pub fn draw_rand_augment<R: Rng>(
+    rng: &mut R,
+    num_ops: usize,
+    magnitude: usize,
+    bins: usize,
+) -> Vec<Drawn> {
+    (0..num_ops)
+        .map(|_| {
+            let op = WIDE_OPS[rng.random_range(0..WIDE_OPS.len())];
+            Drawn::new(rng, op, Space::Standard, magnitude, bins)
+        })
+        .collect()
+}
+
+/// RandAugment on `img` (every operation keeps the size, so drawing first changes nothing).
 pub fn rand_augment<R: Rng>(
     rng: &mut R,
     img: &mut RgbImage,
@@ -181,9 +268,8 @@ pub fn rand_augment<R: Rng>(
     magnitude: usize,
     bins: usize,
 ) {
-    for _ in 0..num_ops {
-        let op = WIDE_OPS[rng.random_range(0..WIDE_OPS.len())];
-        apply_binned(rng, img, op, Space::Standard, magnitude, bins);
+    for d in draw_rand_augment(rng, num_ops, magnitude, bins) {
+        d.apply(img, Space::Standard, bins);
     }
 }
 
@@ -196,9 +282,10 @@ pub enum AutoAugmentPolicy {
 }
 
 /// AutoAugment's magnitudes have 10 bins.
-const AUTO_BINS: usize = 10;
+pub const AUTO_BINS: usize = 10;
 
-type SubPolicy = [(Op, f64, Option<usize>); 2];
+/// Two (operation, probability, magnitude bin) steps of an AutoAugment policy.
+pub type SubPolicy = [(Op, f64, Option<usize>); 2];
 
 /// torchvision's ImageNet policy: 25 sub-policies of two (operation, probability, bin).
 const IMAGENET_POLICY: [SubPolicy; 25] = {
@@ -232,29 +319,41 @@ const IMAGENET_POLICY: [SubPolicy; 25] = {
     ]
 };
 
-/// AutoAugment: a uniform sub-policy; each of its two operations applies with its probability.
-pub fn auto_augment<R: Rng>(rng: &mut R, img: &mut RgbImage, policy: AutoAugmentPolicy) {
-    let table = match policy {
+/// The (operation, probability, bin) pairs of `policy`, as torchvision lists them.
+pub fn sub_policies(policy: AutoAugmentPolicy) -> &'static [SubPolicy] {
+    match policy {
         AutoAugmentPolicy::Imagenet => &IMAGENET_POLICY,
-    };
+    }
+}
+
+/// AutoAugment's draw: a uniform sub-policy, then each of its two operations with its
+/// probability; returns the operations that apply, in order.
+pub fn draw_auto_augment<R: Rng>(rng: &mut R, policy: AutoAugmentPolicy) -> Vec<Drawn> {
+    let table = sub_policies(policy);
     let sub = table[rng.random_range(0..table.len())];
     // torchvision draws both probabilities and both signs before applying anything.
     let probs: [f64; 2] = [rng.random(), rng.random()];
     let negate: [bool; 2] = [rng.random_bool(0.5), rng.random_bool(0.5)];
-    for (i, (op, p, bin)) in sub.into_iter().enumerate() {
-        if probs[i] > p {
-            continue;
-        }
-        let size = (img.width() as usize, img.height() as usize);
-        let m = match (
-            bin,
-            bin.and_then(|b| magnitude(op, Space::Standard, b, AUTO_BINS, size)),
-        ) {
-            (Some(_), Some((m, true))) if negate[i] => -m,
-            (Some(_), Some((m, _))) => m,
-            _ => 0.0,
-        };
-        apply_op(img, op, m);
+    sub.into_iter()
+        .enumerate()
+        .filter(|&(i, (_, p, _))| probs[i] <= p)
+        .map(|(i, (op, _, bin))| {
+            let signed = bin
+                .and_then(|b| magnitude(op, Space::Standard, b, AUTO_BINS, (1, 1)))
+                .is_some_and(|(_, s)| s);
+            Drawn {
+                op,
+                bin,
+                negative: signed && negate[i],
+            }
+        })
+        .collect()
+}
+
+/// AutoAugment on `img`.
+pub fn auto_augment<R: Rng>(rng: &mut R, img: &mut RgbImage, policy: AutoAugmentPolicy) {
+    for d in draw_auto_augment(rng, policy) {
+        d.apply(img, Space::Standard, AUTO_BINS);
     }
 }
 
@@ -293,9 +392,9 @@ impl Jitter {
         Ok(())
     }
 
-    /// Apply the four adjustments in a random order, each with a factor drawn uniformly from
-    /// its range (torchvision draws the order first, then the four factors).
-    pub fn apply<R: Rng>(&self, rng: &mut R, img: &mut RgbImage) {
+    /// The order of the adjustments (0 brightness, 1 contrast, 2 saturation, 3 hue) and each
+    /// factor, uniform in its range (none at strength 0); torchvision draws the order first.
+    pub fn draw<R: Rng>(&self, rng: &mut R) -> ([usize; 4], [Option<f64>; 4]) {
         let mut order = [0usize, 1, 2, 3];
         order.shuffle(rng);
         let mut factor = |s: f64, centre: f64, lo: f64| {
@@ -305,13 +404,19 @@ impl Jitter {
         let c = factor(self.contrast, 1.0, 0.0);
         let s = factor(self.saturation, 1.0, 0.0);
         let h = factor(self.hue, 0.0, -0.5);
+        (order, [b, c, s, h])
+    }
+
+    /// Apply the four adjustments in a random order, each with its drawn factor.
+    pub fn apply<R: Rng>(&self, rng: &mut R, img: &mut RgbImage) {
+        let (order, factors) = self.draw(rng);
         for i in order {
-            match (i, b, c, s, h) {
-                (0, Some(f), ..) => ops::adjust_brightness(img, f),
-                (1, _, Some(f), ..) => ops::adjust_contrast(img, f),
-                (2, _, _, Some(f), _) => ops::adjust_saturation(img, f),
-                (3, .., Some(f)) => ops::adjust_hue(img, f),
-                _ => {}
+            let Some(f) = factors[i] else { continue };
+            match i {
+                0 => ops::adjust_brightness(img, f),
+                1 => ops::adjust_contrast(img, f),
+                2 => ops::adjust_saturation(img, f),
+                _ => ops::adjust_hue(img, f),
             }
         }
     }
