@@ -788,8 +788,14 @@ fn mixing_and_early_stop_flags_reach_the_recipe() {
         (&["train", "--early-stop", "0"][..], "early_stop"),
         (&["train", "--accum-steps", "0"][..], "accum_steps"),
         (&["train", "--val-split", "1.5"][..], "val_split"),
-        (&["finetune", "--mixup", "0.2"][..], "probe mode"),
-        (&["finetune", "--auto-augment", "rand"][..], "probe mode"),
+        (
+            &["finetune", "--mode", "probe", "--mixup", "0.2"][..],
+            "probe mode",
+        ),
+        (
+            &["finetune", "--mode", "probe", "--auto-augment", "rand"][..],
+            "probe mode",
+        ),
         (
             &["train", "--randaugment-ops", "3"][..],
             "--auto-augment rand",
@@ -875,4 +881,118 @@ fn class_folders_without_a_split_train_with_test_split() {
     assert_eq!(eval(&[])["images"], 40, "without --test-split: every image");
     let o = expect_code(cv(tmp.path()).arg("report").arg(&out), 0);
     assert!(stdout(&o).starts_with("10 test images"), "{}", stdout(&o));
+}
+
+/// The scarce-data kit on `cv finetune` in one command (issue 16's): without --mode it trains
+/// the whole network, since a probe never sees augmented images; it resumes, keeps
+/// model_best.safetensors with torchvision's state-dict keys and shapes, and `cv eval` reads it.
+#[test]
+fn finetune_with_the_scarce_data_kit_resumes_and_keeps_the_best() {
+    let Some(fixtures) = cv_testkit::fixtures::parity_dir() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start();
+    let bytes = std::fs::read(fixtures.join("resnet18.safetensors")).unwrap();
+    cv_testkit::hub::serve_file(
+        &server,
+        "timm/resnet18.tv_in1k",
+        "model.safetensors",
+        &bytes,
+        None,
+    );
+    let root = cv_testkit::folder::make_image_folder(
+        &tmp.path().join("shapes"),
+        &["red", "green", "blue"],
+        10,
+        4,
+        40,
+        5,
+    )
+    .unwrap();
+    let out = tmp.path().join("kit");
+    let finetune = |extra: &[&str]| {
+        expect_code(
+            cv(tmp.path())
+                .env("HF_ENDPOINT", server.url())
+                .args(["finetune", "--auto-augment", "trivial", "--mixup", "0.2"])
+                .args([
+                    "--cutmix",
+                    "1.0",
+                    "--ema-decay",
+                    "0.99",
+                    "--label-smoothing",
+                    "0.1",
+                ])
+                .args([
+                    "--val-split",
+                    "0.1",
+                    "--early-stop",
+                    "5",
+                    "--image-size",
+                    "32",
+                ])
+                .args(["--batch-size", "9", "--quiet"])
+                .args(extra)
+                .arg("--data")
+                .arg(&root)
+                .arg("--out")
+                .arg(&out),
+            0,
+        )
+    };
+    finetune(&["--epochs", "1"]);
+    let o = finetune(&["--epochs", "2", "--resume"]);
+    assert!(stdout(&o).contains("done: 2 epochs"), "{}", stdout(&o));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["train"]["mode"], "full");
+    assert_eq!(config["train"]["ema_decay"], 0.99);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+
+    // torchvision's keys and shapes, the head resized to 3 classes: what strict=True checks.
+    let reference = candle_core::safetensors::load(
+        fixtures.join("resnet18.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let best = candle_core::safetensors::load(
+        out.join("model_best.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut keys: Vec<&String> = best.keys().collect();
+    // timm's file leaves out BatchNorm's num_batches_tracked, which torchvision's has.
+    let counters: Vec<String> = reference
+        .keys()
+        .filter_map(|k| k.strip_suffix("running_mean"))
+        .map(|bn| format!("{bn}num_batches_tracked"))
+        .collect();
+    let mut expected: Vec<&String> = reference.keys().chain(&counters).collect();
+    keys.sort();
+    expected.sort();
+    assert_eq!(keys, expected);
+    for (k, t) in &best {
+        let want = if k.ends_with("num_batches_tracked") {
+            vec![]
+        } else if k == "fc.weight" {
+            vec![3, 512]
+        } else if k == "fc.bias" {
+            vec![3]
+        } else {
+            reference[k].dims().to_vec()
+        };
+        assert_eq!(t.dims(), &want[..], "{k}");
+    }
+    let o = expect_code(
+        cv(tmp.path())
+            .args(["eval", "--json", "--checkpoint"])
+            .arg(&out)
+            .arg("--data")
+            .arg(&root),
+        0,
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["images"], 12);
 }

@@ -148,6 +148,25 @@ fn apply_finetune(config: &mut TrainConfig, a: &FinetuneArgs) {
     if let Some(s) = a.backbone_lr_scale {
         config.backbone_lr_scale = s;
     }
+    if let (None, TrainMode::Probe, Some(flag)) = (a.mode, config.mode, image_flag(&a.common)) {
+        log::info!(
+            "{flag}: mode full (a probe trains on cached features of the eval transforms, which              {flag} cannot change; --mode head trains the head on augmented images)"
+        );
+        config.mode = TrainMode::Full;
+    }
+}
+
+/// The first flag given that changes training images or batches, which a probe never sees.
+fn image_flag(c: &CommonTrainArgs) -> Option<&'static str> {
+    [
+        ("--mixup", c.mixup.is_some()),
+        ("--cutmix", c.cutmix.is_some()),
+        ("--auto-augment", c.auto_augment.is_some()),
+        ("--color-jitter", c.color_jitter.is_some()),
+        ("--random-erasing", c.random_erasing.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(flag, given)| given.then_some(flag))
 }
 
 /// The run `--config` names, if any.

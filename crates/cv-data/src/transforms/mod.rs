@@ -632,6 +632,7 @@ impl<'a> View<'a> {
                 scale,
                 bias,
                 out,
+                stream,
             ),
         }
     }
@@ -676,11 +677,15 @@ impl<'a> View<'a> {
         let mut planar = vec![0f32; 3 * w * h];
         self.render(flip, false, [1.0; 3], [0.0; 3], as_uninit(&mut planar));
         let plane = w * h;
-        let mut buf = Vec::with_capacity(3 * plane);
-        for i in 0..plane {
-            for c in 0..3 {
-                buf.push(planar[c * plane + i].round().clamp(0.0, 255.0) as u8);
-            }
+        let (r, rest) = planar.split_at(plane);
+        let (g, b) = rest.split_at(plane);
+        // Round half up, as PIL does; `+ 0.5` and truncation avoid a libm call.
+        let q = |v: f32| (v + 0.5).clamp(0.0, 255.0) as u8;
+        let mut buf = vec![0u8; 3 * plane];
+        for (i, px) in buf.chunks_exact_mut(3).enumerate() {
+            px[0] = q(r[i]);
+            px[1] = q(g[i]);
+            px[2] = q(b[i]);
         }
         RgbImage::from_raw(w as u32, h as u32, buf).expect("buffer sized for the view")
     }

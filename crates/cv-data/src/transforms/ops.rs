@@ -9,6 +9,25 @@
 
 use image::RgbImage;
 
+/// `x.round_ties_even()` for `|x| < 2^22` without a libm call: x86-64's baseline has no
+/// rounding instruction, and a call per pixel cost more than the operations themselves.
+/// Adding and subtracting 1.5 * 2^23 rounds in the FPU's round-to-nearest-even mode.
+pub(crate) fn round_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
+}
+
+/// `x mod 1` for `x` in `[-1, 2)`, as torch's `%` (remainder) computes it; no libm `fmod`.
+fn wrap_turn(x: f32) -> f32 {
+    if x >= 1.0 {
+        x - 1.0
+    } else if x < 0.0 {
+        x + 1.0
+    } else {
+        x
+    }
+}
+
 /// torchvision `_blend(a, b, ratio)` on uint8: `ratio * a + (1 - ratio) * b`, clamped to
 /// 0..=255, truncated.
 fn blend(a: u8, b: f32, ratio: f32, rest: f32) -> u8 {
@@ -58,20 +77,25 @@ pub fn adjust_sharpness(img: &mut RgbImage, factor: f64) {
     }
     let (side, centre) = (1.0f32 / 13.0, 5.0f32 / 13.0);
     let src = img.as_raw().clone();
-    let at = |x: usize, y: usize, c: usize| src[(y * w + x) * 3 + c] as f32;
     let mut blurred = src.clone();
+    let stride = 3 * w;
     for y in 1..h - 1 {
-        for x in 1..w - 1 {
-            for c in 0..3 {
-                let mut s = 0f32;
-                for dy in 0..3 {
-                    for dx in 0..3 {
-                        let k = if dx == 1 && dy == 1 { centre } else { side };
-                        s += k * at(x + dx - 1, y + dy - 1, c);
-                    }
+        let rows = [
+            &src[(y - 1) * stride..y * stride],
+            &src[y * stride..(y + 1) * stride],
+            &src[(y + 1) * stride..(y + 2) * stride],
+        ];
+        let dst = &mut blurred[y * stride..(y + 1) * stride];
+        for i in 3..stride - 3 {
+            // The 3x3 taps in torch's order, row by row, each added to the running sum.
+            let mut s = 0f32;
+            for (dy, row) in rows.iter().enumerate() {
+                for dx in 0..3 {
+                    let k = if dx == 1 && dy == 1 { centre } else { side };
+                    s += k * row[i + 3 * dx - 3] as f32;
                 }
-                blurred[(y * w + x) * 3 + c] = s.round_ties_even().clamp(0.0, 255.0) as u8;
             }
+            dst[i] = round_even(s).clamp(0.0, 255.0) as u8;
         }
     }
     blend_with(img, factor, |i| blurred[i] as f32);
@@ -93,12 +117,13 @@ fn rgb_to_hsv([r, g, b]: [f32; 3]) -> [f32; 3] {
     } else {
         4.0 + gc - rc
     };
-    [(h / 6.0 + 1.0) % 1.0, s, maxc]
+    [wrap_turn(h / 6.0 + 1.0), s, maxc]
 }
 
 /// torchvision `_hsv2rgb` of one pixel.
 fn hsv_to_rgb([h, s, v]: [f32; 3]) -> [f32; 3] {
-    let i = (h * 6.0).floor();
+    // h is in [0, 1], so truncation is the floor.
+    let i = (h * 6.0) as i32 as f32;
     let f = h * 6.0 - i;
     let p = (v * (1.0 - s)).clamp(0.0, 1.0);
     let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
@@ -118,7 +143,7 @@ pub fn adjust_hue(img: &mut RgbImage, factor: f64) {
     let shift = factor as f32;
     for p in img.pixels_mut() {
         let [h, s, v] = rgb_to_hsv(p.0.map(|c| c as f32 / 255.0));
-        let rgb = hsv_to_rgb([(h + shift).rem_euclid(1.0), s, v]);
+        let rgb = hsv_to_rgb([wrap_turn(h + shift), s, v]);
         // torchvision's float -> uint8 conversion: `x * (255 + 1 - 1e-3)`, truncated.
         p.0 = rgb.map(|c| (c * 255.999).clamp(0.0, 255.0) as u8);
     }
@@ -226,18 +251,25 @@ pub fn warp_nearest(img: &RgbImage, matrix: [f64; 6]) -> RgbImage {
     let (ay, by, cy) = (m[3] / hh, m[4] / hh, m[5] / hh);
     let src = img.as_raw();
     let mut out = vec![0u8; src.len()];
-    for y in 0..h {
-        let yc = -hh + 0.5 + y as f32;
-        for x in 0..w {
+    let (wf, hf) = (w as f32, h as f32);
+    // `x * a` of every column, computed once: the same f32 products as per pixel.
+    let cols: Vec<(f32, f32)> = (0..w)
+        .map(|x| {
             let xc = -hw + 0.5 + x as f32;
-            let gx = xc * ax + yc * bx + cx;
-            let gy = xc * ay + yc * by + cy;
-            let ix = (((gx + 1.0) * w as f32 - 1.0) / 2.0).round_ties_even();
-            let iy = (((gy + 1.0) * h as f32 - 1.0) / 2.0).round_ties_even();
-            if ix >= 0.0 && iy >= 0.0 && (ix as usize) < w && (iy as usize) < h {
+            (xc * ax, xc * ay)
+        })
+        .collect();
+    for (y, dst_row) in out.chunks_exact_mut(3 * w).enumerate() {
+        let yc = -hh + 0.5 + y as f32;
+        let (ybx, yby) = (yc * bx, yc * by);
+        for (&(xax, xay), d) in cols.iter().zip(dst_row.chunks_exact_mut(3)) {
+            let gx = xax + ybx + cx;
+            let gy = xay + yby + cy;
+            let ix = round_even(((gx + 1.0) * wf - 1.0) / 2.0);
+            let iy = round_even(((gy + 1.0) * hf - 1.0) / 2.0);
+            if ix >= 0.0 && iy >= 0.0 && ix < wf && iy < hf {
                 let s = (iy as usize * w + ix as usize) * 3;
-                let d = (y * w + x) * 3;
-                out[d..d + 3].copy_from_slice(&src[s..s + 3]);
+                d.copy_from_slice(&src[s..s + 3]);
             }
         }
     }

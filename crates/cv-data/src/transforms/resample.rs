@@ -343,6 +343,60 @@ fn flush_streams() {
 /// (`3 * h * w`), optionally mirrored, each value `v * scale[c] + bias[c]`. Writes every element
 /// of `out` (which may be uninitialised).
 #[allow(clippy::too_many_arguments)]
+/// One row of interleaved RGB `src` into the three planar rows of `scratch` (`3 * width`) as
+/// `v * scale + bias`, mirrored with `flip`. Iterators rather than indices, so the loop has
+/// no bounds checks.
+fn deinterleave_row(src: &[u8], scratch: &mut [f32], flip: bool, scale: [f32; 3], bias: [f32; 3]) {
+    let w = scratch.len() / 3;
+    let (r, rest) = scratch.split_at_mut(w);
+    let (g, b) = rest.split_at_mut(w);
+    let put = |(px, ((r, g), b)): (&[u8], ((&mut f32, &mut f32), &mut f32))| {
+        *r = px[0] as f32 * scale[0] + bias[0];
+        *g = px[1] as f32 * scale[1] + bias[1];
+        *b = px[2] as f32 * scale[2] + bias[2];
+    };
+    let dst = r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut());
+    if flip {
+        src.chunks_exact(3).rev().zip(dst).for_each(put);
+    } else {
+        src.chunks_exact(3).zip(dst).for_each(put);
+    }
+}
+
+/// `dst.copy_from_slice(src)`, with non-temporal stores when `stream` (see
+/// [`vertical_row_sse`]).
+fn store_row(dst: &mut [MaybeUninit<f32>], src: &[f32], stream: bool) {
+    assert_eq!(dst.len(), src.len());
+    #[cfg(target_arch = "x86_64")]
+    if stream {
+        use std::arch::x86_64::*;
+        let len = dst.len();
+        let head = dst.as_ptr().align_offset(16).min(len);
+        let body_end = head + (len - head) / 4 * 4;
+        for x in (0..head).chain(body_end..len) {
+            dst[x].write(src[x]);
+        }
+        // SAFETY: SSE is always present on x86-64; loads read src[x..x+4] and stores write
+        // dst[x..x+4] with x + 4 <= body_end <= len = src.len(); dst + x is 16-byte aligned
+        // as x - head is a multiple of 4 and dst + head is aligned.
+        unsafe {
+            let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr().cast::<f32>());
+            for x in (head..body_end).step_by(4) {
+                _mm_stream_ps(dp.add(x), _mm_loadu_ps(sp.add(x)));
+            }
+        }
+        return;
+    }
+    let _ = stream;
+    for (d, &v) in dst.iter_mut().zip(src) {
+        d.write(v);
+    }
+}
+
+/// Copy a (possibly out-of-bounds, zero-padded) crop of an image into planar `out`
+/// (`3 * h * w`), optionally mirrored, each value `v * scale[c] + bias[c]`. Writes every element
+/// of `out` (which may be uninitialised).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn crop_into(
     data: &[u8],
     img_w: usize,
@@ -355,6 +409,7 @@ pub(crate) fn crop_into(
     scale: [f32; 3],
     bias: [f32; 3],
     out: &mut [MaybeUninit<f32>],
+    stream: bool,
 ) {
     let plane = w * h;
     assert_eq!(out.len(), 3 * plane, "crop output size");
@@ -366,9 +421,22 @@ pub(crate) fn crop_into(
             x0 + x as i64
         }
     };
+    let cols_in = x0 >= 0 && x0 as usize + w <= img_w;
+    let mut scratch = vec![0f32; if cols_in { 3 * w } else { 0 }];
     for y in 0..h {
         let sy = y0 + y as i64;
         let row_in = sy >= 0 && (sy as usize) < img_h;
+        if row_in && cols_in {
+            // The whole row inside the image: one pass over its pixels, no bounds per pixel.
+            let start = (sy as usize * img_w + x0 as usize) * 3;
+            let src = &data[start..start + 3 * w];
+            deinterleave_row(src, &mut scratch, flip, scale, bias);
+            for c in 0..3 {
+                let dst = &mut out[c * plane + y * w..c * plane + (y + 1) * w];
+                store_row(dst, &scratch[c * w..(c + 1) * w], stream);
+            }
+            continue;
+        }
         for c in 0..3 {
             let dst = &mut out[c * plane + y * w..c * plane + (y + 1) * w];
             if !row_in {
@@ -386,6 +454,9 @@ pub(crate) fn crop_into(
                 });
             }
         }
+    }
+    if stream {
+        flush_streams();
     }
 }
 
