@@ -263,7 +263,7 @@ pub struct CommonTrainArgs {
     #[arg(long, value_name = "N")]
     pub early_stop: Option<usize>,
     /// Keep an exponential moving average of the weights, decay D per optimizer step (timm's
-    /// ModelEmaV2; e.g. 0.999): each epoch evaluates it and model.safetensors holds it, the
+    /// ModelEmaV3 with warm-up; e.g. 0.999): each epoch evaluates it and model.safetensors holds it, the
     /// raw weights stay in train_state.safetensors for --resume.
     #[arg(long, value_name = "D")]
     pub ema_decay: Option<f64>,

@@ -292,7 +292,8 @@ impl RecipeHooks {
         let saved_ema = std::mem::take(&mut counters.saved_ema);
         let ema = match c.ema_decay {
             Some(decay) => {
-                let saved = (!saved_ema.is_empty()).then_some(saved_ema);
+                let steps = counters.global_step as u64;
+                let saved = (!saved_ema.is_empty()).then_some((saved_ema, steps));
                 Some(Ema::new(&session.varmap, decay, saved)?)
             }
             None => None,
