@@ -14,8 +14,8 @@ const BATCH: usize = 100;
 
 /// torchvision DataLoader (2 workers) on the TrivialAugmentWide workloads, images/s, for runs
 /// without `--compare-pytorch` (docs/benchmarks.md has the machine).
-const REFERENCE_TA_224: f64 = 520.0;
-const REFERENCE_TA_32: f64 = 3_900.0;
+const REFERENCE_TA_224: f64 = 796.0;
+const REFERENCE_TA_32: f64 = 3_757.0;
 
 /// Synthetic 32x32 images (deterministic noise with structure), so no download is needed.
 fn dataset(n: usize) -> Dataset {
