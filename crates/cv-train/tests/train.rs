@@ -1040,8 +1040,14 @@ fn ema_is_evaluated_published_and_resumed() {
         "train_state keeps the raw weights"
     );
     let apart = max_diff(last, &expect);
-    eprintln!("raw and average {apart} apart after {} steps", raw.seen.len());
-    assert!(apart > 1e-3, "the average differs from the raw weights: {apart}");
+    eprintln!(
+        "raw and average {apart} apart after {} steps",
+        raw.seen.len()
+    );
+    assert!(
+        apart > 1e-3,
+        "the average differs from the raw weights: {apart}"
+    );
     assert!(max_diff(&state.ema["conv1.weight"], &expect) < 1e-5);
 
     // The recorded test accuracy and loss are those of the published weights.
