@@ -319,7 +319,11 @@ mod tests {
         };
         let mut report = Report::new();
         data::run(&settings, &mut report, false).unwrap();
-        assert_eq!(report.results.len(), 6);
+        assert_eq!(
+            report.results.len(),
+            10,
+            "five workloads, loader and augment-only"
+        );
         assert!(report
             .results
             .iter()
