@@ -345,7 +345,7 @@ mod tests {
         );
 
         let only = Settings {
-            filter: Some("random_crop_32".into()),
+            filter: Some("random_crop_32_pad_4+flip+normalize".into()),
             ..settings
         };
         let mut report = Report::new();
