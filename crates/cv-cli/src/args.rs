@@ -326,7 +326,7 @@ pub struct CommonTrainArgs {
 /// The test split of `ROOT/<class>/*` folders, which have none of their own.
 #[derive(Debug, Args)]
 pub struct SplitArgs {
-    /// Hold out this stratified fraction of every class of a ROOT/<class>/* folder as the
+    /// Hold out this stratified fraction of every class of a ROOT/CLASS/* folder as the
     /// test split (such folders have no train/ and test/).
     #[arg(long, value_name = "F")]
     pub test_split: Option<f64>,
