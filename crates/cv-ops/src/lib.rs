@@ -10,8 +10,9 @@
 //!
 //! [`conv2d`] is a drop-in for `x.conv2d(w, padding, stride, 1, 1)` (no groups, no dilation).
 //! On other devices and dtypes it calls candle's own convolution. Besides im2col it has
-//! Winograd F(2x2,3x3) for wide 3x3 layers, direct AVX2 kernels on zero-padded bands for narrow
-//! layers on large maps, and per-tap gemms for outputs of at most 4x4 pixels.
+//! Winograd F(2x2,3x3) for wide 3x3 layers (its products on AVX-512 where the CPU has it),
+//! direct AVX2 kernels on zero-padded bands for narrow layers on large maps, and per-tap gemms
+//! for outputs of at most 4x4 pixels.
 //!
 //! Fused layers for small networks, where per-op overhead is most of the time:
 //! [`conv_relu_pool2d`] (conv + bias + ReLU + 2x2 max-pool, with direct AVX2 kernels),
@@ -56,6 +57,7 @@ mod tapwise;
 mod test_data;
 mod winograd;
 mod winograd_avx2;
+mod winograd_avx512;
 
 pub use autocast::{autocast_bf16, AutocastGuard};
 use autocast::{current_precision, Precision};

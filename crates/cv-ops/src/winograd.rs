@@ -129,11 +129,34 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
         .map(|t0| (t0, (t0 + tb).min(tiles)))
         .collect();
     let yp = SendPtr(y.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = T::IS_F32 && crate::winograd_avx512::available();
     let run = |&(t0, t1): &(usize, usize), s: &mut Scratch<T>, par: Parallelism| {
         let nb = t1 - t0;
         grow(&mut s.v, 16 * c * nb);
         grow(&mut s.m, 16 * co * nb);
         input_tiles(&xp, g, t0, t1, &mut s.v);
+        #[cfg(target_arch = "x86_64")]
+        if avx512 && matches!(par, Parallelism::None) {
+            for xi in 0..16 {
+                // SAFETY: T is f32 (IS_F32) and AVX-512 F is there; U[xi] is co x ci, V[xi]
+                // ci x nb and M[xi] co x nb, dense and row-major in their buffers; M belongs
+                // to this thread.
+                unsafe {
+                    crate::winograd_avx512::products(
+                        f32_rows(u.as_ptr().add(xi * co * c), c),
+                        f32_rows(s.v.as_ptr().add(xi * c * nb), nb),
+                        s.m.as_mut_ptr().add(xi * co * nb).cast::<f32>(),
+                        nb,
+                        [co, c, nb],
+                        false,
+                    );
+                }
+            }
+            // SAFETY: the tiles t0..t1 cover output pixels that no other unit writes.
+            unsafe { output_tiles(&s.m, g, t0, t1, yp.get()) };
+            return;
+        }
         for xi in 0..16 {
             // SAFETY: U[xi] is co x ci, V[xi] is ci x nb and M[xi] is co x nb, all row-major
             // inside their buffers; M belongs to this thread.
@@ -215,11 +238,41 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
         .step_by(tb)
         .map(|t0| (t0, (t0 + tb).min(tiles)))
         .collect();
+    // On AVX-512 the parallel path keeps `M^T[xi][i][o]` (see `winograd_avx512`).
+    #[cfg(target_arch = "x86_64")]
+    let by_channel = T::IS_F32
+        && crate::winograd_avx512::available()
+        && units.len() >= nt
+        && nt > 1
+        && 16 * g.oh * g.ow <= i32::MAX as usize;
+    #[cfg(not(target_arch = "x86_64"))]
+    let by_channel = false;
     let run = |m: &mut [T], (t0, t1): (usize, usize), s: &mut Scratch<T>, par: Parallelism| {
         let nb = t1 - t0;
         grow(&mut s.v, 16 * c * nb);
         grow(&mut s.m, 16 * co * nb);
         input_tiles(&xp, g, t0, t1, &mut s.v);
+        #[cfg(target_arch = "x86_64")]
+        if by_channel {
+            // SAFETY: T is f32 and AVX-512 F is there, and 16 planes of dy index below 2^31
+            // (by_channel); E[xi] is nb x co in s.m (16 * co * nb values), V[xi] c x nb in
+            // s.v and M^T[xi] this task's c x co accumulator.
+            unsafe {
+                let e = s.m.as_mut_ptr().cast::<f32>();
+                crate::winograd_avx512::grad_tiles_by_channel(dy.as_ptr().cast(), g, (t0, t1), e);
+                for xi in 0..16 {
+                    crate::winograd_avx512::products(
+                        f32_rows(s.v.as_ptr().add(xi * c * nb), nb),
+                        f32_rows(s.m.as_ptr().add(xi * co * nb), co),
+                        m.as_mut_ptr().add(xi * co * c).cast::<f32>(),
+                        co,
+                        [c, nb, co],
+                        true,
+                    );
+                }
+            }
+            return;
+        }
         grad_tiles(dy, g, t0, t1, &mut s.m);
         for xi in 0..16 {
             // SAFETY: E[xi] is co x nb and V[xi] is c x nb (read transposed), row-major in
@@ -277,7 +330,12 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
     // dw[o][i] = G^T M[.][o][i] G, with G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0],
     // [0, 1/2, 1/2, 1]].
     let half = T::HALF;
+    let at = |oi: usize| match by_channel {
+        true => oi % c * co + oi / c,
+        false => oi,
+    };
     dw.par_chunks_mut(9).enumerate().for_each(|(oi, out)| {
+        let oi = at(oi);
         let mm = |xi: usize| m[xi * co * c + oi];
         // t = G^T M (3x4), one column q at a time.
         let col = |q: usize| {
@@ -370,6 +428,15 @@ fn grad_tiles<T: Elem>(dy: &[T], g: &Geom, t0: usize, t1: usize, e_out: &mut [T]
                 }
             }
         }
+    }
+}
+
+/// `p` as f32 rows `stride` apart, for the AVX-512 products (callers check that T is f32).
+#[cfg(target_arch = "x86_64")]
+fn f32_rows<T>(p: *const T, stride: usize) -> crate::winograd_avx512::Rows {
+    crate::winograd_avx512::Rows {
+        ptr: p.cast(),
+        stride,
     }
 }
 
@@ -653,6 +720,28 @@ mod tests {
             let g = Geom::new(n, c, h, w, co, 3, 3, 1, 1, 1).unwrap();
             check_against_im2col(&g, 2e-5, |v| v as f32);
         }
+    }
+
+    /// With several threads the forward and weight gradient split the tiles into units, the
+    /// path where f32 runs the AVX-512 products and channel-major gradient tiles (where the
+    /// CPU has them): odd maps, channel counts that are not multiples of 16 or 6.
+    #[test]
+    fn f32_matches_im2col_when_units_run_in_parallel() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for &(n, c, h, w, co) in &[
+                (2, 128, 20, 21, 128),
+                (3, 70, 29, 31, 67),
+                (4, 131, 9, 8, 136),
+            ] {
+                let g = Geom::new(n, c, h, w, co, 3, 3, 1, 1, 1).unwrap();
+                assert!(applies(&g), "{g:?}");
+                check_against_im2col(&g, 2e-5, |v| v as f32);
+            }
+        });
     }
 
     #[test]
