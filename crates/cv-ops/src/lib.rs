@@ -57,6 +57,7 @@ mod tapwise;
 mod test_data;
 mod winograd;
 mod winograd_avx2;
+#[cfg(target_arch = "x86_64")]
 mod winograd_avx512;
 
 pub use autocast::{autocast_bf16, AutocastGuard};

@@ -7,23 +7,15 @@
 //! kernel can read directly: `U[xi]` row-major (a row per output channel) and `V[xi]`
 //! row-major with the tiles contiguous, so a block of 6 output channels x 64 tiles keeps its
 //! 24 accumulators in registers while each step of the inner dimension loads 4 vectors of
-//! `V` and broadcasts 6 values of `U`.
+//! `V` and broadcasts 6 values of `U`. Compiled on x86-64 only (see `lib.rs`).
 
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// Whether this CPU runs [`products`] (AVX-512 F, detected once).
 pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
 }
 
 /// Output channels per register block.
@@ -48,7 +40,6 @@ pub(crate) struct Rows {
 /// # Safety
 /// [`available`] returned true; `a`, `b` and `m` are valid for the rows and columns of
 /// `[rows, inner, cols]` at their strides, and `m` overlaps neither input.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn products(
     a: Rows,
@@ -107,7 +98,6 @@ struct Block {
 }
 
 /// A mask of the first `lanes` of 16 lanes (all for 16 or more, none for 0 or less).
-#[cfg(target_arch = "x86_64")]
 fn first_lanes(lanes: isize) -> __mmask16 {
     match lanes {
         l if l >= 16 => 0xffff,
@@ -121,7 +111,6 @@ fn first_lanes(lanes: isize) -> __mmask16 {
 ///
 /// # Safety
 /// As [`products`], for this block.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn block<const R: usize>(a: *const f32, b: *const f32, m: *mut f32, s: Block) {
     let masks: [__mmask16; VECS] =
@@ -168,7 +157,6 @@ unsafe fn block<const R: usize>(a: *const f32, b: *const f32, m: *mut f32, s: Bl
 /// # Safety
 /// [`available`] returned true; `dy` holds `g.n * g.co * g.oh * g.ow` values with
 /// `g.co * g.oh * g.ow < 2^31`; `e` is writable for `16 * (t1 - t0) * g.co` values.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn grad_tiles_by_channel(
     dy: *const f32,
@@ -230,7 +218,7 @@ pub(crate) unsafe fn grad_tiles_by_channel(
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
