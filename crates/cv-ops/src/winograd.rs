@@ -361,7 +361,7 @@ fn grad_tiles<T: Elem>(dy: &[T], g: &Geom, t0: usize, t1: usize, e_out: &mut [T]
     #[cfg(target_arch = "x86_64")]
     let simd = T::IS_F32 && crate::winograd_avx2::available();
     for o in 0..co {
-        for (img, ty, tx0, len, j0) in runs(g, t0, t1) {
+        for (img, ty, tx0, len, j0) in runs(g, t0, t1, LANES) {
             let plane = &dy[(img * co + o) * oh * ow..(img * co + o + 1) * oh * ow];
             #[cfg(target_arch = "x86_64")]
             if simd {
@@ -490,11 +490,12 @@ fn copy_lanes<T: Elem>(dst: &mut [T], src: &[T]) {
 }
 
 /// Runs of consecutive tiles of `t0..t1` on one tile row: `(image, ty, tx0, len, j0)` with
-/// `len <= LANES` and `j0` the first tile's index within the unit.
+/// `len <= lanes` and `j0` the first tile's index within the unit.
 fn runs(
     g: &Geom,
     t0: usize,
     t1: usize,
+    lanes: usize,
 ) -> impl Iterator<Item = (usize, usize, usize, usize, usize)> {
     let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
     let mut t = t0;
@@ -504,7 +505,7 @@ fn runs(
         }
         let img = t / (th * tw);
         let (ty, tx) = ((t / tw) % th, t % tw);
-        let len = (tw - tx).min(t1 - t).min(LANES);
+        let len = (tw - tx).min(t1 - t).min(lanes);
         let run = (img, ty, tx, len, t - t0);
         t += len;
         Some(run)
@@ -519,10 +520,26 @@ fn input_tiles<T: Elem>(xp: &Padded<T>, g: &Geom, t0: usize, t1: usize, v: &mut 
     let nb = t1 - t0;
     #[cfg(target_arch = "x86_64")]
     let simd = T::IS_F32 && crate::winograd_avx2::available();
+    #[cfg(target_arch = "x86_64")]
+    let wide = T::IS_F32 && crate::winograd_avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = false;
+    let lanes = if wide { 2 * LANES } else { LANES };
     // Channel outer, tiles inner: each of the 16 rows written for a channel is contiguous.
     for ci in 0..c {
-        for (img, ty, tx0, len, j0) in runs(g, t0, t1) {
+        for (img, ty, tx0, len, j0) in runs(g, t0, t1, lanes) {
             let plane = &xp.data[(img * c + ci) * hp * wp..(img * c + ci + 1) * hp * wp];
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                // SAFETY: T is f32 and AVX-512 F is there; as for the AVX2 kernel below, with
+                // up to 16 tiles per run.
+                unsafe {
+                    let rows = plane.as_ptr().add(2 * ty * wp + 2 * tx0).cast::<f32>();
+                    let out = v.as_mut_ptr().add(ci * nb + j0).cast::<f32>();
+                    crate::winograd_avx512::input_tiles16(rows, wp, out, c * nb, len);
+                }
+                continue;
+            }
             #[cfg(target_arch = "x86_64")]
             if simd {
                 // SAFETY: T is f32 (IS_F32) and AVX2 is there; the tiles' patches are rows
@@ -587,7 +604,7 @@ unsafe fn output_tiles<T: Elem>(m: &[T], g: &Geom, t0: usize, t1: usize, y: *mut
     #[cfg(target_arch = "x86_64")]
     let simd = T::IS_F32 && crate::winograd_avx2::available();
     for o in 0..co {
-        for (img, ty, tx0, len, j0) in runs(g, t0, t1) {
+        for (img, ty, tx0, len, j0) in runs(g, t0, t1, LANES) {
             #[cfg(target_arch = "x86_64")]
             if simd {
                 // SAFETY: T is f32 and AVX2 is there; M[xi][o][j0..j0 + len] lies inside m; the
