@@ -41,6 +41,8 @@ mod direct;
 mod elem;
 mod error;
 mod fold;
+#[cfg(target_arch = "x86_64")]
+mod gemm_avx512;
 mod geom;
 mod im2col;
 mod im2col_gemm;

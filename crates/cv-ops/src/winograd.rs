@@ -130,7 +130,7 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
         .collect();
     let yp = SendPtr(y.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    let avx512 = T::IS_F32 && crate::winograd_avx512::available();
+    let avx512 = T::IS_F32 && crate::gemm_avx512::available();
     let run = |&(t0, t1): &(usize, usize), s: &mut Scratch<T>, par: Parallelism| {
         let nb = t1 - t0;
         grow(&mut s.v, 16 * c * nb);
@@ -143,11 +143,10 @@ pub(crate) fn forward<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
                 // ci x nb and M[xi] co x nb, dense and row-major in their buffers; M belongs
                 // to this thread.
                 unsafe {
-                    crate::winograd_avx512::products(
+                    crate::gemm_avx512::products(
                         f32_rows(u.as_ptr().add(xi * co * c), c),
-                        f32_rows(s.v.as_ptr().add(xi * c * nb), nb),
-                        s.m.as_mut_ptr().add(xi * co * nb).cast::<f32>(),
-                        nb,
+                        (s.v.as_ptr().add(xi * c * nb).cast(), nb),
+                        (s.m.as_mut_ptr().add(xi * co * nb).cast(), nb),
                         [co, c, nb],
                         false,
                     );
@@ -241,7 +240,7 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
     // On AVX-512 the parallel path keeps `M^T[xi][i][o]` (see `winograd_avx512`).
     #[cfg(target_arch = "x86_64")]
     let by_channel = T::IS_F32
-        && crate::winograd_avx512::available()
+        && crate::gemm_avx512::available()
         && units.len() >= nt
         && nt > 1
         && 16 * g.oh * g.ow <= i32::MAX as usize;
@@ -261,11 +260,10 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
                 let e = s.m.as_mut_ptr().cast::<f32>();
                 crate::winograd_avx512::grad_tiles_by_channel(dy.as_ptr().cast(), g, (t0, t1), e);
                 for xi in 0..16 {
-                    crate::winograd_avx512::products(
+                    crate::gemm_avx512::products(
                         f32_rows(s.v.as_ptr().add(xi * c * nb), nb),
-                        f32_rows(s.m.as_ptr().add(xi * co * nb), co),
-                        m.as_mut_ptr().add(xi * co * c).cast::<f32>(),
-                        co,
+                        (s.m.as_ptr().add(xi * co * nb).cast(), co),
+                        (m.as_mut_ptr().add(xi * co * c).cast(), co),
                         [c, nb, co],
                         true,
                     );
@@ -433,10 +431,11 @@ fn grad_tiles<T: Elem>(dy: &[T], g: &Geom, t0: usize, t1: usize, e_out: &mut [T]
 
 /// `p` as f32 rows `stride` apart, for the AVX-512 products (callers check that T is f32).
 #[cfg(target_arch = "x86_64")]
-fn f32_rows<T>(p: *const T, stride: usize) -> crate::winograd_avx512::Rows {
-    crate::winograd_avx512::Rows {
+fn f32_rows<T>(p: *const T, stride: usize) -> crate::gemm_avx512::Strided {
+    crate::gemm_avx512::Strided {
         ptr: p.cast(),
-        stride,
+        row: stride,
+        col: 1,
     }
 }
 
@@ -521,7 +520,7 @@ fn input_tiles<T: Elem>(xp: &Padded<T>, g: &Geom, t0: usize, t1: usize, v: &mut 
     #[cfg(target_arch = "x86_64")]
     let simd = T::IS_F32 && crate::winograd_avx2::available();
     #[cfg(target_arch = "x86_64")]
-    let wide = T::IS_F32 && crate::winograd_avx512::available();
+    let wide = T::IS_F32 && crate::gemm_avx512::available();
     #[cfg(not(target_arch = "x86_64"))]
     let wide = false;
     let lanes = if wide { 2 * LANES } else { LANES };

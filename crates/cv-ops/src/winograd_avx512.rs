@@ -1,153 +1,10 @@
-//! The 16 products of a Winograd forward unit, `M[xi] = U[xi] V[xi]`, on AVX-512 for f32.
-//!
-//! Why not the `gemm` crate here: each product is small (`co x c` times `c x tiles`, with
-//! 64 to 512 channels and 64 to 128 tiles), and `gemm` packs both operands on every call. With
-//! 64 channels the packing took as long as two thirds of the multiply-adds (`perf` on
-//! `benches/conv.rs`, figures in `docs/benchmarks.md`). Both operands already lie in a layout a
-//! kernel can read directly: `U[xi]` row-major (a row per output channel) and `V[xi]`
-//! row-major with the tiles contiguous, so a block of 6 output channels x 64 tiles keeps its
-//! 24 accumulators in registers while each step of the inner dimension loads 4 vectors of
-//! `V` and broadcasts 6 values of `U`. Compiled on x86-64 only (see `lib.rs`).
+//! AVX-512 versions of Winograd's per-tile transforms for f32: the input transform sixteen
+//! tiles (one per lane) at a time, and the weight gradient's output-gradient transform with the
+//! channels in the lanes, so that the products of both directions run on
+//! [`crate::gemm_avx512::products`]. Compiled on x86-64 only (see `lib.rs`).
 
+use crate::gemm_avx512::first_lanes;
 use std::arch::x86_64::*;
-
-/// Whether this CPU runs [`products`] (AVX-512 F, detected once).
-pub(crate) fn available() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
-}
-
-/// Output channels per register block.
-const ROWS: usize = 6;
-
-/// Vectors of 16 tiles per register block.
-const VECS: usize = 4;
-
-/// Tiles per register block.
-const COLS: usize = 16 * VECS;
-
-/// A row-major f32 matrix operand: its first value and the distance between its rows.
-#[derive(Clone, Copy)]
-pub(crate) struct Rows {
-    pub ptr: *const f32,
-    pub stride: usize,
-}
-
-/// `m[rows x cols] (+)= a[rows x inner] . b[inner x cols]`, each row-major with its own row
-/// stride (`ldm` for `m`); `m` is overwritten, or added to with `accumulate`.
-///
-/// # Safety
-/// [`available`] returned true; `a`, `b` and `m` are valid for the rows and columns of
-/// `[rows, inner, cols]` at their strides, and `m` overlaps neither input.
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn products(
-    a: Rows,
-    b: Rows,
-    m: *mut f32,
-    ldm: usize,
-    [rows, inner, cols]: [usize; 3],
-    accumulate: bool,
-) {
-    let shape = Block {
-        inner,
-        lda: a.stride,
-        ldb: b.stride,
-        ldm,
-        cols: 0,
-        accumulate,
-    };
-    for j0 in (0..cols).step_by(COLS) {
-        let shape = Block {
-            cols: (cols - j0).min(COLS),
-            ..shape
-        };
-        let mut o = 0;
-        // SAFETY (every call): rows o..o+R of a and m and columns j0..j0+cols of b and m are
-        // inside the caller's extents.
-        unsafe {
-            let at = |o: usize| (a.ptr.add(o * a.stride), b.ptr.add(j0), m.add(o * ldm + j0));
-            while o + ROWS <= rows {
-                let (a, b, m) = at(o);
-                block::<ROWS>(a, b, m, shape);
-                o += ROWS;
-            }
-            let (a, b, m) = at(o);
-            match rows - o {
-                1 => block::<1>(a, b, m, shape),
-                2 => block::<2>(a, b, m, shape),
-                3 => block::<3>(a, b, m, shape),
-                4 => block::<4>(a, b, m, shape),
-                5 => block::<5>(a, b, m, shape),
-                _ => {}
-            }
-        }
-    }
-}
-
-/// The extent of one register block: the inner dimension, the three row strides, the block's
-/// columns (1 to [`COLS`]) and whether it adds to `m`.
-#[derive(Clone, Copy)]
-struct Block {
-    inner: usize,
-    lda: usize,
-    ldb: usize,
-    ldm: usize,
-    cols: usize,
-    accumulate: bool,
-}
-
-/// A mask of the first `lanes` of 16 lanes (all for 16 or more, none for 0 or less).
-fn first_lanes(lanes: isize) -> __mmask16 {
-    match lanes {
-        l if l >= 16 => 0xffff,
-        l if l <= 0 => 0,
-        l => (1u16 << l) - 1,
-    }
-}
-
-/// `R` rows x `s.cols` columns of the product: `a` at the block's first row, `b` and `m` at
-/// its first column.
-///
-/// # Safety
-/// As [`products`], for this block.
-#[target_feature(enable = "avx512f")]
-unsafe fn block<const R: usize>(a: *const f32, b: *const f32, m: *mut f32, s: Block) {
-    let masks: [__mmask16; VECS] =
-        std::array::from_fn(|q| first_lanes(s.cols as isize - 16 * q as isize));
-    let used = s.cols.div_ceil(16);
-    // SAFETY (loads and stores of m): row r of m holds the block's `cols` columns; masked-off
-    // lanes are neither read nor written.
-    let mut acc: [[__m512; VECS]; R] = std::array::from_fn(|r| {
-        std::array::from_fn(|q| {
-            if s.accumulate && q < used {
-                unsafe { _mm512_maskz_loadu_ps(masks[q], m.add(r * s.ldm + 16 * q)) }
-            } else {
-                _mm512_setzero_ps()
-            }
-        })
-    });
-    for k in 0..s.inner {
-        // SAFETY: row k of b holds the block's `cols` columns; masked-off lanes are not read.
-        let bk: [__m512; VECS] = std::array::from_fn(|q| unsafe {
-            _mm512_maskz_loadu_ps(masks[q], b.add(k * s.ldb + 16 * q))
-        });
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            // SAFETY: a[r][k] is inside the block's rows.
-            let ar = _mm512_set1_ps(unsafe { *a.add(r * s.lda + k) });
-            // All four vectors even in a narrower tail block: its zero lanes cost less than
-            // a branch per multiply-add.
-            for q in 0..VECS {
-                acc_r[q] = _mm512_fmadd_ps(ar, bk[q], acc_r[q]);
-            }
-        }
-    }
-    for (r, acc_r) in acc.iter().enumerate() {
-        for q in 0..used {
-            unsafe { _mm512_mask_storeu_ps(m.add(r * s.ldm + 16 * q), masks[q], acc_r[q]) };
-        }
-    }
-}
 
 /// `V[xi] = (B^T d B)[xi]` for `len` (1 to 16) consecutive tiles of one channel, stored at
 /// `v + xi * xi_stride` (`len` values each): the tiles' 4x4 patches start at `rows`, rows `wp`
@@ -156,7 +13,7 @@ unsafe fn block<const R: usize>(a: *const f32, b: *const f32, m: *mut f32, s: Bl
 /// permutes.
 ///
 /// # Safety
-/// [`available`] returned true; `rows` readable for 4 rows of `2 * len + 2` values `wp` apart;
+/// [`crate::gemm_avx512::available`] returned true; `rows` readable for 4 rows of `2 * len + 2` values `wp` apart;
 /// `v` writable for `len` values at each `xi * xi_stride`, `xi < 16`.
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn input_tiles16(
@@ -227,10 +84,10 @@ pub(crate) unsafe fn input_tiles16(
 /// The weight gradient's transformed output-gradient tiles with the channels contiguous:
 /// `E[xi][t - t0][o] = (A e A^T)[xi]` for the 2x2 patch `e` of channel `o` at tile `t`
 /// (`A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`, zero past the map's edge), so that
-/// `M^T[xi] += V[xi] E[xi]` is a [`products`] call. Sixteen channels per gather.
+/// `M^T[xi] += V[xi] E[xi]` is a [`crate::gemm_avx512::products`] call. Sixteen channels per gather.
 ///
 /// # Safety
-/// [`available`] returned true; `dy` holds `g.n * g.co * g.oh * g.ow` values with
+/// [`crate::gemm_avx512::available`] returned true; `dy` holds `g.n * g.co * g.oh * g.ow` values with
 /// `g.co * g.oh * g.ow < 2^31`; `e` is writable for `16 * (t1 - t0) * g.co` values.
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn grad_tiles_by_channel(
@@ -287,73 +144,6 @@ pub(crate) unsafe fn grad_tiles_by_channel(
                     unsafe {
                         _mm512_mask_storeu_ps(e.add((xi * nb + t - t0) * co + o0), mask, val)
                     };
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
-
-    #[test]
-    fn products_match_the_f64_reference_for_every_block_remainder() {
-        if !available() {
-            eprintln!("skipping: this CPU has no AVX-512 F, so the kernel cannot run here");
-            return;
-        }
-        for &(co, c, nb) in &[
-            (1, 1, 1),
-            (5, 3, 17),
-            (6, 64, 64),
-            (7, 9, 65),
-            (13, 33, 130),
-            (64, 64, 128),
-            (11, 512, 48),
-        ] {
-            let (u, v) = (values(co * c, 1), values(c * nb, 2));
-            // NaN sentinels: every value of m must be written.
-            let mut m = vec![f32::NAN; co * nb];
-            // SAFETY: available() holds and the buffers have the sizes `products` reads.
-            unsafe {
-                products(
-                    Rows {
-                        ptr: u.as_ptr(),
-                        stride: c,
-                    },
-                    Rows {
-                        ptr: v.as_ptr(),
-                        stride: nb,
-                    },
-                    m.as_mut_ptr(),
-                    nb,
-                    [co, c, nb],
-                    false,
-                )
-            };
-            for o in 0..co {
-                for j in 0..nb {
-                    let want: f64 = (0..c)
-                        .map(|k| f64::from(u[o * c + k]) * f64::from(v[k * nb + j]))
-                        .sum();
-                    let got = f64::from(m[o * nb + j]);
-                    assert!(
-                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()) * (c as f64).sqrt(),
-                        "co {co} c {c} nb {nb} at ({o}, {j}): {got} vs {want}"
-                    );
                 }
             }
         }
