@@ -947,6 +947,10 @@ fn finetune_with_the_scarce_data_kit_resumes_and_keeps_the_best() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["train"]["mode"], "full");
+    assert_eq!(
+        config["train"]["lr"], 0.01,
+        "the full fine-tuning rate, no --lr given"
+    );
     assert_eq!(config["train"]["ema_decay"], 0.99);
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 2);

@@ -85,6 +85,10 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         None => cv_train::config::recipe_finetune(),
     };
     apply_finetune(&mut config, a);
+    if replay.is_none() {
+        // The recipe's rate for the mode the flags chose; --lr (below) overrides it.
+        config.lr = cv_train::config::finetune_lr(config.mode);
+    }
     apply_common(&mut config, &a.common)?;
     let data = data_source(&a.common, replay.as_ref(), &config);
     let splits = open_data(&data)?;
