@@ -1,5 +1,6 @@
-//! f32 matrix products on AVX-512 that read their operands where they lie, for the many small
-//! products of a convolution (a unit of tiles or pixels at a time).
+//! f32 matrix products on AVX-512 that read their operands where they lie, for Winograd's many
+//! small products (a unit of tiles at a time). Not for im2col's products: with their long inner
+//! dimension (`c x 9`) `gemm`'s packed panels are faster (`docs/benchmarks.md`).
 //!
 //! Why not the `gemm` crate there: it packs both operands on every call, and with 64 to 512
 //! channels and 64 to 512 columns per product the packing took about as long as two thirds of
