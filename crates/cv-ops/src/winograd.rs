@@ -328,10 +328,8 @@ pub(crate) fn weight_grad<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
     // dw[o][i] = G^T M[.][o][i] G, with G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0],
     // [0, 1/2, 1/2, 1]].
     let half = T::HALF;
-    let at = |oi: usize| match by_channel {
-        true => oi % c * co + oi / c,
-        false => oi,
-    };
+    // Where (o, i) = (oi / c, oi % c) lies in M: `M^T[i][o]` on the channel-major path.
+    let at = |oi: usize| if by_channel { oi % c * co + oi / c } else { oi };
     dw.par_chunks_mut(9).enumerate().for_each(|(oi, out)| {
         let oi = at(oi);
         let mm = |xi: usize| m[xi * co * c + oi];

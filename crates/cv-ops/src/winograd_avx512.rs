@@ -13,8 +13,9 @@ use std::arch::x86_64::*;
 /// permutes.
 ///
 /// # Safety
-/// [`crate::gemm_avx512::available`] returned true; `rows` readable for 4 rows of `2 * len + 2` values `wp` apart;
-/// `v` writable for `len` values at each `xi * xi_stride`, `xi < 16`.
+/// [`crate::gemm_avx512::available`] returned true; `rows` readable for 4 rows of
+/// `2 * len + 2` values `wp` apart; `v` writable for `len` values at each `xi * xi_stride`,
+/// `xi < 16`.
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn input_tiles16(
     rows: *const f32,
@@ -84,11 +85,13 @@ pub(crate) unsafe fn input_tiles16(
 /// The weight gradient's transformed output-gradient tiles with the channels contiguous:
 /// `E[xi][t - t0][o] = (A e A^T)[xi]` for the 2x2 patch `e` of channel `o` at tile `t`
 /// (`A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`, zero past the map's edge), so that
-/// `M^T[xi] += V[xi] E[xi]` is a [`crate::gemm_avx512::products`] call. Sixteen channels per gather.
+/// `M^T[xi] += V[xi] E[xi]` is a [`crate::gemm_avx512::products`] call. Sixteen channels per
+/// gather, whose lane offsets are up to 15 planes of `oh * ow` values.
 ///
 /// # Safety
-/// [`crate::gemm_avx512::available`] returned true; `dy` holds `g.n * g.co * g.oh * g.ow` values with
-/// `g.co * g.oh * g.ow < 2^31`; `e` is writable for `16 * (t1 - t0) * g.co` values.
+/// [`crate::gemm_avx512::available`] returned true; `dy` holds `g.n * g.co * g.oh * g.ow`
+/// values with `16 * g.oh * g.ow <= i32::MAX`; `e` is writable for `16 * (t1 - t0) * g.co`
+/// values.
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn grad_tiles_by_channel(
     dy: *const f32,
