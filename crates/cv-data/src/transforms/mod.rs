@@ -10,6 +10,7 @@
 pub mod ops;
 pub mod policies;
 mod resample;
+mod rows;
 
 use std::borrow::Cow;
 
@@ -19,7 +20,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
-use resample::{crop_into, resize_into, Region, ResizePlan};
+use resample::{crop_into, crop_to_rgb8, resize_into, resize_to_rgb8, Region, ResizePlan};
 use std::mem::MaybeUninit;
 
 use crate::buffer::as_uninit;
@@ -674,19 +675,22 @@ impl<'a> View<'a> {
 
     fn to_image(&self, flip: bool) -> RgbImage {
         let (w, h) = self.size();
-        let mut planar = vec![0f32; 3 * w * h];
-        self.render(flip, false, [1.0; 3], [0.0; 3], as_uninit(&mut planar));
-        let plane = w * h;
-        let (r, rest) = planar.split_at(plane);
-        let (g, b) = rest.split_at(plane);
-        // Round half up, as PIL does; `+ 0.5` and truncation avoid a libm call.
-        let q = |v: f32| (v + 0.5).clamp(0.0, 255.0) as u8;
-        let mut buf = vec![0u8; 3 * plane];
-        for (i, px) in buf.chunks_exact_mut(3).enumerate() {
-            px[0] = q(r[i]);
-            px[1] = q(g[i]);
-            px[2] = q(b[i]);
-        }
+        let img = &*self.img;
+        let (img_w, img_h) = (img.width() as usize, img.height() as usize);
+        let buf = match self.resize {
+            Some(plan) => {
+                let region = Region {
+                    data: img.as_raw(),
+                    img_w,
+                    x0: self.x0 as usize,
+                    y0: self.y0 as usize,
+                    w: self.w,
+                    h: self.h,
+                };
+                resize_to_rgb8(region, ResizePlan { flip, ..plan })
+            }
+            None => crop_to_rgb8(img.as_raw(), img_w, img_h, self.x0, self.y0, w, h, flip),
+        };
         RgbImage::from_raw(w as u32, h as u32, buf).expect("buffer sized for the view")
     }
 }

@@ -108,17 +108,14 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Resize `src` by `plan` into planar `out` (`3 * wh * ww`), each value `v * scale[c] + bias[c]`
-/// where `v` is on the 0..255 scale. Writes every element of `out` (which may be uninitialised).
-pub(crate) fn resize_into(
+/// Resample the source rows the window needs horizontally (planar `tmp[c][row][x]`, rows
+/// from source row `ymin`), then hand `vertical` the rows and the vertical weights.
+fn resample_rows<R>(
     src: Region<'_>,
     plan: ResizePlan,
-    scale: [f32; 3],
-    bias: [f32; 3],
-    out: &mut [MaybeUninit<f32>],
-) {
-    let (ww, wh) = (plan.ww, plan.wh);
-    assert_eq!(out.len(), 3 * wh * ww, "resize output size");
+    vertical: impl FnOnce(&[f32], usize, &Coeffs, usize) -> R,
+) -> R {
+    let ww = plan.ww;
     let hc = if plan.flip {
         coeffs(
             src.w,
@@ -129,7 +126,12 @@ pub(crate) fn resize_into(
     } else {
         coeffs(src.w, plan.out_w, plan.antialias, plan.wx..plan.wx + ww)
     };
-    let vc = coeffs(src.h, plan.out_h, plan.antialias, plan.wy..plan.wy + wh);
+    let vc = coeffs(
+        src.h,
+        plan.out_h,
+        plan.antialias,
+        plan.wy..plan.wy + plan.wh,
+    );
     let ymin = vc.start.iter().copied().min().unwrap_or(0);
     let ymax = vc
         .start
@@ -156,7 +158,6 @@ pub(crate) fn resize_into(
         let (tmp, rowf) = scratch[..need].split_at_mut(3 * plane);
         rowf[src.w * 3..].fill(0.0);
 
-        // Horizontal pass over only the source rows the window needs: planar tmp[c][row][x].
         for r in 0..nrows {
             let off = ((src.y0 + ymin + r) * src.img_w + src.x0) * 3;
             for (d, &s) in rowf.iter_mut().zip(&src.data[off..off + src.w * 3]) {
@@ -177,23 +178,57 @@ pub(crate) fn resize_into(
                 _ => horizontal_row_any(rows, rowf, &hc, taps),
             }
         }
+        vertical(tmp, plane, &vc, ymin)
+    })
+}
 
+/// Output row `i` of channel `c` from the horizontally resampled rows, as `v * scale + bias`
+/// (`weights` is scratch of `vc.k` values).
+#[allow(clippy::too_many_arguments)]
+fn output_row(
+    dst: &mut [MaybeUninit<f32>],
+    (tmp, plane, vc, ymin): (&[f32], usize, &Coeffs, usize),
+    c: usize,
+    i: usize,
+    weights: &mut [f32],
+    scale: f32,
+    bias: f32,
+    stream: bool,
+) {
+    let ww = dst.len();
+    let n = vc.len[i];
+    for (d, &s) in weights.iter_mut().zip(&vc.weights[i * vc.k..i * vc.k + n]) {
+        *d = s * scale;
+    }
+    let s = c * plane + (vc.start[i] - ymin) * ww;
+    vertical_row(dst, &tmp[s..s + n * ww], ww, &weights[..n], bias, stream);
+}
+
+/// Resize `src` by `plan` into planar `out` (`3 * wh * ww`), each value `v * scale[c] + bias[c]`
+/// where `v` is on the 0..255 scale. Writes every element of `out` (which may be uninitialised).
+pub(crate) fn resize_into(
+    src: Region<'_>,
+    plan: ResizePlan,
+    scale: [f32; 3],
+    bias: [f32; 3],
+    out: &mut [MaybeUninit<f32>],
+) {
+    let (ww, wh) = (plan.ww, plan.wh);
+    assert_eq!(out.len(), 3 * wh * ww, "resize output size");
+    resample_rows(src, plan, |tmp, plane, vc, ymin| {
         // Vertical pass, fused with normalisation, straight into the output planes.
-        let mut w = vec![0f32; vc.k];
+        let mut weights = vec![0f32; vc.k];
         for c in 0..3 {
-            let tplane = &tmp[c * plane..(c + 1) * plane];
-            let oplane = &mut out[c * wh * ww..(c + 1) * wh * ww];
             for i in 0..wh {
-                let n = vc.len[i];
-                for (d, &s) in w.iter_mut().zip(&vc.weights[i * vc.k..i * vc.k + n]) {
-                    *d = s * scale[c];
-                }
-                let s = (vc.start[i] - ymin) * ww;
-                vertical_row(
-                    &mut oplane[i * ww..(i + 1) * ww],
-                    &tplane[s..s + n * ww],
-                    ww,
-                    &w[..n],
+                let dst = &mut out[(c * wh + i) * ww..(c * wh + i + 1) * ww];
+                let rows = (tmp, plane, vc, ymin);
+                output_row(
+                    dst,
+                    rows,
+                    c,
+                    i,
+                    &mut weights,
+                    scale[c],
                     bias[c],
                     plan.stream,
                 );
@@ -203,6 +238,97 @@ pub(crate) fn resize_into(
             flush_streams();
         }
     });
+}
+
+/// Resize `src` by `plan` into interleaved RGB u8 (`3 * wh * ww`), rounded half up as PIL
+/// rounds between steps: the values [`resize_into`] gives with scale 1 and bias 0, rounded.
+pub(crate) fn resize_to_rgb8(src: Region<'_>, plan: ResizePlan) -> Vec<u8> {
+    let ww = plan.ww;
+    let mut out = vec![0u8; 3 * ww * plan.wh];
+    resample_rows(src, plan, |tmp, plane, vc, ymin| {
+        for (i, dst) in out.chunks_exact_mut(3 * ww).enumerate() {
+            let n = vc.len[i];
+            let s = (vc.start[i] - ymin) * ww;
+            let taps = [0, 1, 2].map(|c| &tmp[c * plane + s..c * plane + s + n * ww]);
+            vertical_rgb8(taps, ww, &vc.weights[i * vc.k..i * vc.k + n], dst);
+        }
+    });
+    out
+}
+
+/// One output row as interleaved u8: channel `c` of pixel `x` is
+/// `sum_t taps[c][t * stride + x] * w[t]` (summed as [`vertical_row`] does, bias 0), rounded
+/// half up.
+fn vertical_rgb8(taps: [&[f32]; 3], stride: usize, w: &[f32], dst: &mut [u8]) {
+    let ww = dst.len() / 3;
+    assert!(!w.is_empty() && taps.iter().all(|t| t.len() >= (w.len() - 1) * stride + ww));
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if super::rows::avx2() {
+        // SAFETY: AVX2 was detected; the sizes were checked above.
+        done = unsafe { vertical_rgb8_avx2(taps, stride, w, dst) };
+    }
+    for x in done..ww {
+        for (c, t) in taps.iter().enumerate() {
+            let mut acc = t[x] * w[0] + 0.0;
+            for (k, &wt) in w.iter().enumerate().skip(1) {
+                acc += t[k * stride + x] * wt;
+            }
+            dst[3 * x + c] = super::rows::round_u8(acc);
+        }
+    }
+}
+
+/// [`vertical_rgb8`] in blocks of 8 pixels; returns how many leading pixels it wrote.
+///
+/// # Safety
+/// The CPU must have AVX2; every `taps[c]` holds `(w.len() - 1) * stride + dst.len() / 3`
+/// values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn vertical_rgb8_avx2(taps: [&[f32]; 3], stride: usize, w: &[f32], dst: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    let ww = dst.len() / 3;
+    let mut spill = [0u8; 32];
+    let mut x = 0;
+    while x + 8 <= ww {
+        let [r, g, b] = taps.map(|t| {
+            // SAFETY: reads t[k * stride + x .. + 8] with x + 8 <= ww and k < w.len(), in
+            // bounds by the caller's guarantee.
+            let acc = unsafe {
+                let p = t.as_ptr().add(x);
+                let mut acc = _mm256_add_ps(
+                    _mm256_mul_ps(_mm256_loadu_ps(p), _mm256_set1_ps(w[0])),
+                    _mm256_setzero_ps(),
+                );
+                for (k, &wt) in w.iter().enumerate().skip(1) {
+                    acc = _mm256_add_ps(
+                        acc,
+                        _mm256_mul_ps(_mm256_loadu_ps(p.add(k * stride)), _mm256_set1_ps(wt)),
+                    );
+                }
+                acc
+            };
+            super::rows::round_u8_avx2(acc)
+        });
+        let words = _mm256_or_si256(
+            r,
+            _mm256_or_si256(_mm256_slli_epi32(g, 8), _mm256_slli_epi32(b, 16)),
+        );
+        let at = 3 * x;
+        // A block writes 28 bytes; the last blocks of a row go through `spill`.
+        // SAFETY: AVX2 is enabled; either 28 bytes from `at` lie in `dst` or `spill` has 32.
+        unsafe {
+            if at + 28 <= dst.len() {
+                super::rows::pack_rgb_words(words, dst.as_mut_ptr().add(at));
+            } else {
+                super::rows::pack_rgb_words(words, spill.as_mut_ptr());
+                dst[at..at + 24].copy_from_slice(&spill[..24]);
+            }
+        }
+        x += 8;
+    }
+    x
 }
 
 /// One row of the horizontal pass with a compile-time tap count (unrolled).
@@ -255,7 +381,12 @@ fn vertical_row(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        vertical_row_sse(dst, src, stride, w, b, stream);
+        if super::rows::avx2() {
+            // SAFETY: AVX2 was detected.
+            unsafe { vertical_row_avx2(dst, src, stride, w, b, stream) };
+        } else {
+            vertical_row_sse(dst, src, stride, w, b, stream);
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -329,6 +460,56 @@ fn vertical_row_sse(
     vertical_row_scalar(dst, src, stride, w, b, body_end..len);
 }
 
+/// [`vertical_row_sse`] 8 values at a time (the same operations in the same order). A
+/// streamed block is stored as two aligned 4-value halves, so rows need only 16-byte
+/// alignment as in the SSE path.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn vertical_row_avx2(
+    dst: &mut [MaybeUninit<f32>],
+    src: &[f32],
+    stride: usize,
+    w: &[f32],
+    b: f32,
+    stream: bool,
+) {
+    use std::arch::x86_64::*;
+    let len = dst.len();
+    assert!(!w.is_empty() && src.len() >= (w.len() - 1) * stride + len);
+    let head = dst.as_ptr().align_offset(16).min(len);
+    let body_end = head + (len - head) / 8 * 8;
+    vertical_row_scalar(dst, src, stride, w, b, 0..head);
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr().cast::<f32>());
+    let bv = _mm256_set1_ps(b);
+    let mut x = head;
+    while x < body_end {
+        // SAFETY: loads read src[t*stride + x .. +8] with x + 8 <= len and t < w.len(), in
+        // bounds by the assert; stores write dst[x .. x+8], x + 8 <= body_end <= len, and
+        // dst + x is 16-byte aligned (x - head is a multiple of 8, dst + head is aligned).
+        unsafe {
+            let mut acc = _mm256_add_ps(
+                _mm256_mul_ps(_mm256_loadu_ps(sp.add(x)), _mm256_set1_ps(w[0])),
+                bv,
+            );
+            for (t, &wt) in w.iter().enumerate().skip(1) {
+                let v = _mm256_loadu_ps(sp.add(t * stride + x));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(v, _mm256_set1_ps(wt)));
+            }
+            if stream {
+                _mm_stream_ps(dp.add(x), _mm256_castps256_ps128(acc));
+                _mm_stream_ps(dp.add(x + 4), _mm256_extractf128_ps::<1>(acc));
+            } else {
+                _mm256_storeu_ps(dp.add(x), acc);
+            }
+        }
+        x += 8;
+    }
+    vertical_row_scalar(dst, src, stride, w, b, body_end..len);
+}
+
 /// Order the non-temporal stores before the buffer is handed to another thread.
 #[inline]
 fn flush_streams() {
@@ -336,30 +517,6 @@ fn flush_streams() {
     // SAFETY: SSE is always present on x86-64; a fence has no other effect.
     unsafe {
         std::arch::x86_64::_mm_sfence();
-    }
-}
-
-/// Copy a (possibly out-of-bounds, zero-padded) crop of an image into planar `out`
-/// (`3 * h * w`), optionally mirrored, each value `v * scale[c] + bias[c]`. Writes every element
-/// of `out` (which may be uninitialised).
-#[allow(clippy::too_many_arguments)]
-/// One row of interleaved RGB `src` into the three planar rows of `scratch` (`3 * width`) as
-/// `v * scale + bias`, mirrored with `flip`. Iterators rather than indices, so the loop has
-/// no bounds checks.
-fn deinterleave_row(src: &[u8], scratch: &mut [f32], flip: bool, scale: [f32; 3], bias: [f32; 3]) {
-    let w = scratch.len() / 3;
-    let (r, rest) = scratch.split_at_mut(w);
-    let (g, b) = rest.split_at_mut(w);
-    let put = |(px, ((r, g), b)): (&[u8], ((&mut f32, &mut f32), &mut f32))| {
-        *r = px[0] as f32 * scale[0] + bias[0];
-        *g = px[1] as f32 * scale[1] + bias[1];
-        *b = px[2] as f32 * scale[2] + bias[2];
-    };
-    let dst = r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut());
-    if flip {
-        src.chunks_exact(3).rev().zip(dst).for_each(put);
-    } else {
-        src.chunks_exact(3).zip(dst).for_each(put);
     }
 }
 
@@ -430,7 +587,9 @@ pub(crate) fn crop_into(
             // The whole row inside the image: one pass over its pixels, no bounds per pixel.
             let start = (sy as usize * img_w + x0 as usize) * 3;
             let src = &data[start..start + 3 * w];
-            deinterleave_row(src, &mut scratch, flip, scale, bias);
+            let (r, rest) = scratch.split_at_mut(w);
+            let (g, b) = rest.split_at_mut(w);
+            super::rows::to_planar(src, [r, g, b], flip, scale, bias);
             for c in 0..3 {
                 let dst = &mut out[c * plane + y * w..c * plane + (y + 1) * w];
                 store_row(dst, &scratch[c * w..(c + 1) * w], stream);
@@ -460,6 +619,43 @@ pub(crate) fn crop_into(
     }
 }
 
+/// A (possibly out-of-bounds, zero-padded) crop of an image as interleaved RGB u8, mirrored
+/// when `flip`: what [`crop_into`] gives with scale 1 and bias 0, without the floats.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn crop_to_rgb8(
+    data: &[u8],
+    img_w: usize,
+    img_h: usize,
+    x0: i64,
+    y0: i64,
+    w: usize,
+    h: usize,
+    flip: bool,
+) -> Vec<u8> {
+    let mut out = vec![0u8; 3 * w * h];
+    // The output columns whose source column lies inside the image.
+    let first = (-x0).clamp(0, w as i64) as usize;
+    let end = (img_w as i64 - x0).clamp(first as i64, w as i64) as usize;
+    for (y, dst) in out.chunks_exact_mut(3 * w).enumerate() {
+        let sy = y0 + y as i64;
+        if sy < 0 || sy as usize >= img_h || first == end {
+            continue;
+        }
+        let row = &data[sy as usize * img_w * 3..][..img_w * 3];
+        let src = &row[3 * (x0 + first as i64) as usize..3 * (x0 + end as i64) as usize];
+        if flip {
+            // Output column x shows crop column w - 1 - x.
+            let mirrored = &mut dst[3 * (w - end)..3 * (w - first)];
+            for (d, s) in mirrored.chunks_exact_mut(3).zip(src.chunks_exact(3).rev()) {
+                d.copy_from_slice(s);
+            }
+        } else {
+            dst[3 * first..3 * end].copy_from_slice(src);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +677,54 @@ mod tests {
                     let s: f32 = c.weights[j * c.k..j * c.k + c.len[j]].iter().sum();
                     assert!((s - 1.0).abs() < 1e-5, "{i}->{o} aa={aa} j={j} sum {s}");
                     assert!(c.start[j] + c.len[j] <= i);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vertical_rows_match_the_scalar_definition() {
+        let src: Vec<f32> = (0..4 * 300).map(|i| (i * 37 % 256) as f32).collect();
+        for len in [1, 3, 4, 7, 8, 9, 17, 224] {
+            for offset in 0..4 {
+                for taps in 1..=3 {
+                    let w = &[0.25, 0.5, 0.125][..taps];
+                    for stream in [false, true] {
+                        let mut want = vec![0f32; len + 4];
+                        let mut got = want.clone();
+                        let dst = &mut crate::buffer::as_uninit(&mut want)[offset..offset + len];
+                        vertical_row_scalar(dst, &src, 300, w, -1.5, 0..len);
+                        let dst = &mut crate::buffer::as_uninit(&mut got)[offset..offset + len];
+                        vertical_row(dst, &src, 300, w, -1.5, stream);
+                        flush_streams();
+                        assert_eq!(got, want, "len {len} offset {offset} taps {taps}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rgb8_rows_match_the_scalar_definition() {
+        // Values around every rounding edge, below 0 and above 255.
+        let src: Vec<f32> = (0..3 * 2 * 300)
+            .map(|i| (i % 700) as f32 * 0.5 - 20.0)
+            .collect();
+        for ww in [1, 7, 8, 9, 10, 16, 17, 33, 224] {
+            for taps in 1..=2 {
+                let w = &[0.75, 0.25][..taps];
+                let planes: Vec<&[f32]> = src.chunks_exact(2 * 300).collect();
+                let mut got = vec![7u8; 3 * ww];
+                vertical_rgb8([planes[0], planes[1], planes[2]], 300, w, &mut got);
+                for x in 0..ww {
+                    for c in 0..3 {
+                        let mut acc = planes[c][x] * w[0] + 0.0;
+                        if taps == 2 {
+                            acc += planes[c][300 + x] * w[1];
+                        }
+                        let want = (acc + 0.5).clamp(0.0, 255.0) as u8;
+                        assert_eq!(got[3 * x + c], want, "ww {ww} taps {taps} x {x} c {c}");
+                    }
                 }
             }
         }
