@@ -169,3 +169,75 @@ fn cv_weights_class(i: usize) -> String {
     .unwrap();
     text.lines().nth(i).unwrap().to_string()
 }
+
+/// `cv export` writes a half-size bf16 copy that `cv predict` reads, and refuses to write
+/// over the file it exports or into a missing folder, with one clean error each.
+#[test]
+fn export_writes_half_size_weights_and_refuses_bad_outputs() {
+    let Some(fixtures) = cv_testkit::fixtures::parity_dir() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("net.safetensors");
+    std::fs::copy(fixtures.join("net.safetensors"), &source).unwrap();
+    let before = std::fs::read(&source).unwrap();
+    let half = tmp.path().join("net-bf16.safetensors");
+    let out = expect_code(
+        cv(tmp.path())
+            .args(["export", "--weights"])
+            .arg(&source)
+            .args(["--dtype", "bf16", "--out"])
+            .arg(&half),
+        0,
+    );
+    assert!(
+        stdout(&out).contains("net-bf16.safetensors"),
+        "{}",
+        stdout(&out)
+    );
+    let (full, small) = (before.len() as u64, std::fs::metadata(&half).unwrap().len());
+    assert!(small < full * 11 / 20, "{small} of {full} bytes");
+    let png = tmp.path().join("grey.png");
+    let mut rng = cv_testkit::cifar::SplitMix(3);
+    cv_testkit::folder::class_image(1, 32, 32, &mut rng)
+        .save(&png)
+        .unwrap();
+    let out = expect_code(
+        cv(tmp.path())
+            .args(["predict", "--json", "--weights"])
+            .arg(&half)
+            .arg(&png),
+        0,
+    );
+    assert!(stdout(&out).contains("grey.png"), "{}", stdout(&out));
+
+    let out = expect_code(
+        cv(tmp.path())
+            .args(["export", "--weights"])
+            .arg(&source)
+            .args(["--dtype", "f16", "--out"])
+            .arg(&source),
+        1,
+    );
+    assert_clean_error(&out, "is the file being exported");
+    assert_eq!(std::fs::read(&source).unwrap(), before);
+    let nowhere = tmp.path().join("missing/net.safetensors");
+    let out = expect_code(
+        cv(tmp.path())
+            .args(["export", "--weights"])
+            .arg(&source)
+            .arg("--out")
+            .arg(&nowhere),
+        1,
+    );
+    assert_clean_error(&out, "missing");
+    let out = expect_code(
+        cv(tmp.path())
+            .args(["export", "--checkpoint"])
+            .arg(tmp.path().join("no-run"))
+            .arg("--out")
+            .arg(&half),
+        1,
+    );
+    assert_clean_error(&out, "no such folder");
+}

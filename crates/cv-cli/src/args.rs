@@ -48,6 +48,7 @@ impl Cli {
             Command::Predict(a) => a.json,
             Command::Explain(a) => a.predict.json,
             Command::Report(_) => false,
+            Command::Export(_) => false,
             Command::Data(DataCommand::Inspect(a)) => a.json,
             Command::Weights(WeightsCommand::List(a)) => a.json,
             Command::Weights(WeightsCommand::Fetch(_)) => false,
@@ -89,6 +90,12 @@ pub enum Command {
         after_help = "Examples:\n  cv report runs/finetune                  # evaluates on the data the run recorded\n  cv report runs/cnn --data other-photos/ --out other.html\n\nOne self-contained HTML file (inline SVG and PNG, no script, nothing fetched): open it in\nany browser. cv train and cv finetune write one at the end of every run; cv eval --report\nDIR writes one for any checkpoint and data set."
     )]
     Report(ReportArgs),
+    /// Write a checkpoint's weights for use outside cv: safetensors with torchvision names,
+    /// in f32, f16 or bf16, optionally with BatchNorm folded.
+    #[command(
+        after_help = "Examples:\n  cv export --checkpoint runs/finetune --dtype f16 --out model-f16.safetensors\n  cv export --weights resnet18.tv_in1k --fold-bn --out resnet18-folded.safetensors\n\nf16/bf16 files are half the size; torchvision loads them with\nmodel.load_state_dict(safetensors.torch.load_file(F)) after model.half() or .bfloat16(),\nor converts them with {k: v.float() for k, v in ...}. --fold-bn files have no BatchNorm keys\n(each convolution gets a bias): for inference code that builds the network without it."
+    )]
+    Export(ExportArgs),
     /// Look at datasets.
     #[command(subcommand)]
     Data(DataCommand),
@@ -480,6 +487,60 @@ pub struct PredictArgs {
     /// Arithmetic of the forward pass: f32, or bf16 (CPU with AMX-BF16 or AVX512-BF16).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
+}
+
+/// The file format `cv export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormatArg {
+    /// safetensors with torchvision's parameter names.
+    Safetensors,
+}
+
+/// `--dtype` of `cv export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportDtypeArg {
+    /// 32-bit floats, as trained.
+    F32,
+    /// IEEE half precision (half the file).
+    F16,
+    /// bfloat16 (half the file).
+    Bf16,
+}
+
+impl From<ExportDtypeArg> for cv_weights::ExportDtype {
+    fn from(d: ExportDtypeArg) -> Self {
+        match d {
+            ExportDtypeArg::F32 => cv_weights::ExportDtype::F32,
+            ExportDtypeArg::F16 => cv_weights::ExportDtype::F16,
+            ExportDtypeArg::Bf16 => cv_weights::ExportDtype::Bf16,
+        }
+    }
+}
+
+/// `cv export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A checkpoint folder written by train/finetune.
+    #[arg(long, conflicts_with = "weights", required_unless_present = "weights")]
+    pub checkpoint: Option<PathBuf>,
+    /// A registry name, a .safetensors file or a checkpoint folder.
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// The file format.
+    #[arg(long, value_enum, default_value = "safetensors")]
+    pub format: ExportFormatArg,
+    /// The float type of the written weights.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: ExportDtypeArg,
+    /// Fold every BatchNorm into the convolution before it (eval-mode weights, no BN keys).
+    #[arg(long)]
+    pub fold_bn: bool,
+    /// The file to write (replaced atomically; never the exported file itself).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Use the Hugging Face cache only (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// `cv explain`.

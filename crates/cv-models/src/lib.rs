@@ -40,6 +40,7 @@ pub mod cnn;
 pub mod conv;
 pub mod device;
 pub mod error;
+pub mod fold;
 pub mod init;
 pub mod params;
 pub mod resnet;

@@ -64,12 +64,14 @@ pub enum WeightsError {
         cache_dir: PathBuf,
     },
     /// A file or folder could not be read or written.
-    #[error("{}: {source}", path.display())]
+    // `error` is in the message and deliberately not a `#[source]`: a chained report
+    // (`{:#}`) would print it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A weights file that is not a complete, valid safetensors file.
     #[error("{}: not a valid safetensors file ({reason}); delete it and fetch it again", path.display())]
@@ -122,7 +124,7 @@ impl WeightsError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         WeightsError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 }

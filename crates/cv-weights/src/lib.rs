@@ -26,6 +26,7 @@
 //! fetch it). See [`hub::HubConfig`].
 
 pub mod error;
+pub mod export;
 pub mod hub;
 pub mod imagenet;
 pub mod load;
@@ -34,6 +35,7 @@ pub mod registry;
 pub mod source;
 
 pub use error::{Result, WeightsError};
+pub use export::{export_safetensors, load_state, ExportDtype, ExportReport};
 pub use hub::HubConfig;
 pub use load::{load_into, LoadReport};
 pub use predict::{Classifier, ExplainRequest, Explanation, Prediction};

@@ -13,7 +13,8 @@ use cv_train::checkpoint::{ModelCard, MODEL_FILE};
 use cv_weights::hub::HubConfig;
 use cv_weights::source::read_header;
 use cv_weights::{
-    find, load_into, resolve, Classifier, ResolveOptions, WeightsError, WeightsSource,
+    export_safetensors, find, load_into, resolve, Classifier, ExportDtype, ResolveOptions,
+    WeightsError, WeightsSource,
 };
 use image::RgbImage;
 
@@ -501,4 +502,133 @@ fn parity_fixture_as_bare_file_and_net() {
         candle_core::safetensors::load(fixtures.join("net_io.safetensors"), &Device::Cpu).unwrap();
     let got = clf.logits(&nio["input"]).unwrap();
     assert!(max_abs_diff(&got, &nio["logits"]) <= 1e-4 * max_abs(&nio["logits"]));
+}
+
+/// The index of the largest logit of each row.
+fn top1(logits: &Tensor) -> Vec<u32> {
+    logits.argmax(1).unwrap().to_vec1().unwrap()
+}
+
+/// The torchvision ResNet-18 written in f16 and bf16 keeps PyTorch's top-1 on the fixture
+/// inputs (the file is half the size), and with BatchNorm folded gives PyTorch's logits.
+#[test]
+fn exported_half_and_folded_weights_keep_pytorchs_predictions() {
+    let Some(fixtures) = cv_testkit::fixtures::parity_dir() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let source = fixtures.join("resnet18.safetensors");
+    let w = resolve(
+        &WeightsSource::File(source.clone()),
+        &ResolveOptions::default(),
+    )
+    .unwrap();
+    let io = candle_core::safetensors::load(fixtures.join("io.safetensors"), &Device::Cpu).unwrap();
+    let f32_bytes = std::fs::metadata(&source).unwrap().len();
+    for (dtype, stored) in [
+        (ExportDtype::F16, DType::F16),
+        (ExportDtype::Bf16, DType::BF16),
+    ] {
+        let out = tmp.path().join(format!("{dtype:?}.safetensors"));
+        let report = export_safetensors(&w, dtype, false, &out).unwrap();
+        assert_eq!((report.tensors, report.folded), (122, 0));
+        assert!(
+            report.bytes < f32_bytes * 11 / 20,
+            "{} of {f32_bytes} bytes",
+            report.bytes
+        );
+        let file = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        assert_eq!(file["layer3.0.conv1.weight"].dtype(), stored);
+        assert_eq!(file["layer3.0.bn1.num_batches_tracked"].dtype(), DType::I64);
+        let half = resolve(&WeightsSource::File(out), &ResolveOptions::default()).unwrap();
+        let clf = Classifier::load(&half, &Device::Cpu).unwrap();
+        for size in [64, 224] {
+            let want = &io[&format!("logits_{size}")];
+            let got = clf.logits(&io[&format!("input_{size}")]).unwrap();
+            eprintln!(
+                "{dtype:?} at {size}: max|T-R| = {:e}",
+                max_abs_diff(&got, want)
+            );
+            assert_eq!(top1(&got), top1(want), "{dtype:?} at {size}");
+        }
+    }
+
+    // Folded: each convolution's new bias goes into an identity BatchNorm (scale 1, mean 0,
+    // variance 1 - eps) after it, so the unchanged network computes exactly the folded one.
+    let out = tmp.path().join("folded.safetensors");
+    let report = export_safetensors(&w, ExportDtype::F32, true, &out).unwrap();
+    assert_eq!((report.tensors, report.folded), (42, 20));
+    let folded = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    assert!(folded
+        .keys()
+        .all(|k| !k.contains("bn") && !k.contains("downsample.1")));
+    let mut tensors = HashMap::new();
+    for (k, t) in &folded {
+        let Some(conv) = k.strip_suffix(".bias").filter(|c| !c.starts_with("fc")) else {
+            tensors.insert(k.clone(), t.clone());
+            continue;
+        };
+        let bn = match conv.strip_suffix("downsample.0") {
+            Some(block) => format!("{block}downsample.1"),
+            None => conv.replacen("conv", "bn", 1),
+        };
+        let n = t.dims()[0];
+        let ones = Tensor::ones(n, DType::F32, &Device::Cpu).unwrap();
+        tensors.insert(format!("{bn}.weight"), ones.clone());
+        tensors.insert(format!("{bn}.bias"), t.clone());
+        tensors.insert(format!("{bn}.running_mean"), ones.zeros_like().unwrap());
+        tensors.insert(format!("{bn}.running_var"), (ones * (1.0 - 1e-5)).unwrap());
+    }
+    let (varmap, m) = model(Architecture::ResNet18, 1000, None);
+    state::load_state_dict(&varmap, &tensors).unwrap();
+    let got = m.detached().forward_t(&io["input_224"], false).unwrap();
+    let (diff, scale) = (
+        max_abs_diff(&got, &io["logits_224"]),
+        max_abs(&io["logits_224"]),
+    );
+    eprintln!("folded at 224: max|T-R| = {diff:e}, max|R| = {scale}");
+    assert!(diff <= 1e-4 * scale, "max|T-R| = {diff} > 1e-4 * {scale}");
+}
+
+/// Export never replaces the file it reads, and a failed write leaves nothing behind.
+#[test]
+fn export_refuses_its_own_source_and_leaves_no_partial_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, _) = cnn_checkpoint(tmp.path(), 10, 4);
+    let before = std::fs::read(&path).unwrap();
+    let w = resolve(
+        &WeightsSource::File(path.clone()),
+        &ResolveOptions::default(),
+    )
+    .unwrap();
+    let err = export_safetensors(&w, ExportDtype::F16, false, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is the file being exported"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    let missing = tmp.path().join("no-such-dir/out.safetensors");
+    let err = export_safetensors(&w, ExportDtype::F32, false, &missing)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no-such-dir"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.iter().all(|n| !n.to_string_lossy().contains(".tmp-")),
+        "{left:?}"
+    );
+
+    // The small CNN has no BatchNorm: folding leaves every tensor as it is.
+    let out = tmp.path().join("cnn-folded.safetensors");
+    let report = export_safetensors(&w, ExportDtype::F32, true, &out).unwrap();
+    assert_eq!(report.folded, 0);
+    let a = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let b = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (k, t) in &a {
+        assert_eq!(max_abs_diff(t, &b[k]), 0.0, "{k}");
+    }
 }

@@ -2,6 +2,7 @@
 
 mod data;
 mod explain;
+mod export;
 mod predict;
 mod report;
 mod train;
@@ -21,6 +22,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(a) => predict::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Report(a) => report::run(a),
+        Command::Export(a) => export::run(a),
         Command::Data(DataCommand::Inspect(a)) => data::inspect(a),
         Command::Weights(WeightsCommand::List(a)) => weights::list(a),
         Command::Weights(WeightsCommand::Fetch(a)) => weights::fetch(a),
