@@ -7,11 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
-use cv_models::Model;
 
 use crate::error::{Result, WeightsError};
-use crate::load::load_into;
 use crate::source::ResolvedWeights;
 
 /// The float type of the written tensors (integer buffers such as `num_batches_tracked`
@@ -53,28 +50,7 @@ pub struct ExportReport {
 /// [`crate::Classifier::load`]: every key and shape as the architecture expects, a head with
 /// one output per class name.
 pub fn load_state(weights: &ResolvedWeights) -> Result<HashMap<String, Tensor>> {
-    let device = Device::Cpu;
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let num_classes = weights.classes.len();
-    Model::new(weights.architecture, num_classes, vb)?;
-    let report = load_into(
-        &varmap,
-        weights.architecture,
-        &weights.path,
-        num_classes,
-        &device,
-    )?;
-    if let Some(h) = &report.head_replaced {
-        return Err(WeightsError::Mismatch {
-            path: weights.path.clone(),
-            architecture: weights.architecture.to_string(),
-            detail: format!(
-                "{} classes are named but the head {} has {} outputs",
-                h.to_classes, h.module, h.from_classes
-            ),
-        });
-    }
+    let (varmap, _, _) = crate::load::load_named(weights, &Device::Cpu)?;
     Ok(cv_models::state::state_dict(&varmap)?)
 }
 

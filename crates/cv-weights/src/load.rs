@@ -96,3 +96,34 @@ pub fn load_into(
         head_replaced: load.head_replaced,
     })
 }
+
+/// Builds `weights.architecture` with one output per class name and loads `weights` into it
+/// (checked as [`load_into`]); a head with another number of outputs is an error here, since
+/// the class names would not match the logits.
+pub(crate) fn load_named(
+    weights: &crate::source::ResolvedWeights,
+    device: &Device,
+) -> Result<(VarMap, cv_models::Model, LoadReport)> {
+    let num_classes = weights.classes.len();
+    let varmap = VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device);
+    let model = cv_models::Model::new(weights.architecture, num_classes, vb)?;
+    let report = load_into(
+        &varmap,
+        weights.architecture,
+        &weights.path,
+        num_classes,
+        device,
+    )?;
+    if let Some(h) = &report.head_replaced {
+        return Err(WeightsError::Mismatch {
+            path: weights.path.clone(),
+            architecture: weights.architecture.to_string(),
+            detail: format!(
+                "{} classes are named ({}) but the head {} has {} outputs",
+                h.to_classes, weights.origin, h.module, h.from_classes
+            ),
+        });
+    }
+    Ok((varmap, model, report))
+}

@@ -1,13 +1,12 @@
 //! A ready-to-use classifier: model + weights + classes + eval transforms, in eval mode.
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{VarBuilder, VarMap};
 use cv_data::transforms::Pipeline;
 use cv_models::Model;
 use image::RgbImage;
 
 use crate::error::{Result, WeightsError};
-use crate::load::{load_into, LoadReport};
+use crate::load::LoadReport;
 use crate::source::ResolvedWeights;
 
 /// One answer: class index, class name, probability (softmax over all classes).
@@ -31,27 +30,7 @@ impl Classifier {
     /// Builds the architecture, loads and checks the weights, and keeps the classes and
     /// eval transforms of `weights`.
     pub fn load(weights: &ResolvedWeights, device: &Device) -> Result<Classifier> {
-        let num_classes = weights.classes.len();
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-        let model = Model::new(weights.architecture, num_classes, vb)?;
-        let report = load_into(
-            &varmap,
-            weights.architecture,
-            &weights.path,
-            num_classes,
-            device,
-        )?;
-        if let Some(h) = &report.head_replaced {
-            return Err(WeightsError::Mismatch {
-                path: weights.path.clone(),
-                architecture: weights.architecture.to_string(),
-                detail: format!(
-                    "{} classes are named ({}) but the head {} has {} outputs",
-                    h.to_classes, weights.origin, h.module, h.from_classes
-                ),
-            });
-        }
+        let (_, model, report) = crate::load::load_named(weights, device)?;
         Ok(Classifier {
             model: model.detached(),
             classes: weights.classes.clone(),

@@ -1,22 +1,13 @@
 //! `cv export`: a checkpoint's weights as safetensors for use outside cv.
 
 use anyhow::{Context, Result};
-use cv_weights::source::{resolve, ResolveOptions, WeightsSource};
+use cv_weights::source::{resolve, ResolveOptions};
 
-use crate::args::{usage, ExportArgs, ExportFormatArg};
+use crate::args::{ExportArgs, ExportFormatArg};
 
 /// Resolves the weights, writes them in the asked format and dtype, prints what it wrote.
 pub fn run(a: &ExportArgs) -> Result<()> {
-    let source = match (&a.checkpoint, &a.weights) {
-        (Some(dir), _) => {
-            if !dir.is_dir() {
-                anyhow::bail!("--checkpoint {}: no such folder", dir.display());
-            }
-            WeightsSource::Folder(dir.clone())
-        }
-        (None, Some(w)) => super::parse_weights(w)?,
-        (None, None) => return Err(usage("give --checkpoint DIR or --weights NAME|PATH")),
-    };
+    let source = super::weights_source(&a.checkpoint, &a.weights)?;
     let options = ResolveOptions {
         offline: a.offline,
         progress: true,

@@ -49,6 +49,23 @@ fn eval_precision(
     Ok(cast)
 }
 
+/// The weights `--checkpoint DIR` (an existing folder) or `--weights NAME|PATH` name.
+fn weights_source(
+    checkpoint: &Option<std::path::PathBuf>,
+    weights: &Option<String>,
+) -> Result<WeightsSource> {
+    match (checkpoint, weights) {
+        (Some(dir), _) => {
+            if !dir.is_dir() {
+                anyhow::bail!("--checkpoint {}: no such folder", dir.display());
+            }
+            Ok(WeightsSource::Folder(dir.clone()))
+        }
+        (None, Some(w)) => parse_weights(w),
+        (None, None) => Err(usage("give --checkpoint DIR or --weights NAME|PATH")),
+    }
+}
+
 /// `--weights` value: an existing file or folder, else a registry name (a usage error when it
 /// is neither, listing the known names).
 pub fn parse_weights(s: &str) -> Result<WeightsSource> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use cv_weights::predict::{Classifier, Prediction};
-use cv_weights::source::{resolve, ResolveOptions, WeightsSource};
+use cv_weights::source::{resolve, ResolveOptions};
 use image::RgbImage;
 
 use crate::args::{rgb, usage, PredictArgs};
@@ -14,16 +14,7 @@ use cv_train::autocast::Autocast;
 /// The classifier `--checkpoint` or `--weights` names, on `--device`, in `--precision`
 /// (the guard keeps the precision on while it lives), and where its weights came from.
 pub(super) fn load(a: &PredictArgs) -> Result<(Classifier, String, Autocast)> {
-    let source = match (&a.checkpoint, &a.weights) {
-        (Some(dir), _) => {
-            if !dir.is_dir() {
-                anyhow::bail!("--checkpoint {}: no such folder", dir.display());
-            }
-            WeightsSource::Folder(dir.clone())
-        }
-        (None, Some(w)) => super::parse_weights(w)?,
-        (None, None) => return Err(usage("give --checkpoint DIR or --weights NAME|PATH")),
-    };
+    let source = super::weights_source(&a.checkpoint, &a.weights)?;
     if a.top_k == 0 {
         return Err(usage("--top-k must be at least 1"));
     }
