@@ -240,4 +240,15 @@ fn export_writes_half_size_weights_and_refuses_bad_outputs() {
         1,
     );
     assert_clean_error(&out, "no such folder");
+    // A folder as --out fails at the rename; the cause is printed once, not once per layer.
+    let out = expect_code(
+        cv(tmp.path())
+            .args(["export", "--weights"])
+            .arg(&source)
+            .arg("--out")
+            .arg(tmp.path()),
+        1,
+    );
+    let err = stderr(&out);
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
 }

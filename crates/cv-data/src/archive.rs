@@ -250,7 +250,7 @@ pub fn extract_tar_gz_safely(archive: &Path, dest: &Path) -> Result<Vec<PathBuf>
                 } else {
                     DataError::Io {
                         path: target.clone(),
-                        source: e,
+                        error: e,
                     }
                 }
             })?;
@@ -341,7 +341,7 @@ fn replace_dir(staged: &Path, target: &Path, parent: &Path) -> Result<()> {
             let _ = std::fs::rename(&aside, target);
             return Err(DataError::Io {
                 path: target.to_path_buf(),
-                source: e,
+                error: e,
             });
         }
         // `old` (with the previous copy inside) is removed when dropped.

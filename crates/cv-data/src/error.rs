@@ -7,12 +7,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// Reading or writing a file failed (includes "No space left on device").
-    #[error("{}: {source}", path.display())]
+    // `error` is in the message and deliberately not a `#[source]`: a chained report
+    // (`{:#}`) would print it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or folder being read or written.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A required file or folder does not exist.
     #[error("{}: missing ({what})", path.display())]
@@ -158,5 +160,5 @@ pub type Result<T> = std::result::Result<T, DataError>;
 /// Attach a path to an I/O error.
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> DataError {
     let path = path.into();
-    move |source| DataError::Io { path, source }
+    move |error| DataError::Io { path, error }
 }

@@ -10,21 +10,24 @@ pub enum TrainError {
     Candle(#[from] candle_core::Error),
 
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    // `error` is in the message and deliberately not a `#[source]`: a chained report
+    // (`{:#}`) would print it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or folder at fault.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// A JSON file could not be written or read.
-    #[error("{path}: invalid JSON: {source}")]
+    // `error` is in the message, not a `#[source]` (see `Io`).
+    #[error("{}: invalid JSON: {error}", path.display())]
     Json {
         /// The file at fault.
         path: PathBuf,
         /// The underlying error.
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     /// The loss became NaN or infinite; training stopped and the last checkpoint was kept.
@@ -117,7 +120,7 @@ impl TrainError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         TrainError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 }

@@ -52,9 +52,9 @@ pub struct EpochRecord {
 pub fn write_metrics(path: &Path, records: &[EpochRecord]) -> Result<()> {
     let mut text = String::new();
     for r in records {
-        let line = serde_json::to_string(r).map_err(|source| TrainError::Json {
+        let line = serde_json::to_string(r).map_err(|error| TrainError::Json {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         text.push_str(&line);
         text.push('\n');
@@ -76,9 +76,9 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochRecord>> {
             continue;
         }
         out.push(
-            serde_json::from_str(&line).map_err(|source| TrainError::Json {
+            serde_json::from_str(&line).map_err(|error| TrainError::Json {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?,
         );
     }

@@ -540,7 +540,7 @@ fn hub_error(e: DataError, url: &str, repo_dir: &Path) -> WeightsError {
                 )
             },
         },
-        DataError::Io { path, source } => WeightsError::io(&path, source),
+        DataError::Io { path, error } => WeightsError::io(&path, error),
         other => WeightsError::Download {
             url: url.to_string(),
             reason: other.to_string(),

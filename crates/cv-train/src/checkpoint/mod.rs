@@ -111,15 +111,15 @@ impl CheckpointConfig {
             dir_or_file.to_path_buf()
         };
         let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|source| TrainError::Json { path, source })
+        serde_json::from_str(&text).map_err(|error| TrainError::Json { path, error })
     }
 
     /// Writes `config.json` into `dir` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(CONFIG_FILE);
-        let text = serde_json::to_string_pretty(self).map_err(|source| TrainError::Json {
+        let text = serde_json::to_string_pretty(self).map_err(|error| TrainError::Json {
             path: path.clone(),
-            source,
+            error,
         })?;
         atomic::write_bytes(&path, text.as_bytes())
     }

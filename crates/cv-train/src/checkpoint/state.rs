@@ -69,9 +69,9 @@ impl TrainState {
         for (k, v) in &self.ema {
             tensors.insert(format!("{EMA_PREFIX}{k}"), v.to_device(&Device::Cpu)?);
         }
-        let json = serde_json::to_vec(&self.meta).map_err(|source| TrainError::Json {
+        let json = serde_json::to_vec(&self.meta).map_err(|error| TrainError::Json {
             path: path.clone(),
-            source,
+            error,
         })?;
         let n = json.len();
         tensors.insert(META_KEY.into(), Tensor::from_vec(json, n, &Device::Cpu)?);
