@@ -252,3 +252,47 @@ fn export_writes_half_size_weights_and_refuses_bad_outputs() {
     let err = stderr(&out);
     assert_eq!(err.matches("os error").count(), 1, "{err}");
 }
+
+/// `cv export --format onnx` writes the model (its content is checked in tract by
+/// cv-weights' tests/onnx.rs) and refuses a half dtype and a folder as output, leaving nothing
+/// half-written.
+#[test]
+fn export_onnx_writes_a_model_and_refuses_what_onnx_cannot_be() {
+    let Some(fixtures) = cv_testkit::fixtures::parity_dir() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let source = fixtures.join("net.safetensors");
+    let onnx = tmp.path().join("net.onnx");
+    let export = |extra: &[&str], out: &std::path::Path, code| {
+        expect_code(
+            cv(tmp.path())
+                .args(["export", "--format", "onnx", "--weights"])
+                .arg(&source)
+                .args(extra)
+                .arg("--out")
+                .arg(out),
+            code,
+        )
+    };
+    let out = export(&[], &onnx, 0);
+    assert!(stdout(&out).contains("ONNX opset 17"), "{}", stdout(&out));
+    assert!(std::fs::metadata(&onnx).unwrap().len() > 200_000);
+
+    let before = std::fs::read(&onnx).unwrap();
+    let out = export(&["--dtype", "f16"], &onnx, 1);
+    assert_clean_error(&out, "applies to safetensors only");
+    assert_eq!(std::fs::read(&onnx).unwrap(), before);
+    let out = export(&[], tmp.path(), 1);
+    assert_eq!(
+        stderr(&out).matches("os error").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["net.onnx"], "{left:?}");
+}

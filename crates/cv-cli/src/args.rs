@@ -494,6 +494,8 @@ pub struct PredictArgs {
 pub enum ExportFormatArg {
     /// safetensors with torchvision's parameter names.
     Safetensors,
+    /// ONNX (opset 17), f32, BatchNorm folded, dynamic batch; for onnxruntime, `ort`, tract.
+    Onnx,
 }
 
 /// `--dtype` of `cv export`.
@@ -529,10 +531,11 @@ pub struct ExportArgs {
     /// The file format.
     #[arg(long, value_enum, default_value = "safetensors")]
     pub format: ExportFormatArg,
-    /// The float type of the written weights.
+    /// The float type of the written weights (safetensors only; ONNX is f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: ExportDtypeArg,
-    /// Fold every BatchNorm into the convolution before it (eval-mode weights, no BN keys).
+    /// Fold every BatchNorm into the convolution before it (eval-mode weights, no BN keys;
+    /// ONNX is always folded).
     #[arg(long)]
     pub fold_bn: bool,
     /// The file to write (replaced atomically; never the exported file itself).

@@ -1,6 +1,6 @@
 //! BatchNorm folded into the convolution before it, for inference-only consumers (ONNX,
-//! `cv export --fold-bn`): eval-mode `bn(conv(x))` equals `conv'(x)` with
-//! `w' = w * g / sqrt(v + eps)` per output channel and `b' = beta + (b - mean) * g / sqrt(v + eps)`.
+//! `cv export --fold-bn`): which convolution each BatchNorm of a state dict follows, and the
+//! folded state. The arithmetic is `cv_ops::fold_batchnorm`'s, done here in f64.
 
 use std::collections::HashMap;
 
@@ -25,6 +25,14 @@ fn conv_of(bn: &str) -> Option<String> {
     Some(format!("{head}{sep}conv{k}"))
 }
 
+/// The BatchNorms of `state` (torchvision keys), as their prefixes (`bn1`, `layer2.0.downsample.1`).
+pub fn batch_norms(state: &HashMap<String, Tensor>) -> Vec<&str> {
+    state
+        .keys()
+        .filter_map(|k| k.strip_suffix(".running_mean"))
+        .collect()
+}
+
 /// `state` (torchvision keys, eval weights) with every BatchNorm folded into its convolution:
 /// the BatchNorm keys are gone and each such convolution has a `bias`. Computed in f64, stored
 /// as f32 on the CPU. The small CNN has no BatchNorm and comes back unchanged.
@@ -33,10 +41,7 @@ pub fn fold_batch_norm(
     state: &HashMap<String, Tensor>,
 ) -> Result<HashMap<String, Tensor>> {
     let mut out: HashMap<String, Tensor> = HashMap::new();
-    let bns: Vec<&str> = state
-        .keys()
-        .filter_map(|k| k.strip_suffix(".running_mean"))
-        .collect();
+    let bns = batch_norms(state);
     let mut folded_keys = Vec::new();
     for bn in bns {
         let conv = conv_of(bn).ok_or_else(|| {
@@ -49,49 +54,20 @@ pub fn fold_batch_norm(
                 ModelError::Config(format!("{arch}: cannot fold {bn}: the state has no {key}"))
             })
         };
-        let f64s = |t: &Tensor| -> Result<Vec<f64>> {
-            Ok(t.to_device(&Device::Cpu)?
-                .to_dtype(DType::F64)?
-                .flatten_all()?
-                .to_vec1()?)
-        };
-        let gamma = f64s(get(format!("{bn}.weight"))?)?;
-        let beta = f64s(get(format!("{bn}.bias"))?)?;
-        let mean = f64s(get(format!("{bn}.running_mean"))?)?;
-        let var = f64s(get(format!("{bn}.running_var"))?)?;
-        let weight = get(format!("{conv}.weight"))?;
-        let dims = weight.dims().to_vec();
-        let w = f64s(weight)?;
-        let bias = match state.get(&format!("{conv}.bias")) {
-            Some(b) => f64s(b)?,
-            None => vec![0.0; dims[0]],
-        };
-        let channels = dims[0];
-        if [gamma.len(), beta.len(), mean.len(), var.len(), bias.len()] != [channels; 5] {
-            return Err(ModelError::Config(format!(
-                "{arch}: {bn} does not have one value per output channel of {conv} ({channels})"
-            )));
-        }
-        let per = w.len() / channels;
-        let scale: Vec<f64> = (0..channels)
-            .map(|o| gamma[o] / (var[o] + BN_EPS).sqrt())
-            .collect();
-        let w: Vec<f32> = w
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (v * scale[i / per]) as f32)
-            .collect();
-        let b: Vec<f32> = (0..channels)
-            .map(|o| (beta[o] + (bias[o] - mean[o]) * scale[o]) as f32)
-            .collect();
-        out.insert(
-            format!("{conv}.weight"),
-            Tensor::from_vec(w, dims, &Device::Cpu)?,
-        );
-        out.insert(
-            format!("{conv}.bias"),
-            Tensor::from_vec(b, channels, &Device::Cpu)?,
-        );
+        let f64 = |t: &Tensor| t.to_device(&Device::Cpu)?.to_dtype(DType::F64);
+        let bias = state.get(&format!("{conv}.bias")).map(f64).transpose()?;
+        let (w, b) = cv_ops::fold_batchnorm(
+            &f64(get(format!("{conv}.weight"))?)?,
+            bias.as_ref(),
+            &f64(get(format!("{bn}.weight"))?)?,
+            &f64(get(format!("{bn}.bias"))?)?,
+            &f64(get(format!("{bn}.running_mean"))?)?,
+            &f64(get(format!("{bn}.running_var"))?)?,
+            BN_EPS,
+        )
+        .map_err(|e| ModelError::Config(format!("{arch}: cannot fold {bn} into {conv}: {e}")))?;
+        out.insert(format!("{conv}.weight"), w.to_dtype(DType::F32)?);
+        out.insert(format!("{conv}.bias"), b.to_dtype(DType::F32)?);
         folded_keys.push(conv);
         for field in [
             "weight",

@@ -42,6 +42,7 @@ pub mod device;
 pub mod error;
 pub mod fold;
 pub mod init;
+pub mod onnx;
 pub mod params;
 pub mod resnet;
 pub mod state;

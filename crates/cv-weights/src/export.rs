@@ -1,7 +1,8 @@
 //! Weights out of `cv`: the checked state dict of resolved weights, written as safetensors
 //! with torchvision names, in f32, f16 or bf16 (half the file; torchvision loads it after
 //! `.float()`), optionally with BatchNorm folded into the convolutions for inference-only
-//! consumers.
+//! consumers; or as an ONNX model (the eval-mode network with BatchNorm folded, see
+//! [`cv_models::onnx`]) that onnxruntime, `ort` or tract run without cv.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -63,6 +64,49 @@ pub fn export_safetensors(
     fold_bn: bool,
     out: &Path,
 ) -> Result<ExportReport> {
+    check_output(weights, out)?;
+    let state = load_state(weights)?;
+    let (state, folded) = if fold_bn {
+        let bns = cv_models::fold::batch_norms(&state).len();
+        let folded = cv_models::fold::fold_batch_norm(weights.architecture, &state)?;
+        (folded, bns)
+    } else {
+        (state, 0)
+    };
+    let mut converted = HashMap::with_capacity(state.len());
+    for (k, t) in state {
+        let t = if t.dtype().is_float() {
+            t.to_dtype(dtype.dtype())?
+        } else {
+            t
+        };
+        converted.insert(k, t);
+    }
+    write(out, &converted)?;
+    report(out, converted.len(), folded)
+}
+
+/// Writes `weights` to `out` as an ONNX model (opset [`cv_models::onnx::OPSET`], BatchNorm
+/// folded, dynamic batch) whose `metadata_props` hold the class names, the input size and the
+/// normalisation. Written through a temporary file like [`export_safetensors`]; `tensors`
+/// in the report counts the initializers.
+pub fn export_onnx(weights: &ResolvedWeights, out: &Path) -> Result<ExportReport> {
+    check_output(weights, out)?;
+    let state = load_state(weights)?;
+    let info = cv_models::onnx::OnnxInfo {
+        classes: weights.classes.clone(),
+        image_size: weights.image_size,
+        mean: weights.eval_transforms.mean,
+        std: weights.eval_transforms.std,
+    };
+    let model = cv_models::onnx::to_onnx(weights.architecture, &state, &info)?;
+    cv_train::atomic::write_bytes(out, &model.bytes)?;
+    report(out, model.initializers, model.folded)
+}
+
+/// Refuses `out` when it is the weights' own file or its folder does not exist, before any
+/// work is done.
+fn check_output(weights: &ResolvedWeights, out: &Path) -> Result<()> {
     if same_file(out, &weights.path) {
         return Err(WeightsError::io(
             out,
@@ -79,33 +123,17 @@ pub fn export_safetensors(
             std::io::Error::new(std::io::ErrorKind::NotFound, "its folder does not exist"),
         ));
     }
-    let state = load_state(weights)?;
-    let (state, folded) = if fold_bn {
-        let bns = state
-            .keys()
-            .filter(|k| k.ends_with(".running_mean"))
-            .count();
-        let folded = cv_models::fold::fold_batch_norm(weights.architecture, &state)?;
-        (folded, bns)
-    } else {
-        (state, 0)
-    };
-    let mut converted = HashMap::with_capacity(state.len());
-    for (k, t) in state {
-        let t = if t.dtype().is_float() {
-            t.to_dtype(dtype.dtype())?
-        } else {
-            t
-        };
-        converted.insert(k, t);
-    }
-    write(out, &converted)?;
+    Ok(())
+}
+
+/// The report for the file just written to `out`.
+fn report(out: &Path, tensors: usize, folded: usize) -> Result<ExportReport> {
     let bytes = std::fs::metadata(out)
         .map_err(|e| WeightsError::io(out, e))?
         .len();
     Ok(ExportReport {
         path: out.to_path_buf(),
-        tensors: converted.len(),
+        tensors,
         bytes,
         folded,
     })

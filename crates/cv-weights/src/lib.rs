@@ -35,7 +35,7 @@ pub mod registry;
 pub mod source;
 
 pub use error::{Result, WeightsError};
-pub use export::{export_safetensors, load_state, ExportDtype, ExportReport};
+pub use export::{export_onnx, export_safetensors, load_state, ExportDtype, ExportReport};
 pub use hub::HubConfig;
 pub use load::{load_into, LoadReport};
 pub use predict::{Classifier, ExplainRequest, Explanation, Prediction};

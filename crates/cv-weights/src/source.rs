@@ -91,6 +91,8 @@ pub struct ResolvedWeights {
     pub classes: Vec<String>,
     /// The transforms to apply to an image before the model sees it.
     pub eval_transforms: Pipeline,
+    /// Side of the square input the weights were trained (or are meant to be used) at.
+    pub image_size: usize,
     /// Where the weights came from, for logs and reports.
     pub origin: String,
     /// What was assumed (no `config.json`, normalisation chosen), for the CLI to print.
@@ -118,6 +120,7 @@ pub fn resolve(source: &WeightsSource, options: &ResolveOptions) -> Result<Resol
                 architecture: p.architecture,
                 classes: p.classes(),
                 eval_transforms,
+                image_size: p.crop as usize,
                 origin: format!(
                     "{} (hub {}, {}, ImageNet top-1 {}%)",
                     p.name, p.repo, p.licence, p.top1
@@ -181,6 +184,7 @@ fn resolve_local(path: PathBuf, options: &ResolveOptions) -> Result<ResolvedWeig
             architecture: card.architecture,
             classes: card.classes,
             eval_transforms,
+            image_size: card.image_size,
             note,
         });
     }
@@ -215,6 +219,7 @@ fn resolve_local(path: PathBuf, options: &ResolveOptions) -> Result<ResolvedWeig
         architecture,
         classes,
         eval_transforms,
+        image_size: size.1 as usize,
         note: Some(note),
     })
 }
