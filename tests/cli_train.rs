@@ -1000,3 +1000,57 @@ fn finetune_with_the_scarce_data_kit_resumes_and_keeps_the_best() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["images"], 12);
 }
+
+/// `cv distill`: a student trained with a teacher's outputs records the teacher in its
+/// `config.json` and replays with `cv train --config`; a missing teacher is one clean error.
+#[test]
+fn distill_trains_a_student_that_records_and_replays_its_teacher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = cifar(tmp.path(), 20, 20);
+    let teacher = tmp.path().join("teacher");
+    train_one_epoch(tmp.path(), &data, &teacher);
+    let student = tmp.path().join("student");
+    let distill = |out: &Path, teacher: &Path, code| {
+        expect_code(
+            cv(tmp.path())
+                .args(["distill", "--student", "cnn", "--teacher"])
+                .arg(teacher)
+                .args(["--temperature", "3", "--alpha", "0.7", "--epochs", "1"])
+                .args(["--batch-size", "10", "--quiet", "--data"])
+                .arg(&data)
+                .arg("--out")
+                .arg(out),
+            code,
+        )
+    };
+    let out = distill(&student, &teacher, 0);
+    assert!(stdout(&out).contains("test accuracy"), "{}", stdout(&out));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(student.join("config.json")).unwrap())
+            .unwrap();
+    let recorded = &config["train"]["distill"];
+    assert_eq!(recorded["teacher"], teacher.to_str().unwrap(), "{recorded}");
+    assert_eq!(
+        (recorded["temperature"].as_f64(), recorded["alpha"].as_f64()),
+        (Some(3.0), Some(0.7))
+    );
+
+    let again = tmp.path().join("again");
+    expect_code(
+        cv(tmp.path())
+            .args(["train", "--quiet", "--config"])
+            .arg(&student)
+            .arg("--out")
+            .arg(&again),
+        0,
+    );
+    assert_eq!(
+        std::fs::read(student.join("model.safetensors")).unwrap(),
+        std::fs::read(again.join("model.safetensors")).unwrap()
+    );
+
+    let nowhere = tmp.path().join("no-teacher");
+    let out = distill(&tmp.path().join("s2"), &nowhere, 1);
+    assert_clean_error(&out, "no-teacher");
+    assert!(!tmp.path().join("s2").exists());
+}

@@ -44,6 +44,7 @@ impl Cli {
         match &self.command {
             Command::Train(a) => a.common.quiet,
             Command::Finetune(a) => a.common.quiet,
+            Command::Distill(a) => a.common.quiet,
             Command::Eval(a) => a.json,
             Command::Predict(a) => a.json,
             Command::Explain(a) => a.predict.json,
@@ -69,6 +70,11 @@ pub enum Command {
         after_help = "Examples:\n  cv finetune                                   # resnet18.tv_in1k on CIFAR-10, recipe defaults\n  cv finetune --mode full --epochs 3 --image-size 64\n  cv finetune --weights my.safetensors --data flowers/ --mode head\n  cv finetune --config runs/finetune --epochs 20 --out runs/longer   # replay, one value changed"
     )]
     Finetune(FinetuneArgs),
+    /// Train a small model from scratch to imitate a trained one (knowledge distillation).
+    #[command(
+        after_help = "Examples:\n  cv distill --teacher runs/finetune --student cnn --data data/cifar-10-batches-bin --out runs/distill\n  cv distill --teacher runs/finetune --temperature 2 --alpha 0.5 --epochs 20"
+    )]
+    Distill(DistillArgs),
     /// Evaluate a checkpoint: loss, top-1, top-5, per-class accuracy, confusion matrix.
     #[command(
         after_help = "Example:\n  cv eval --checkpoint runs/finetune --data data/cifar-10-batches-bin --json"
@@ -360,6 +366,26 @@ pub struct TrainArgs {
     /// Network to train [default: cnn].
     #[arg(long, value_enum)]
     pub model: Option<ModelArg>,
+    #[command(flatten)]
+    pub common: CommonTrainArgs,
+}
+
+/// `cv distill`.
+#[derive(Debug, Args)]
+pub struct DistillArgs {
+    /// The teacher: a checkpoint folder written by train or finetune, trained on the same
+    /// classes. It runs in eval mode and never trains.
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// The network trained from scratch [default: cnn].
+    #[arg(long, value_enum)]
+    pub student: Option<ModelArg>,
+    /// The temperature T that softens both networks' outputs.
+    #[arg(long, default_value_t = 4.0)]
+    pub temperature: f64,
+    /// The weight of the distillation term, in [0, 1]; the labels' loss gets 1 - alpha.
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f64,
     #[command(flatten)]
     pub common: CommonTrainArgs,
 }

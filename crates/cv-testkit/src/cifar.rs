@@ -1,5 +1,8 @@
 //! Synthetic CIFAR-10 binary batches: same byte layout as the real files, with images a small
-//! network can learn (each class has its own colour and stripe direction, plus noise).
+//! network can learn: [`Synthetic::Colours`] (each class has its own colour and stripe
+//! direction, plus noise: easy) or [`Synthetic::Textures`] (the class is a grating's
+//! orientation and period under random colours, phase, contrast and noise: a small CNN needs
+//! many images, which is where pretrained features and distillation show).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -79,13 +82,74 @@ pub fn synthetic_image(class: u8, rng: &mut SplitMix) -> Vec<u8> {
     out
 }
 
+/// One 32x32 texture of `class` in CIFAR's planar layout: the class fixes the grating's
+/// orientation (vertical, horizontal, two diagonals, checkerboard: `class % 5`) and period
+/// (4 or 8 pixels: `class / 5`); its colour (the other band is its complement), phase,
+/// contrast and noise are drawn from `rng`, so colour says nothing about the class.
+pub fn texture_image(class: u8, rng: &mut SplitMix) -> Vec<u8> {
+    let period = if class % 10 < 5 { 4 } else { 8 };
+    let phase_x = rng.below(period as u64) as usize;
+    let phase_y = rng.below(period as u64) as usize;
+    let fg: [i32; 3] = std::array::from_fn(|_| rng.below(256) as i32);
+    let bg = fg.map(|v| 255 - v); // the complement: the grating always shows
+    let contrast = 50 + rng.below(51) as i32; // percent of the colour difference shown
+    let mut out = vec![0u8; IMAGE_BYTES];
+    for y in 0..32 {
+        for x in 0..32 {
+            let (u, v) = (x + phase_x, y + phase_y);
+            let band = |t: usize| (t / period).is_multiple_of(2);
+            let on = match class % 5 {
+                0 => band(u),
+                1 => band(v),
+                2 => band(u + v),
+                3 => band(u + 64 - v),
+                _ => band(u) ^ band(v),
+            };
+            for c in 0..3 {
+                let shown = if on {
+                    (fg[c] - bg[c]) * contrast / 100
+                } else {
+                    0
+                };
+                let noise = rng.below(41) as i32 - 20;
+                out[c * 1024 + y * 32 + x] = (bg[c] + shown + noise).clamp(0, 255) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// Which synthetic images a dataset holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synthetic {
+    /// [`synthetic_image`]: one colour and stripe direction per class (easy).
+    Colours,
+    /// [`texture_image`]: orientation and period per class, colours random (harder).
+    Textures,
+}
+
+impl Synthetic {
+    /// One image of `class`.
+    pub fn image(self, class: u8, rng: &mut SplitMix) -> Vec<u8> {
+        match self {
+            Synthetic::Colours => synthetic_image(class, rng),
+            Synthetic::Textures => texture_image(class, rng),
+        }
+    }
+}
+
 /// `n` records with labels cycling through `num_classes`, as (label, planar image bytes).
 pub fn synthetic_records(n: usize, num_classes: u8, seed: u64) -> Vec<(u8, Vec<u8>)> {
+    records_of(Synthetic::Colours, n, num_classes, seed)
+}
+
+/// [`synthetic_records`] of `kind`.
+pub fn records_of(kind: Synthetic, n: usize, num_classes: u8, seed: u64) -> Vec<(u8, Vec<u8>)> {
     let mut rng = SplitMix(seed);
     (0..n)
         .map(|i| {
             let label = (i % num_classes as usize) as u8;
-            (label, synthetic_image(label, &mut rng))
+            (label, kind.image(label, &mut rng))
         })
         .collect()
 }
@@ -120,15 +184,27 @@ pub fn write_cifar_dir_with(
     test: usize,
     seed: u64,
 ) -> std::io::Result<PathBuf> {
+    write_cifar_dir_of(Synthetic::Colours, root, batches, per_batch, test, seed)
+}
+
+/// As [`write_cifar_dir_with`], with images of `kind`.
+pub fn write_cifar_dir_of(
+    kind: Synthetic,
+    root: &Path,
+    batches: u64,
+    per_batch: usize,
+    test: usize,
+    seed: u64,
+) -> std::io::Result<PathBuf> {
     let dir = root.join("cifar-10-batches-bin");
     std::fs::create_dir_all(&dir)?;
     for b in 1..=batches {
-        let recs = synthetic_records(per_batch, 10, seed.wrapping_mul(31).wrapping_add(b));
+        let recs = records_of(kind, per_batch, 10, seed.wrapping_mul(31).wrapping_add(b));
         write_batch(&dir.join(format!("data_batch_{b}.bin")), &recs)?;
     }
     write_batch(
         &dir.join("test_batch.bin"),
-        &synthetic_records(test, 10, seed ^ 0xABCD),
+        &records_of(kind, test, 10, seed ^ 0xABCD),
     )?;
     let mut meta = String::new();
     for c in CLASSES {

@@ -150,6 +150,22 @@ pub struct TrainConfig {
     /// Keep an exponential moving average of the weights with this decay per optimizer
     /// step ([`crate::ema`]): it is what each epoch evaluates and `model.safetensors` holds.
     pub ema_decay: Option<f64>,
+    /// Knowledge distillation from a trained teacher ([`crate::distill`]), or none.
+    pub distill: Option<Distill>,
+}
+
+/// Hinton distillation: the loss is `(1 - alpha) * CE(labels) + alpha * T^2 *
+/// KL(teacher_T || student_T)` with both outputs softened by the temperature `T`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Distill {
+    /// The teacher's checkpoint folder (`model.safetensors` and `config.json`, as train and
+    /// finetune write them); it runs in eval mode and never trains.
+    pub teacher: std::path::PathBuf,
+    /// The softening temperature `T` (> 0).
+    pub temperature: f64,
+    /// The weight of the distillation term, in [0, 1]; the hard-label loss gets `1 - alpha`.
+    pub alpha: f64,
 }
 
 /// RandAugment's number of magnitude bins (torchvision's default).
@@ -240,6 +256,7 @@ impl Default for TrainConfig {
             randaugment_magnitude: 9,
             random_erasing: None,
             ema_decay: None,
+            distill: None,
         }
     }
 }
@@ -352,6 +369,23 @@ impl TrainConfig {
         if let Some(d) = self.ema_decay {
             if !(d > 0.0 && d < 1.0) {
                 return bad(format!("ema_decay must be in (0, 1), got {d}"));
+            }
+        }
+        if let Some(d) = &self.distill {
+            if !(d.temperature.is_finite() && d.temperature > 0.0) {
+                return bad(format!(
+                    "distill.temperature must be positive, got {}",
+                    d.temperature
+                ));
+            }
+            if !(0.0..=1.0).contains(&d.alpha) {
+                return bad(format!("distill.alpha must be in [0, 1], got {}", d.alpha));
+            }
+            if self.mode == TrainMode::Probe {
+                return bad(
+                    "distillation shows the teacher the training images, and probe mode trains on cached features: use mode head or full"
+                        .into(),
+                );
             }
         }
         if self.accum_steps == 0 {

@@ -38,6 +38,7 @@ pub mod atomic;
 pub mod autocast;
 pub mod checkpoint;
 pub mod config;
+pub mod distill;
 pub mod ema;
 mod error;
 pub mod loss;

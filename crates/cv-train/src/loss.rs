@@ -1,5 +1,6 @@
 //! Mean cross-entropy with PyTorch's label smoothing, through a numerically stable log-softmax,
-//! against class indices or against soft targets (what MixUp and CutMix produce).
+//! against class indices or against soft targets (what MixUp and CutMix produce); and Hinton's
+//! distillation loss against a teacher's logits.
 
 use candle_core::{DType, Tensor, D};
 
@@ -71,6 +72,33 @@ pub fn soft_cross_entropy(
         .affine(1.0 - label_smoothing, label_smoothing / classes as f64)?;
     let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     Ok((targets * log_p)?.sum(D::Minus1)?.neg()?.mean_all()?)
+}
+
+/// Hinton's knowledge-distillation term: `T^2 * KL(softmax(teacher / T) || softmax(student / T))`
+/// summed over classes and averaged over the batch (PyTorch's `F.kl_div(log_softmax(s / T),
+/// log_softmax(t / T), log_target=True, reduction="batchmean") * T * T`). The `T^2` keeps
+/// the gradient's size independent of `T`. `teacher` gets no gradient.
+pub fn distillation_loss(student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<Tensor> {
+    let (batch, classes) = student.dims2()?;
+    if teacher.dims() != [batch, classes] {
+        return Err(TrainError::Config(format!(
+            "teacher logits of shape {:?} for student logits of shape [{batch}, {classes}]",
+            teacher.dims()
+        )));
+    }
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(TrainError::Config(format!(
+            "distillation temperature must be positive, got {temperature}"
+        )));
+    }
+    let scale = 1.0 / temperature;
+    let log_s = candle_nn::ops::log_softmax(&student.affine(scale, 0.0)?, D::Minus1)?;
+    let teacher = teacher.detach().to_dtype(student.dtype())?;
+    let log_t = candle_nn::ops::log_softmax(&teacher.affine(scale, 0.0)?, D::Minus1)?;
+    let kl = (log_t.exp()? * (log_t - log_s)?)?
+        .sum(D::Minus1)?
+        .mean_all()?;
+    Ok(kl.affine(temperature * temperature, 0.0)?)
 }
 
 #[cfg(test)]
@@ -185,5 +213,53 @@ mod tests {
             .unwrap();
         assert!((soft - (a + b) / 2.0).abs() < 1e-6);
         assert!(soft_cross_entropy(&row, &one_hot, 0.0).is_err());
+    }
+
+    /// The distillation term against its definition in f64, and its gradient against
+    /// central finite differences.
+    #[test]
+    fn distillation_matches_the_kl_definition_and_its_gradient() {
+        let s = [[1.0f64, -0.5, 2.0], [0.0, 3.0, -1.0]];
+        let t = [[2.0f64, 0.0, 1.0], [-1.0, 1.5, 0.5]];
+        let temp = 3.0;
+        let reference = |s: &[[f64; 3]; 2]| {
+            let soft = |row: &[f64; 3]| {
+                let z: Vec<f64> = row.iter().map(|v| (v / temp).exp()).collect();
+                let sum: f64 = z.iter().sum();
+                z.into_iter().map(|v| v / sum).collect::<Vec<f64>>()
+            };
+            let kl: f64 = (0..2)
+                .map(|i| {
+                    let (p, q) = (soft(&t[i]), soft(&s[i]));
+                    (0..3).map(|c| p[c] * (p[c] / q[c]).ln()).sum::<f64>()
+                })
+                .sum();
+            kl / 2.0 * temp * temp
+        };
+        let dev = Device::Cpu;
+        let student = candle_core::Var::new(&s, &dev).unwrap();
+        let teacher = Tensor::new(&t, &dev).unwrap();
+        let loss = distillation_loss(student.as_tensor(), &teacher, temp).unwrap();
+        let got = loss.to_scalar::<f64>().unwrap();
+        assert!((got - reference(&s)).abs() < 1e-12, "{got}");
+        let grad = loss.backward().unwrap();
+        let g = grad.get(&student).unwrap().to_vec2::<f64>().unwrap();
+        for i in 0..2 {
+            for c in 0..3 {
+                let (mut up, mut down) = (s, s);
+                up[i][c] += 1e-5;
+                down[i][c] -= 1e-5;
+                let numeric = (reference(&up) - reference(&down)) / 2e-5;
+                assert!(
+                    (g[i][c] - numeric).abs() < 1e-8,
+                    "[{i}][{c}] {} vs {numeric}",
+                    g[i][c]
+                );
+            }
+        }
+        // The same logits: nothing to learn from the teacher.
+        let same = distillation_loss(&teacher, &teacher, temp).unwrap();
+        assert!(same.to_scalar::<f64>().unwrap().abs() < 1e-12);
+        assert!(distillation_loss(&teacher, &teacher, 0.0).is_err());
     }
 }

@@ -1175,3 +1175,131 @@ fn augmentation_policies_train_and_are_recorded_in_order() {
         "{err}"
     );
 }
+
+/// A teacher checkpoint folder at `dir`: `tensors` with a card for this file's classes.
+fn teacher_folder(dir: &Path, arch: Architecture, tensors: &HashMap<String, Tensor>) {
+    std::fs::create_dir_all(dir).unwrap();
+    cv_train::atomic::write_safetensors(&dir.join(MODEL_FILE), tensors).unwrap();
+    cv_train::checkpoint::ModelCard {
+        architecture: arch,
+        classes: (0..CLASSES).map(|c| format!("class{c}")).collect(),
+        image_size: 32,
+        eval_transforms: cv_data::transforms::Pipeline::cifar_eval(),
+        weights_from: None,
+    }
+    .write(dir)
+    .unwrap();
+}
+
+fn distill(teacher: &Path, temperature: f64, alpha: f64) -> cv_train::config::Distill {
+    cv_train::config::Distill {
+        teacher: teacher.to_path_buf(),
+        temperature,
+        alpha,
+    }
+}
+
+/// With `alpha = 1` the loss is the distillation term alone; a teacher equal to the student's
+/// initial weights leaves it 0 at every step (the same logits), so nothing moves. The recipe
+/// records the teacher.
+#[test]
+fn distilling_from_an_identical_teacher_with_alpha_one_leaves_nothing_to_learn() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = dir.path().join("teacher");
+    let start = initial(Architecture::SimpleCnn, 7);
+    teacher_folder(&teacher, Architecture::SimpleCnn, &start);
+    let c = TrainConfig {
+        weight_decay: 0.0,
+        distill: Some(distill(&teacher, 4.0, 1.0)),
+        ..config(1)
+    };
+    let out = dir.path().join("student");
+    let mut log = LossLog::default();
+    run_with_hooks(
+        &job(Architecture::SimpleCnn, c, &out, 48, 16),
+        &mut [&mut log],
+    )
+    .unwrap();
+    assert_eq!(log.steps.len(), 3);
+    // Zero up to rounding: the student's train-mode forward and the teacher's eval-mode
+    // forward may take different convolution kernels.
+    assert!(
+        log.steps.iter().all(|s| s.2.abs() < 1e-6),
+        "{:?}",
+        log.steps
+    );
+    let end = weights(&out);
+    for (k, t) in &start {
+        let moved = max_diff(t, &end[k]);
+        assert!(moved < 1e-6, "{k} moved by {moved}");
+    }
+    let cfg = CheckpointConfig::read(&out).unwrap();
+    assert_eq!(cfg.train.distill, Some(distill(&teacher, 4.0, 1.0)));
+}
+
+/// A trained teacher changes the student's training (its loss and weights differ from
+/// training alone with the same seed) and the student learns the task.
+#[test]
+fn a_trained_teacher_changes_the_students_training_and_it_learns() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = dir.path().join("teacher");
+    let trained = run(&job(Architecture::SimpleCnn, config(4), &teacher, 192, 64)).unwrap();
+    let teacher_acc = trained.final_eval.unwrap().accuracy;
+    assert!(teacher_acc >= 0.7, "teacher accuracy {teacher_acc}");
+    let (alone, taught) = (dir.path().join("alone"), dir.path().join("taught"));
+    let (mut plain, mut kd) = (LossLog::default(), LossLog::default());
+    run_with_hooks(
+        &job(Architecture::SimpleCnn, config(4), &alone, 192, 64),
+        &mut [&mut plain],
+    )
+    .unwrap();
+    let c = TrainConfig {
+        distill: Some(distill(&teacher, 2.0, 0.5)),
+        ..config(4)
+    };
+    let summary = run_with_hooks(
+        &job(Architecture::SimpleCnn, c, &taught, 192, 64),
+        &mut [&mut kd],
+    )
+    .unwrap();
+    let acc = summary.final_eval.unwrap().accuracy;
+    eprintln!(
+        "teacher {teacher_acc}, distilled {acc}: {:?}",
+        summary.records
+    );
+    assert!(acc >= 0.5, "distilled accuracy {acc} (chance 0.25)");
+    assert!((plain.steps[0].2 - kd.steps[0].2).abs() > 1e-3);
+    let (a, b) = (weights(&alone), weights(&taught));
+    assert!(max_diff(&a["conv1.weight"], &b["conv1.weight"]) > 1e-4);
+}
+
+/// A teacher trained on other classes, or none at that path, is refused before the run
+/// folder is made.
+#[test]
+fn a_teacher_with_other_classes_or_none_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = dir.path().join("teacher");
+    teacher_folder(
+        &teacher,
+        Architecture::SimpleCnn,
+        &initial(Architecture::SimpleCnn, 1),
+    );
+    let mut card = cv_train::checkpoint::ModelCard::read(&teacher).unwrap();
+    card.classes.swap(0, 1);
+    card.write(&teacher).unwrap();
+    for (path, want) in [
+        (teacher.clone(), "not the training data's 4 classes"),
+        (dir.path().join("nowhere"), "nowhere"),
+    ] {
+        let out = dir.path().join("student");
+        let c = TrainConfig {
+            distill: Some(distill(&path, 2.0, 0.5)),
+            ..config(1)
+        };
+        let err = run(&job(Architecture::SimpleCnn, c, &out, 32, 16))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{err}");
+        assert!(!out.exists(), "{err}");
+    }
+}

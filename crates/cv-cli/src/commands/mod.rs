@@ -18,6 +18,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Train(a) => train::train(a),
         Command::Finetune(a) => train::finetune(a),
+        Command::Distill(a) => train::distill(a),
         Command::Eval(a) => train::eval(a),
         Command::Predict(a) => predict::run(a),
         Command::Explain(a) => explain::run(a),

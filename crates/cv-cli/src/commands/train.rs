@@ -1,4 +1,4 @@
-//! `cv train`, `cv finetune` and `cv eval`: flags (over a replayed run's `config.json` when
+//! `cv train`, `cv distill`, `cv finetune` and `cv eval`: flags (over a replayed run's `config.json` when
 //! `--config` names one) -> `cv_train` job, then a summary.
 
 use std::path::PathBuf;
@@ -8,26 +8,51 @@ use cv_data::DataSource;
 use cv_models::Architecture;
 use cv_train::checkpoint::{CheckpointConfig, InitRecord};
 use cv_train::config::{
-    Augment, AutoAugmentKind, OptimizerKind, RunSettings, TrainConfig, TrainMode,
+    Augment, AutoAugmentKind, Distill, OptimizerKind, RunSettings, TrainConfig, TrainMode,
 };
 use cv_train::schedule::Schedule;
 use cv_train::trainer::{run, Init, TrainJob};
 use cv_weights::source::{resolve, ResolveOptions};
 
 use crate::args::{
-    rgb, usage, AugmentArg, AutoAugmentArg, CommonTrainArgs, EvalArgs, FinetuneArgs, ModeArg,
-    ModelArg, OptimizerArg, ScheduleArg, TrainArgs, DEFAULT_DATA, DEFAULT_WEIGHTS,
+    rgb, usage, AugmentArg, AutoAugmentArg, CommonTrainArgs, DistillArgs, EvalArgs, FinetuneArgs,
+    ModeArg, ModelArg, OptimizerArg, ScheduleArg, TrainArgs, DEFAULT_DATA, DEFAULT_WEIGHTS,
 };
 
 /// Training from scratch, or replaying a run that did (`--config`).
 pub fn train(a: &TrainArgs) -> Result<()> {
-    let replay = read_replay(&a.common)?;
+    execute(scratch_job(a.model, &a.common, "train", |_| {})?)
+}
+
+/// Training a student from scratch with a teacher's softened outputs: `cv train` with the
+/// recipe's `distill` set (so `config.json` records it and a replay distils again).
+pub fn distill(a: &DistillArgs) -> Result<()> {
+    let settings = Distill {
+        teacher: a.teacher.clone(),
+        temperature: a.temperature,
+        alpha: a.alpha,
+    };
+    execute(scratch_job(a.student, &a.common, "distill", |c| {
+        c.distill = Some(settings)
+    })?)
+}
+
+/// The job of `cv train` (or `cv distill`, whose `recipe` sets its field): the model from
+/// `model`, the replayed run's or the CNN; its recipe with the flags applied; the output
+/// folder `runs/{command}-{arch}` unless `--out` says otherwise.
+fn scratch_job(
+    model: Option<ModelArg>,
+    common: &CommonTrainArgs,
+    command: &str,
+    recipe: impl FnOnce(&mut TrainConfig),
+) -> Result<TrainJob> {
+    let replay = read_replay(common)?;
     if let Some(InitRecord::Pretrained { .. }) = replay.as_ref().map(|r| &r.init) {
         return Err(usage(
             "--config: that run fine-tuned pretrained weights: replay it with `cv finetune --config`",
         ));
     }
-    let arch = match (a.model, &replay) {
+    let arch = match (model, &replay) {
         (Some(ModelArg::Cnn), _) => Architecture::SimpleCnn,
         (Some(ModelArg::Resnet18), _) => Architecture::ResNet18,
         (None, Some(r)) => r.card.architecture,
@@ -37,22 +62,23 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         Some(r) => r.train.clone(),
         None => cv_train::config::recipe_scratch(arch),
     };
-    apply_common(&mut config, &a.common)?;
+    apply_common(&mut config, common)?;
+    recipe(&mut config);
     check_image_size(arch, &config)?;
-    let data = data_source(&a.common, replay.as_ref(), &config);
+    let data = data_source(common, replay.as_ref(), &config);
     let splits = open_data(&data)?;
-    let out = out_dir(&a.common, format!("runs/train-{arch}"));
-    finish_config(&mut config, &a.common, splits.train.len());
-    execute(TrainJob {
+    let out = out_dir(common, format!("runs/{command}-{arch}"));
+    finish_config(&mut config, common, splits.train.len());
+    Ok(TrainJob {
         splits,
         architecture: arch,
         init: Init::Scratch { seed: config.seed },
         config,
-        settings: run_settings(&a.common),
+        settings: run_settings(common),
         data: Some(data),
         out_dir: out,
-        resume: a.common.resume,
-        device: device(&a.common.device)?,
+        resume: common.resume,
+        device: device(&common.device)?,
     })
 }
 

@@ -4,7 +4,7 @@
 //! | point | called | what plugs in there |
 //! |---|---|---|
 //! | [`Hook::on_batch`] | before each forward | batch transforms: MixUp, CutMix (set [`TrainBatch::targets`]) |
-//! | [`Hook::extra_loss`] | between forward and backward | extra loss terms: distillation |
+//! | [`Hook::extra_loss`], [`Hook::hard_loss_weight`] | between forward and backward | extra loss terms and the labels' share: distillation |
 //! | [`Hook::after_step`] | after each optimizer step | weight averaging (EMA), per-step logging |
 //! | [`Hook::after_epoch`] | after each epoch's evaluation and checkpoint | stopping rules, checkpoint policies (keep the best) |
 //!
@@ -76,6 +76,12 @@ pub trait Hook {
         _ctx: &StepContext,
     ) -> Result<Option<Tensor>> {
         Ok(None)
+    }
+
+    /// The factor of the labels' cross-entropy in the loss (the hooks' factors multiply):
+    /// distillation gives the labels `1 - alpha` and its own term `alpha`.
+    fn hard_loss_weight(&self) -> f64 {
+        1.0
     }
 
     /// After the optimizer step; `vars` already holds the updated weights.

@@ -36,6 +36,7 @@ pub use step::{StepOutput, TrainBatch, TrainStep};
 
 use crate::checkpoint::{InitRecord, STATE_FILE};
 use crate::config::{RunSettings, TrainConfig, TrainMode};
+use crate::distill::Distillation;
 use crate::ema::Ema;
 use crate::error::Result;
 use crate::metrics::{EvalReport, Evaluation, MetricsAccumulator};
@@ -278,9 +279,11 @@ fn report_at_end(
 }
 
 /// The recipe's own features that run as hooks, before the caller's: MixUp/CutMix on each
-/// batch, the weight average after each step, model selection after each epoch.
+/// batch, distillation's loss term (on the mixed batch), the weight average after each step,
+/// model selection after each epoch.
 struct RecipeHooks {
     mixing: Option<BatchMixing>,
+    distill: Option<Distillation>,
     ema: Option<Ema>,
     selection: Selection,
 }
@@ -298,8 +301,23 @@ impl RecipeHooks {
             }
             None => None,
         };
+        let distill = match &c.distill {
+            Some(d) => {
+                let (mean, std) = session.job.init.normalization();
+                let classes = &session.job.splits.classes;
+                Some(Distillation::new(
+                    d,
+                    classes,
+                    mean,
+                    std,
+                    &session.job.device,
+                )?)
+            }
+            None => None,
+        };
         Ok(RecipeHooks {
             mixing: BatchMixing::new(c.mixup_alpha, c.cutmix_alpha, classes, c.seed)?,
+            distill,
             ema,
             selection: Selection::new(c.early_stop),
         })
@@ -307,9 +325,12 @@ impl RecipeHooks {
 
     /// These hooks, then the caller's.
     fn with<'a>(&'a mut self, caller: &'a mut [&mut dyn Hook]) -> Vec<&'a mut dyn Hook> {
-        let mut all: Vec<&mut dyn Hook> = Vec::with_capacity(caller.len() + 3);
+        let mut all: Vec<&mut dyn Hook> = Vec::with_capacity(caller.len() + 4);
         if let Some(m) = self.mixing.as_mut() {
             all.push(m);
+        }
+        if let Some(d) = self.distill.as_mut() {
+            all.push(d);
         }
         if let Some(e) = self.ema.as_mut() {
             all.push(e);

@@ -407,6 +407,10 @@ fn check(job: &TrainJob) -> Result<()> {
         )));
     }
     compute_name(c.precision, &job.device)?;
+    if let Some(d) = &c.distill {
+        // Before the run folder exists: a wrong teacher leaves nothing behind.
+        crate::distill::teacher_card(d, &job.splits.classes)?;
+    }
     Ok(())
 }
 

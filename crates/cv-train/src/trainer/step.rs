@@ -119,6 +119,10 @@ impl<'a> TrainStep<'a> {
             None => cross_entropy(&logits, &batch.labels, self.label_smoothing)?,
             Some(t) => soft_cross_entropy(&logits, t, self.label_smoothing)?,
         };
+        let hard_weight: f64 = hooks.iter().map(|h| h.hard_loss_weight()).product();
+        if hard_weight != 1.0 {
+            loss = loss.affine(hard_weight, 0.0)?;
+        }
         for hook in hooks.iter_mut() {
             if let Some(extra) = hook.extra_loss(batch, &logits, ctx)? {
                 loss = (loss + extra.to_dtype(DType::F32)?)?;
