@@ -280,7 +280,7 @@ fn export_onnx_writes_a_model_and_refuses_what_onnx_cannot_be() {
     assert!(std::fs::metadata(&onnx).unwrap().len() > 200_000);
 
     let before = std::fs::read(&onnx).unwrap();
-    let out = export(&["--dtype", "f16"], &onnx, 1);
+    let out = export(&["--dtype", "f16"], &onnx, 2);
     assert_clean_error(&out, "applies to safetensors only");
     assert_eq!(std::fs::read(&onnx).unwrap(), before);
     let out = export(&[], tmp.path(), 1);

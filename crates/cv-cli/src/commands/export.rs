@@ -1,17 +1,17 @@
 //! `cv export`: a checkpoint's weights as safetensors or ONNX for use outside cv.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use cv_weights::source::{resolve, ResolveOptions};
 
-use crate::args::{ExportArgs, ExportDtypeArg, ExportFormatArg};
+use crate::args::{usage, ExportArgs, ExportDtypeArg, ExportFormatArg};
 
 /// Resolves the weights, writes them in the asked format and dtype, prints what it wrote.
 pub fn run(a: &ExportArgs) -> Result<()> {
     if a.format == ExportFormatArg::Onnx && a.dtype != ExportDtypeArg::F32 {
-        bail!(
+        return Err(usage(format!(
             "--format onnx writes f32 weights; --dtype {} applies to safetensors only",
             format!("{:?}", a.dtype).to_lowercase()
-        );
+        )));
     }
     let source = super::weights_source(&a.checkpoint, &a.weights)?;
     let options = ResolveOptions {
