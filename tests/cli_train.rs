@@ -1054,3 +1054,102 @@ fn distill_trains_a_student_that_records_and_replays_its_teacher() {
     assert_clean_error(&out, "no-teacher");
     assert!(!tmp.path().join("s2").exists());
 }
+
+#[test]
+fn quantize_makes_an_int8_run_that_eval_and_predict_take_and_refuses_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = cifar(tmp.path(), 100, 100);
+    let run = tmp.path().join("f32");
+    expect_code(
+        cv(tmp.path())
+            .args(["train", "--model", "cnn", "--epochs", "3"])
+            .args(["--batch-size", "20", "--quiet", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run),
+        0,
+    );
+    let quantize = |from: &Path, out: &Path, code| {
+        expect_code(
+            cv(tmp.path())
+                .args(["quantize", "--calibration", "64", "--checkpoint"])
+                .arg(from)
+                .arg("--data")
+                .arg(&data)
+                .arg("--out")
+                .arg(out),
+            code,
+        )
+    };
+    let int8 = tmp.path().join("int8");
+    let out = quantize(&run, &int8, 0);
+    assert!(
+        stdout(&out).contains("64 calibration images"),
+        "{}",
+        stdout(&out)
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(int8.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization"]["scheme"], "int8-static", "{config}");
+    assert_eq!(config["quantization"]["calibration_images"], 64);
+
+    let float = eval_json(tmp.path(), &run, &data);
+    let quant = eval_json(tmp.path(), &int8, &data);
+    let (fa, qa) = (
+        float["accuracy"].as_f64().unwrap(),
+        quant["accuracy"].as_f64().unwrap(),
+    );
+    assert!(fa > 0.5, "the f32 run did not learn: {fa}");
+    assert!((fa - qa).abs() <= 0.02, "int8 {qa} vs f32 {fa}");
+
+    let png = tmp.path().join("img.png");
+    cifar_png(&png, 2);
+    let top = |run: &Path| {
+        let o = predict(tmp.path(), run, &["--json"], &[&png], 0);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v[0]["predictions"][0]["class"].clone()
+    };
+    let (f, q) = (top(&run), top(&int8));
+    assert!(f.is_string() && f == q, "top-1 {f} (f32) vs {q} (int8)");
+
+    // Refused: an existing folder, an int8 checkpoint where f32 is needed, a missing one.
+    let before = std::fs::read(int8.join("model.safetensors")).unwrap();
+    assert_clean_error(&quantize(&run, &int8, 1), "already exists");
+    assert_eq!(
+        std::fs::read(int8.join("model.safetensors")).unwrap(),
+        before
+    );
+    assert_clean_error(
+        &quantize(&int8, &tmp.path().join("twice"), 1),
+        "int8 checkpoint",
+    );
+    assert_clean_error(
+        &quantize(&tmp.path().join("nothing"), &tmp.path().join("n8"), 1),
+        "nothing",
+    );
+    let exported = expect_code(
+        cv(tmp.path())
+            .args(["export", "--checkpoint"])
+            .arg(&int8)
+            .arg("--out")
+            .arg(tmp.path().join("x.safetensors")),
+        1,
+    );
+    assert_clean_error(&exported, "int8 checkpoint");
+    let explained = expect_code(
+        cv(tmp.path())
+            .args(["explain", "--checkpoint"])
+            .arg(&int8)
+            .arg("--out")
+            .arg(tmp.path().join("maps"))
+            .arg(&png),
+        1,
+    );
+    assert_clean_error(&explained, "f32 weights");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial") || n == "twice" || n == "n8" || n.starts_with("x."))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -50,6 +50,7 @@ impl Cli {
             Command::Explain(a) => a.predict.json,
             Command::Report(_) => false,
             Command::Export(_) => false,
+            Command::Quantize(_) => false,
             Command::Data(DataCommand::Inspect(a)) => a.json,
             Command::Weights(WeightsCommand::List(a)) => a.json,
             Command::Weights(WeightsCommand::Fetch(_)) => false,
@@ -102,6 +103,11 @@ pub enum Command {
         after_help = "Examples:\n  cv export --checkpoint runs/finetune --dtype f16 --out model-f16.safetensors\n  cv export --weights resnet18.tv_in1k --fold-bn --out resnet18-folded.safetensors\n\nf16/bf16 files are half the size; torchvision loads them with\nmodel.load_state_dict(safetensors.torch.load_file(F)) after model.half() or .bfloat16(),\nor converts them with {k: v.float() for k, v in ...}. --fold-bn files have no BatchNorm keys\n(each convolution gets a bias): for inference code that builds the network without it."
     )]
     Export(ExportArgs),
+    /// Post-training int8 quantization: a new checkpoint folder that cv eval and cv predict run.
+    #[command(
+        after_help = "Examples:\n  cv quantize --checkpoint runs/finetune --data data/cifar-10-batches-bin --calibration 512 --out runs/finetune-int8\n  cv eval --checkpoint runs/finetune-int8 --data data/cifar-10-batches-bin\n\nWeights: i8, symmetric per output channel; activations: u8, one scale and zero point per tensor,\nranges from --calibration images of the training split (eval transforms); BatchNorm folded,\nReLU and the residual add fused, the head in f32. Runs on the CPU (AVX512-VNNI, AVX-VNNI or AVX2)."
+    )]
+    Quantize(QuantizeArgs),
     /// Look at datasets.
     #[command(subcommand)]
     Data(DataCommand),
@@ -565,6 +571,50 @@ pub struct ExportArgs {
     #[arg(long)]
     pub fold_bn: bool,
     /// The file to write (replaced atomically; never the exported file itself).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Use the Hugging Face cache only (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// How `cv quantize` takes activation ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ObserverArg {
+    /// Smallest to largest value seen (PyTorch's MinMaxObserver).
+    Minmax,
+    /// The --percentile-th and (100 - p)-th percentiles: clips rare outliers.
+    Percentile,
+}
+
+/// `cv quantize`.
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// A checkpoint folder written by train/finetune.
+    #[arg(long, conflicts_with = "weights", required_unless_present = "weights")]
+    pub checkpoint: Option<PathBuf>,
+    /// A registry name, a .safetensors file or a checkpoint folder.
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// The dataset whose training split calibrates (its classes must be the weights').
+    #[arg(long, default_value = "data/cifar-10-batches-bin")]
+    pub data: PathBuf,
+    /// Calibration images (a seeded random subset of the training split).
+    #[arg(long, default_value_t = 512)]
+    pub calibration: usize,
+    /// How activation ranges are taken.
+    #[arg(long, value_enum, default_value = "minmax")]
+    pub observer: ObserverArg,
+    /// The percentile of --observer percentile, in (50, 100].
+    #[arg(long, default_value_t = 99.99)]
+    pub percentile: f64,
+    /// Images per calibration batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Which calibration images (the shuffle's seed).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The new checkpoint folder (must not exist).
     #[arg(long)]
     pub out: PathBuf,
     /// Use the Hugging Face cache only (also HF_HUB_OFFLINE=1).

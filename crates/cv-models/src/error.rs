@@ -128,6 +128,9 @@ pub enum ModelError {
     /// A model option out of range (e.g. zero classes).
     #[error("invalid model configuration: {0}")]
     Config(String),
+    /// An int8 state that is not what the int8 network needs.
+    #[error("int8 state: {0}")]
+    Quantized(String),
     /// Training a BatchNorm whose running statistics are not `Var`s.
     #[error("batch norm {0}: running statistics are fixed tensors, build the model from a VarMap to train it")]
     FrozenBuffers(String),

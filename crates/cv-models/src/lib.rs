@@ -44,6 +44,7 @@ pub mod fold;
 pub mod init;
 pub mod onnx;
 pub mod params;
+pub mod quant;
 pub mod resnet;
 pub mod state;
 

@@ -46,6 +46,7 @@ mod gemm_avx512;
 mod geom;
 mod im2col;
 mod im2col_gemm;
+pub mod int8;
 mod kernels;
 mod linear;
 mod matmul;

@@ -181,6 +181,7 @@ mod tests {
             image_size: 40,
             eval_transforms: Pipeline::none(mean_t, std_t),
             weights_from: None,
+            quantization: None,
         }
         .write(dir.path())?;
         let config = Distill {

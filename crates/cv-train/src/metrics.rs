@@ -3,6 +3,7 @@
 //! what each image got ([`SampleOutcome`]), which the run report ranks by loss.
 
 use candle_core::{DType, Tensor};
+use cv_models::ModelError;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -273,9 +274,21 @@ pub fn evaluate(model: &cv_models::Model, loader: &cv_data::Loader) -> Result<Ev
 /// `loader.dataset()` (mapped through the loader's order).
 pub fn evaluate_samples(model: &cv_models::Model, loader: &cv_data::Loader) -> Result<Evaluation> {
     let frozen = model.detached();
+    evaluate_samples_with(
+        |x| frozen.forward_t(x, false).map_err(ModelError::into_candle),
+        loader,
+    )
+}
+
+/// [`evaluate_samples`] for any eval-mode forward pass (`images -> logits`), such as an int8
+/// network's.
+pub fn evaluate_samples_with(
+    forward: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    loader: &cv_data::Loader,
+) -> Result<Evaluation> {
     let batches = loader.epoch(0).map(|batch| {
         let batch = batch?;
-        Ok((frozen.forward_t(&batch.images, false)?, batch.labels))
+        Ok((forward(&batch.images)?, batch.labels))
     });
     let mut evaluation = evaluate_logit_samples(batches, &loader.dataset().classes)?;
     let order = loader.order(0);

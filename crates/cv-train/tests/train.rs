@@ -1186,6 +1186,7 @@ fn teacher_folder(dir: &Path, arch: Architecture, tensors: &HashMap<String, Tens
         image_size: 32,
         eval_transforms: cv_data::transforms::Pipeline::cifar_eval(),
         weights_from: None,
+        quantization: None,
     }
     .write(dir)
     .unwrap();

@@ -81,6 +81,14 @@ pub enum WeightsError {
         /// What the parser said.
         reason: String,
     },
+    /// An int8 checkpoint given where f32 weights are needed.
+    #[error("{}: is an int8 checkpoint (made by cv quantize); {needs} needs f32 weights: pass the checkpoint it was quantized from", path.display())]
+    NeedsFloat {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What needs f32 weights.
+        needs: String,
+    },
     /// A checkpoint whose keys or shapes do not fit the model.
     #[error("{}: does not fit {architecture}: {detail}", path.display())]
     Mismatch {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use crate::error::{Result, WeightsError};
 use crate::source::ResolvedWeights;
@@ -51,8 +51,7 @@ pub struct ExportReport {
 /// [`crate::Classifier::load`]: every key and shape as the architecture expects, a head with
 /// one output per class name.
 pub fn load_state(weights: &ResolvedWeights) -> Result<HashMap<String, Tensor>> {
-    let (varmap, _, _) = crate::load::load_named(weights, &Device::Cpu)?;
-    Ok(cv_models::state::state_dict(&varmap)?)
+    crate::load::load_state_for(weights, "exporting")
 }
 
 /// Writes `weights` to `out` as safetensors in `dtype`, BatchNorm folded when `fold_bn`.

@@ -31,6 +31,7 @@ pub mod hub;
 pub mod imagenet;
 pub mod load;
 pub mod predict;
+pub mod quantize;
 pub mod registry;
 pub mod source;
 
@@ -39,5 +40,6 @@ pub use export::{export_onnx, export_safetensors, load_state, ExportDtype, Expor
 pub use hub::HubConfig;
 pub use load::{load_into, LoadReport};
 pub use predict::{Classifier, ExplainRequest, Explanation, Prediction};
+pub use quantize::{quantize, QuantizeOptions, QuantizeReport};
 pub use registry::{find, registry, Pretrained};
 pub use source::{resolve, ResolveOptions, ResolvedWeights, WeightsSource};

@@ -99,11 +99,19 @@ pub fn load_into(
 
 /// Builds `weights.architecture` with one output per class name and loads `weights` into it
 /// (checked as [`load_into`]); a head with another number of outputs is an error here, since
-/// the class names would not match the logits.
+/// the class names would not match the logits, and so is an int8 checkpoint (`needs` names
+/// what wanted f32 weights).
 pub(crate) fn load_named(
     weights: &crate::source::ResolvedWeights,
     device: &Device,
+    needs: &str,
 ) -> Result<(VarMap, cv_models::Model, LoadReport)> {
+    if weights.int8 {
+        return Err(WeightsError::NeedsFloat {
+            path: weights.path.clone(),
+            needs: needs.into(),
+        });
+    }
     let num_classes = weights.classes.len();
     let varmap = VarMap::new();
     let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device);
@@ -126,4 +134,13 @@ pub(crate) fn load_named(
         });
     }
     Ok((varmap, model, report))
+}
+
+/// The checked state dict of `weights` (f32, CPU) for `needs`, which wants f32 weights.
+pub(crate) fn load_state_for(
+    weights: &crate::source::ResolvedWeights,
+    needs: &str,
+) -> Result<HashMap<String, Tensor>> {
+    let (varmap, _, _) = load_named(weights, &Device::Cpu, needs)?;
+    Ok(state::state_dict(&varmap)?)
 }

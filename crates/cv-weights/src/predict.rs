@@ -15,11 +15,19 @@ pub type Prediction = (usize, String, f32);
 /// Images are transformed and run through the model this many at a time.
 const CHUNK: usize = 32;
 
-/// A model loaded for inference.
+/// The network behind a [`Classifier`].
+#[derive(Debug)]
+enum Network {
+    /// Detached view of f32 weights: evaluating it records no autograd graph.
+    Float(Model),
+    /// An int8 checkpoint (CPU only).
+    Int8(cv_models::quant::QuantizedModel),
+}
+
+/// A model loaded for inference: f32 weights or an int8 checkpoint made by `cv quantize`.
 #[derive(Debug)]
 pub struct Classifier {
-    /// Detached view of the weights: evaluating it records no autograd graph.
-    model: Model,
+    network: Network,
     classes: Vec<String>,
     transforms: Pipeline,
     device: Device,
@@ -29,14 +37,74 @@ pub struct Classifier {
 impl Classifier {
     /// Builds the architecture, loads and checks the weights, and keeps the classes and
     /// eval transforms of `weights`.
+    /// An int8 checkpoint runs on the CPU only.
     pub fn load(weights: &ResolvedWeights, device: &Device) -> Result<Classifier> {
-        let (_, model, report) = crate::load::load_named(weights, device)?;
+        if weights.int8 {
+            return Classifier::load_int8(weights, device);
+        }
+        let (_, model, report) = crate::load::load_named(weights, device, "the classifier")?;
         Ok(Classifier {
-            model: model.detached(),
+            network: Network::Float(model.detached()),
             classes: weights.classes.clone(),
             transforms: weights.eval_transforms.clone(),
             device: device.clone(),
             report,
+        })
+    }
+
+    fn load_int8(weights: &ResolvedWeights, device: &Device) -> Result<Classifier> {
+        let path = &weights.path;
+        if !device.is_cpu() {
+            return Err(WeightsError::Input(format!(
+                "{}: int8 checkpoints run on the CPU; pass --device cpu",
+                path.display()
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|e| WeightsError::io(path, e))?;
+        let model = cv_models::quant::QuantizedModel::from_safetensors(&bytes).map_err(|e| {
+            WeightsError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let mismatch = |detail: String| WeightsError::Mismatch {
+            path: path.clone(),
+            architecture: weights.architecture.to_string(),
+            detail,
+        };
+        if model.architecture() != weights.architecture {
+            return Err(mismatch(format!(
+                "the file holds an int8 {}",
+                model.architecture()
+            )));
+        }
+        if model.num_classes() != weights.classes.len() {
+            return Err(mismatch(format!(
+                "{} classes are named ({}) but the head has {} outputs",
+                weights.classes.len(),
+                weights.origin,
+                model.num_classes()
+            )));
+        }
+        log::info!(
+            "{}: int8 {} on the {} kernels",
+            path.display(),
+            model.architecture(),
+            cv_models::quant::int8_kernel()
+        );
+        Ok(Classifier {
+            network: Network::Int8(model),
+            classes: weights.classes.clone(),
+            transforms: weights.eval_transforms.clone(),
+            device: device.clone(),
+            report: LoadReport {
+                path: path.clone(),
+                architecture: weights.architecture,
+                loaded: 0,
+                converted: Vec::new(),
+                checkpoint_classes: weights.classes.len(),
+                head_replaced: None,
+            },
         })
     }
 
@@ -55,15 +123,35 @@ impl Classifier {
         &self.report
     }
 
-    /// The model (eval mode only: its weights are detached).
-    pub fn model(&self) -> &Model {
-        &self.model
+    /// The f32 model (eval mode only: its weights are detached); `None` for an int8
+    /// checkpoint.
+    pub fn model(&self) -> Option<&Model> {
+        match &self.network {
+            Network::Float(m) => Some(m),
+            Network::Int8(_) => None,
+        }
+    }
+
+    /// Whether this is an int8 checkpoint.
+    pub fn is_int8(&self) -> bool {
+        matches!(self.network, Network::Int8(_))
+    }
+
+    /// The f32 model, or an error saying that `what` needs one.
+    pub fn float_model(&self, what: &str) -> Result<&Model> {
+        self.model().ok_or_else(|| WeightsError::NeedsFloat {
+            path: self.report.path.clone(),
+            needs: what.into(),
+        })
     }
 
     /// Logits `[N, classes]` for an already transformed batch `[N, 3, H, W]`, eval mode.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_device(&self.device)?.to_dtype(DType::F32)?;
-        Ok(self.model.forward_t(&x, false)?)
+        match &self.network {
+            Network::Float(m) => Ok(m.forward_t(&x, false)?),
+            Network::Int8(m) => Ok(m.forward(&x)?),
+        }
     }
 
     /// Applies the eval transforms: `[N, 3, H, W]` f32 on the classifier's device.
@@ -123,16 +211,17 @@ impl Classifier {
             return Err(WeightsError::Input("top_k must be at least 1".into()));
         }
         let k = request.top_k.min(self.classes.len());
+        let model = self.float_model("a class activation map (it differentiates the network)")?;
         let layer = request
             .layer
             .as_deref()
-            .unwrap_or(self.model.last_spatial_layer());
+            .unwrap_or(model.last_spatial_layer());
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(CHUNK) {
             let x = self.preprocess(chunk)?;
             let targets = request.class.map(|c| vec![c; chunk.len()]);
             let maps = cv_models::class_activation_maps(
-                &self.model,
+                model,
                 &x,
                 layer,
                 request.method,

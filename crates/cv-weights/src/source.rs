@@ -97,6 +97,8 @@ pub struct ResolvedWeights {
     pub origin: String,
     /// What was assumed (no `config.json`, normalisation chosen), for the CLI to print.
     pub note: Option<String>,
+    /// An int8 checkpoint (made by `cv quantize`; its safetensors metadata says so).
+    pub int8: bool,
 }
 
 /// Finds (downloading if needed) the weights and says how to use them.
@@ -126,6 +128,7 @@ pub fn resolve(source: &WeightsSource, options: &ResolveOptions) -> Result<Resol
                     p.name, p.repo, p.licence, p.top1
                 ),
                 note,
+                int8: false,
             })
         }
         WeightsSource::Folder(dir) => {
@@ -165,6 +168,7 @@ fn override_norm(p: &mut Pipeline, options: &ResolveOptions) -> Option<String> {
 }
 
 fn resolve_local(path: PathBuf, options: &ResolveOptions) -> Result<ResolvedWeights> {
+    let int8 = is_int8(&path)?;
     let config = path
         .parent()
         .map(|d| d.join(CONFIG_FILE))
@@ -186,6 +190,7 @@ fn resolve_local(path: PathBuf, options: &ResolveOptions) -> Result<ResolvedWeig
             eval_transforms,
             image_size: card.image_size,
             note,
+            int8,
         });
     }
     let header = read_header(&path)?;
@@ -221,11 +226,52 @@ fn resolve_local(path: PathBuf, options: &ResolveOptions) -> Result<ResolvedWeig
         eval_transforms,
         image_size: size.1 as usize,
         note: Some(note),
+        int8,
     })
+}
+
+/// Whether the safetensors file at `path` is an int8 checkpoint: its header's metadata has
+/// `format` = [`cv_models::quant::FORMAT`].
+pub fn is_int8(path: &Path) -> Result<bool> {
+    let header = read_header_json(path)?;
+    Ok(header
+        .get("__metadata__")
+        .and_then(|m| m.get("format"))
+        .and_then(|f| f.as_str())
+        == Some(cv_models::quant::FORMAT))
 }
 
 /// Shape of every tensor in a safetensors file, from its header only (no tensor data read).
 pub fn read_header(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
+    let corrupt = |reason: String| WeightsError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let json = read_header_json(path)?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| corrupt("header is not a JSON object".into()))?;
+    let mut out = BTreeMap::new();
+    for (key, v) in obj {
+        if key == "__metadata__" {
+            continue;
+        }
+        let shape = v
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|a| {
+                a.iter()
+                    .map(|d| d.as_u64().map(|d| d as usize))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| corrupt(format!("tensor {key} has no valid shape")))?;
+        out.insert(key.clone(), shape);
+    }
+    Ok(out)
+}
+
+/// The JSON header of a safetensors file (no tensor data read).
+fn read_header_json(path: &Path) -> Result<serde_json::Value> {
     let corrupt = |reason: String| WeightsError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -247,28 +293,7 @@ pub fn read_header(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
     let mut buf = vec![0u8; n as usize];
     file.read_exact(&mut buf)
         .map_err(|e| WeightsError::io(path, e))?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&buf).map_err(|e| corrupt(format!("header is not JSON: {e}")))?;
-    let obj = json
-        .as_object()
-        .ok_or_else(|| corrupt("header is not a JSON object".into()))?;
-    let mut out = BTreeMap::new();
-    for (key, v) in obj {
-        if key == "__metadata__" {
-            continue;
-        }
-        let shape = v
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .and_then(|a| {
-                a.iter()
-                    .map(|d| d.as_u64().map(|d| d as usize))
-                    .collect::<Option<Vec<_>>>()
-            })
-            .ok_or_else(|| corrupt(format!("tensor {key} has no valid shape")))?;
-        out.insert(key.clone(), shape);
-    }
-    Ok(out)
+    serde_json::from_slice(&buf).map_err(|e| corrupt(format!("header is not JSON: {e}")))
 }
 
 /// The architecture and number of classes a state dict's keys describe.

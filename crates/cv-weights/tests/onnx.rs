@@ -111,6 +111,7 @@ fn generated_checkpoint(dir: &Path, arch: Architecture, classes: &[&str], size: 
         image_size: size,
         eval_transforms: Pipeline::none([0.5, 0.4, 0.3], [0.2, 0.25, 0.3]),
         weights_from: None,
+        quantization: None,
     };
     card.write(dir).unwrap();
 }

@@ -286,6 +286,7 @@ fn checkpoint_folder_with_card_classifies_with_its_classes() {
         image_size: 32,
         eval_transforms: Pipeline::none([0.5; 3], [0.5; 3]),
         weights_from: None,
+        quantization: None,
     };
     card.write(dir.path()).unwrap();
     let src = WeightsSource::parse(dir.path().to_str().unwrap()).unwrap();
@@ -351,6 +352,7 @@ fn card_with_other_class_count_than_head_is_refused() {
         image_size: 32,
         eval_transforms: Pipeline::none([0.5; 3], [0.5; 3]),
         weights_from: None,
+        quantization: None,
     }
     .write(dir.path())
     .unwrap();

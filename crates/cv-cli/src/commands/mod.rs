@@ -4,6 +4,7 @@ mod data;
 mod explain;
 mod export;
 mod predict;
+mod quantize;
 mod report;
 mod train;
 mod weights;
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Explain(a) => explain::run(a),
         Command::Report(a) => report::run(a),
         Command::Export(a) => export::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Data(DataCommand::Inspect(a)) => data::inspect(a),
         Command::Weights(WeightsCommand::List(a)) => weights::list(a),
         Command::Weights(WeightsCommand::Fetch(a)) => weights::fetch(a),

@@ -77,7 +77,9 @@ pub(super) fn write(
         path,
         &ReportInput {
             title: &title,
-            model: e.classifier.model(),
+            model: e
+                .classifier
+                .float_model("a report (its pictures are class activation maps)")?,
             test: &e.loader,
             evaluation,
             records: &records,
@@ -126,8 +128,10 @@ pub fn run(a: &ReportArgs) -> Result<()> {
     };
     let device = cv_models::device::select(&a.pass.device)?;
     let evaluated = open(&a.run, &data, a.pass.batch_size, &device)?;
-    let evaluation =
-        cv_train::metrics::evaluate_samples(evaluated.classifier.model(), &evaluated.loader)?;
+    let model = evaluated
+        .classifier
+        .float_model("a report (its pictures are class activation maps)")?;
+    let evaluation = cv_train::metrics::evaluate_samples(model, &evaluated.loader)?;
     let path = a.out.clone().unwrap_or_else(|| a.run.join(REPORT_FILE));
     write(&a.run, &evaluated, &evaluation, &path, a.top_losses)?;
     println!(

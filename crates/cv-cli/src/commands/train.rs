@@ -260,17 +260,19 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         ..DataSource::new(&a.data)
     });
     let evaluated = super::report::open(&a.checkpoint, &data, a.pass.batch_size, &device)?;
-    let model = evaluated.classifier.model();
-    let report = match &a.report {
-        Some(dir) => {
-            let path = super::report::path_in(dir)?;
-            let evaluation = cv_train::metrics::evaluate_samples(model, &evaluated.loader)?;
-            super::report::write(&a.checkpoint, &evaluated, &evaluation, &path, a.top_losses)?;
-            log::info!("wrote {}", path.display());
-            evaluation.report
-        }
-        None => cv_train::metrics::evaluate(model, &evaluated.loader)?,
+    let classifier = &evaluated.classifier;
+    let forward = |x: &candle_core::Tensor| {
+        classifier
+            .logits(x)
+            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
     };
+    let evaluation = cv_train::metrics::evaluate_samples_with(forward, &evaluated.loader)?;
+    if let Some(dir) = &a.report {
+        let path = super::report::path_in(dir)?;
+        super::report::write(&a.checkpoint, &evaluated, &evaluation, &path, a.top_losses)?;
+        log::info!("wrote {}", path.display());
+    }
+    let report = evaluation.report;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());

@@ -27,6 +27,25 @@ pub struct ModelCard {
     /// Where the starting weights came from (a registry name or a path), if fine-tuned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights_from: Option<String>,
+    /// Set for an int8 checkpoint (made by `cv quantize`): what it is and how it was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+}
+
+/// How an int8 checkpoint was made (`config.json` key `quantization`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quantization {
+    /// `"int8-static"`: i8 weights symmetric per output channel, u8 activations affine per
+    /// tensor, BatchNorm folded, ReLU and the residual add fused, the head in f32.
+    pub scheme: String,
+    /// How the activation ranges were taken (`min-max`, `percentile 99.99`).
+    pub observer: String,
+    /// Calibration images (from the training split).
+    pub calibration_images: usize,
+    /// The int8 kernel family of the machine that quantized it (any machine runs the file).
+    pub kernel: String,
+    /// The f32 weights it was made from.
+    pub quantized_from: String,
 }
 
 /// `dir/config.json` for a folder, the path itself otherwise.
@@ -98,6 +117,7 @@ mod tests {
             image_size: 224,
             eval_transforms: Pipeline::eval(256, 224),
             weights_from: Some("resnet18.tv_in1k".into()),
+            quantization: None,
         }
     }
 

@@ -23,7 +23,7 @@ use candle_core::Device;
 use cv_data::{DataSource, Pipeline};
 use serde::{Deserialize, Serialize};
 
-pub use card::ModelCard;
+pub use card::{ModelCard, Quantization};
 pub use state::{StateMeta, TrainState, STATE_VERSION};
 
 use crate::atomic;
@@ -195,6 +195,7 @@ mod tests {
             image_size: 32,
             eval_transforms: Pipeline::cifar_eval(),
             weights_from: None,
+            quantization: None,
         }
     }
 

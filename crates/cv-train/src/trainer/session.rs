@@ -372,6 +372,7 @@ fn config_json(job: &TrainJob, eval_tf: Pipeline, train_tf: Pipeline) -> Checkpo
                 Init::Pretrained { origin, .. } => Some(origin.clone()),
                 Init::Scratch { .. } => None,
             },
+            quantization: None,
         },
         train_transforms: train_tf,
         train: c.clone(),
