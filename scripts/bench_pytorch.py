@@ -35,7 +35,9 @@ LR = 0.01
 MOMENTUM = 0.9
 
 # name -> (kind, model, batch size (matrix side for matmul), input side, precision); bf16
-# runs the forward (and loss) under torch.autocast("cpu", dtype=torch.bfloat16).
+# runs the forward (and loss) under torch.autocast("cpu", dtype=torch.bfloat16); int8 is
+# torch.ao.quantization's FX graph mode with the x86 backend's default qconfig, calibrated on
+# CALIBRATION_IMAGES random images (as ours).
 WORKLOADS = {
     "net_train_b100_32": ("train", "net", 100, 32, "f32"),
     "resnet18_train_b64_32": ("train", "resnet18", 64, 32, "f32"),
@@ -46,7 +48,11 @@ WORKLOADS = {
     "resnet18_train_b16_224_bf16": ("train", "resnet18", 16, 224, "bf16"),
     "resnet18_eval_b16_224_bf16": ("eval", "resnet18", 16, 224, "bf16"),
     "resnet18_eval_b64_32_bf16": ("eval", "resnet18", 64, 32, "bf16"),
+    "resnet18_eval_b16_224_int8": ("eval", "resnet18", 16, 224, "int8"),
+    "resnet18_eval_b64_32_int8": ("eval", "resnet18", 64, 32, "int8"),
 }
+
+CALIBRATION_IMAGES = 32
 
 
 def import_torch():
@@ -116,6 +122,13 @@ def make_step(name, channels_last=False):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    if kind == "eval" and precision == "int8":
+        model = quantize_fx(torch, model.eval(), side, channels_last)
+        def step():
+            with torch.no_grad():
+                return model(x)
+
+        return step, float(batch)
     if kind == "eval":
         model.eval()
 
@@ -141,6 +154,22 @@ def make_step(name, channels_last=False):
         return value
 
     return step, float(batch)
+
+
+def quantize_fx(torch, model, side, channels_last):
+    """`model` quantized to int8 by FX graph mode (x86 backend), calibrated in batches of 8."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    example = torch.randn(8, 3, side, side)
+    if channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+    prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), (example,))
+    with torch.no_grad():
+        for _ in range(CALIBRATION_IMAGES // 8):
+            prepared(torch.randn_like(example))
+    return convert_fx(prepared)
 
 
 def measure(name, args):

@@ -18,6 +18,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use cv_models::params::{trainable_vars, Trainable};
+use cv_models::quant::{Calibration, Observer, QuantizedModel};
 use cv_models::{init, Architecture, Model};
 use cv_train::autocast::{compute_name, Autocast};
 use cv_train::config::{Precision, TrainMode};
@@ -40,6 +41,10 @@ enum Kind {
     Train(Architecture),
     /// Forward of the detached model in eval mode.
     Eval(Architecture),
+    /// Forward of the int8 network (`cv_models::quant`) quantized from the same weights,
+    /// calibrated on [`CALIBRATION_IMAGES`] images (PyTorch: `torch.ao.quantization` FX graph
+    /// mode, x86 backend, the same number).
+    EvalInt8(Architecture),
     /// `n x n` times `n x n`, f32.
     Matmul,
 }
@@ -59,7 +64,7 @@ struct Workload {
     precision: Precision,
 }
 
-const WORKLOADS: [Workload; 9] = [
+const WORKLOADS: [Workload; 11] = [
     Workload {
         name: "net_train_b100_32",
         kind: Kind::Train(Architecture::SimpleCnn),
@@ -132,7 +137,26 @@ const WORKLOADS: [Workload; 9] = [
         pytorch_probe: 2_832.0,
         precision: Precision::Bf16,
     },
+    Workload {
+        name: "resnet18_eval_b16_224_int8",
+        kind: Kind::EvalInt8(Architecture::ResNet18),
+        batch: 16,
+        side: 224,
+        pytorch_probe: 226.9,
+        precision: Precision::F32,
+    },
+    Workload {
+        name: "resnet18_eval_b64_32_int8",
+        kind: Kind::EvalInt8(Architecture::ResNet18),
+        batch: 64,
+        side: 32,
+        pytorch_probe: 10_720.0,
+        precision: Precision::F32,
+    },
 ];
+
+/// Calibration images of the int8 workloads (both sides), in batches of 8.
+const CALIBRATION_IMAGES: usize = 32;
 
 const NUM_CLASSES: usize = 10;
 const LR: f64 = 0.01;
@@ -160,6 +184,12 @@ impl Workload {
             Kind::Eval(arch) => serde_json::json!({
                 "model": arch.as_str(), "mode": "eval (detached)", "batch_size": self.batch,
                 "precision": self.precision,
+                "input": [3, self.side, self.side], "classes": NUM_CLASSES,
+            }),
+            Kind::EvalInt8(arch) => serde_json::json!({
+                "model": arch.as_str(), "mode": "eval, int8 static (min-max)", "batch_size": self.batch,
+                "precision": "int8", "kernel": cv_models::quant::int8_kernel().name(),
+                "calibration_images": CALIBRATION_IMAGES,
                 "input": [3, self.side, self.side], "classes": NUM_CLASSES,
             }),
         }
@@ -193,6 +223,7 @@ fn prepare(w: &Workload, varmap: &VarMap) -> anyhow::Result<Step> {
                 Ok(())
             }))
         }
+        Kind::EvalInt8(arch) => prepare_int8(w, arch, varmap),
         Kind::Train(arch) | Kind::Eval(arch) => {
             let vb = VarBuilder::from_varmap(varmap, DType::F32, &dev);
             let model = Model::new(arch, NUM_CLASSES, vb)?;
@@ -238,6 +269,30 @@ fn prepare(w: &Workload, varmap: &VarMap) -> anyhow::Result<Step> {
             }))
         }
     }
+}
+
+/// The int8 network of `arch` quantized from freshly initialised weights, calibrated on
+/// [`CALIBRATION_IMAGES`] random images, and its forward on a random batch.
+fn prepare_int8(w: &Workload, arch: Architecture, varmap: &VarMap) -> anyhow::Result<Step> {
+    let dev = Device::Cpu;
+    Model::new(
+        arch,
+        NUM_CLASSES,
+        VarBuilder::from_varmap(varmap, DType::F32, &dev),
+    )?;
+    init::initialise(varmap, arch, 0)?;
+    let folded = cv_models::fold::fold_batch_norm(arch, &cv_models::state::state_dict(varmap)?)?;
+    let mut calibration = Calibration::new(Observer::MinMax)?;
+    for _ in 0..CALIBRATION_IMAGES.div_ceil(8) {
+        let x = Tensor::randn(0f32, 1.0, (8, 3, w.side, w.side), &dev)?;
+        calibration.observe(arch, &folded, &x)?;
+    }
+    let model = QuantizedModel::quantize(arch, &folded, &calibration)?;
+    let x = Tensor::randn(0f32, 1.0, (w.batch, 3, w.side, w.side), &dev)?;
+    Ok(Box::new(move || {
+        std::hint::black_box(model.forward(&x)?);
+        Ok(())
+    }))
 }
 
 /// Durations of individually timed iterations of `step` after `warmup` untimed ones: at least

@@ -157,18 +157,28 @@ impl<'a> Packed<'a> {
     }
 }
 
+/// One tap `(ky, kx)` of a convolution as the kernels walk it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Tap {
+    /// Offset of the tap's first channel from a pixel's top-left tap, in the input.
+    pub input: usize,
+    /// Index of the tap's first quad in the packed weights (`tap index * quads per tap`).
+    pub weight: usize,
+}
+
 /// The tile of output-channel block `block` for the pixels whose top-left taps are `inputs`:
-/// `acc[i][j] = sum over taps t and quads q of input[i][taps[t] + 4q + e] * w[j][t, q, e]`.
+/// `acc[i][j] = sum over the given taps t and quads q of input[i][t.input + 4q + e] * w[j][t, q, e]`
+/// (a subset of the taps skips those that read only padding).
 ///
 /// # Safety
 /// For every pixel, `inputs[i] + taps[t] + 4 * quads` must stay inside one allocation, and
-/// `packed` must be [`PackedWeights::for_kernel`]'s for `kernel` with `taps.len() * quads`
-/// quads per block; `kernel` must be available on this CPU.
+/// `packed` must be [`PackedWeights::for_kernel`]'s for `kernel`, each tap's `weight` + `quads`
+/// within its block; `kernel` must be available on this CPU.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile(
     kernel: Int8Kernel,
     inputs: &[*const u8; PIXELS],
-    taps: &[usize],
+    taps: &[Tap],
     quads: usize,
     weights: &PackedWeights,
     packed: Packed<'_>,
@@ -176,7 +186,6 @@ pub(crate) unsafe fn tile(
     acc: &mut [[i32; BLOCK]; PIXELS],
 ) {
     let w = packed.slice(block * weights.per_block, weights.per_block);
-    debug_assert_eq!(weights.per_block, taps.len() * quads * QUAD_BYTES);
     // SAFETY: the caller's contract is the kernels'.
     unsafe {
         match (kernel, w) {
@@ -204,19 +213,18 @@ pub(crate) unsafe fn tile(
 /// As [`tile`].
 unsafe fn scalar(
     inputs: &[*const u8; PIXELS],
-    taps: &[usize],
+    taps: &[Tap],
     quads: usize,
     w: &[i8],
     acc: &mut [[i32; BLOCK]; PIXELS],
 ) {
     for (input, sums) in inputs.iter().zip(acc.iter_mut()) {
         *sums = [0; BLOCK];
-        let mut row = w.chunks_exact(QUAD_BYTES);
-        for &t in taps {
+        for tap in taps {
             for q in 0..quads {
                 // SAFETY: the caller keeps every tap of the pixel inside its tensor.
-                let a = unsafe { std::slice::from_raw_parts(input.add(t + 4 * q), 4) };
-                let wq = row.next().unwrap_or(&[]);
+                let a = unsafe { std::slice::from_raw_parts(input.add(tap.input + 4 * q), 4) };
+                let wq = &w[(tap.weight + q) * QUAD_BYTES..][..QUAD_BYTES];
                 for (s, wj) in sums.iter_mut().zip(wq.chunks_exact(4)) {
                     *s += (0..4).map(|e| a[e] as i32 * wj[e] as i32).sum::<i32>();
                 }

@@ -31,7 +31,7 @@ pub use tensor::{QTensor, OUT_BORDER};
 use rayon::prelude::*;
 
 use crate::error::OpsError;
-use kernels::{PackedWeights, BLOCK, PIXELS};
+use kernels::{PackedWeights, Tap, BLOCK, PIXELS};
 
 /// A convolution's int8 weights, packed once for the kernels.
 #[derive(Debug)]
@@ -44,8 +44,9 @@ pub struct QConv {
     weight: Vec<i8>,
     scale: Vec<f32>,
     bias: Vec<f32>,
-    /// Sum of each output channel's weight codes (the zero-point correction).
-    row_sums: Vec<i32>,
+    /// Sum of the weight codes of each output channel and tap, `[out_c][kernel * kernel]`
+    /// (the zero-point correction of the taps a pixel runs).
+    tap_sums: Vec<i32>,
     packed: PackedWeights,
 }
 
@@ -87,9 +88,13 @@ impl QConv {
         if let Some(b) = bias.iter().find(|b| !b.is_finite()) {
             return Err(bad(format!("bias {b} is not finite")));
         }
-        let row_sums = weight
-            .chunks(in_c * kh * kw)
-            .map(|r| r.iter().map(|&q| q as i32).sum())
+        let tap_sums = (0..out_c * kh * kw)
+            .map(|ot| {
+                let (o, t) = (ot / (kh * kw), ot % (kh * kw));
+                (0..in_c)
+                    .map(|c| weight[(o * in_c + c) * kh * kw + t] as i32)
+                    .sum()
+            })
             .collect();
         let packed = PackedWeights::new(&weight, shape);
         Ok(QConv {
@@ -101,7 +106,7 @@ impl QConv {
             weight,
             scale,
             bias,
-            row_sums,
+            tap_sums,
             packed,
         })
     }
@@ -216,21 +221,23 @@ pub fn conv2d_u8_with(
                 // A short last group repeats its last pixel; its sums are not stored.
                 *p = x.data[plan.input_offset(first + i.min(count - 1))..].as_ptr();
             }
+            let taps = plan.taps_of(g);
             // SAFETY: every tap of every pixel lies inside `x.data` (the plan's offsets stay in
-            // the border), and the packed weights hold `plan.taps.len() * cq` quads per block.
+            // the border), and every tap's quads lie inside the packed block.
             unsafe {
                 kernels::tile(
-                    kernel, &inputs, &plan.taps, plan.quads, &w.packed, packed, block, &mut acc,
+                    kernel, &inputs, &taps.taps, plan.quads, &w.packed, packed, block, &mut acc,
                 )
             };
+            let oc0 = block * BLOCK;
+            let n = BLOCK.min(w.out_c - oc0);
+            let correction = &taps.correction[oc0..][..n];
             for (i, sums) in acc.iter().enumerate().take(count) {
                 let at = plan.output_offset(first + i);
-                let oc0 = block * BLOCK;
-                let n = BLOCK.min(w.out_c - oc0);
                 let residual = epilogue.residual.map(|r| &r.data[at + oc0..][..n]);
                 // SAFETY: pixel `first + i`, channels oc0..oc0+n belong to this task alone.
                 let row = unsafe { std::slice::from_raw_parts_mut(dst.get().add(at + oc0), n) };
-                requant.store(oc0, &sums[..n], residual, row);
+                requant.store(oc0, &sums[..n], correction, residual, row);
             }
         }
     });
@@ -249,12 +256,30 @@ impl SharedOut {
     }
 }
 
-/// Where each output pixel reads and writes.
+/// Output maps of at most this many pixels run position by position (the same pixel of every
+/// image together), so a group of pixels shares the taps that read real input and skips those
+/// that read only padding: on ResNet-18 at 32x32, layer4's 1x1 maps need 1 tap of 9 and
+/// layer3's 2x2 maps 4. Larger maps run image by image (neighbouring pixels share input rows in
+/// cache) with every tap.
+const POSITION_MAJOR_PIXELS: usize = 64;
+
+/// The taps a group of pixels runs, and what their zero-point correction is:
+/// `zero_point(x) * sum of those taps' weight codes`, per output channel.
+struct TapSet {
+    taps: Vec<Tap>,
+    correction: Vec<i32>,
+}
+
+/// Where each output pixel reads and writes, and which taps each group of pixels runs.
 struct Plan {
     /// Output pixels of the batch.
     pixels: usize,
-    /// Offset of each tap `(ky, kx)` from a pixel's top-left tap, in the input.
-    taps: Vec<usize>,
+    images: usize,
+    /// Pixel `p` is image `p % images` at position `p / images` (else image-major).
+    position_major: bool,
+    /// The distinct tap sets; `group_sets[g]` indexes them (empty: every group runs set 0).
+    sets: Vec<TapSet>,
+    group_sets: Vec<usize>,
     /// Quads (4 channels) per tap.
     quads: usize,
     oh: usize,
@@ -269,12 +294,13 @@ struct Plan {
 impl Plan {
     fn new(x: &QTensor, w: &QConv, out: &QTensor) -> Plan {
         let (cp, wp) = (x.stored_channels(), x.stored_width());
-        let taps = (0..w.kernel)
-            .flat_map(|ky| (0..w.kernel).map(move |kx| (ky * wp + kx) * cp))
-            .collect();
-        Plan {
+        let k = w.kernel;
+        let mut plan = Plan {
             pixels: x.n * out.h * out.w,
-            taps,
+            images: x.n,
+            position_major: out.h * out.w <= POSITION_MAJOR_PIXELS,
+            sets: Vec::new(),
+            group_sets: Vec::new(),
             quads: cp / 4,
             oh: out.h,
             ow: out.w,
@@ -286,12 +312,77 @@ impl Plan {
                 out.stored_width(),
                 out.stored_channels(),
             ],
+        };
+        let tap_set = |mask: u64| {
+            let live: Vec<usize> = (0..k * k).filter(|t| mask >> t & 1 == 1).collect();
+            TapSet {
+                taps: live
+                    .iter()
+                    .map(|&t| Tap {
+                        input: ((t / k) * wp + t % k) * cp,
+                        weight: t * cp / 4,
+                    })
+                    .collect(),
+                correction: (0..w.out_c)
+                    .map(|o| {
+                        live.iter().map(|&t| w.tap_sums[o * k * k + t]).sum::<i32>()
+                            * x.qp.zero_point
+                    })
+                    .collect(),
+            }
+        };
+        let all = if k * k >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << (k * k)) - 1
+        };
+        if !plan.position_major || k * k > 64 {
+            plan.position_major &= k * k <= 64;
+            plan.sets.push(tap_set(all));
+            return plan;
         }
+        // Which taps of each position read real input: rows ky with 0 <= oy*s + ky - p < h.
+        let live = |o: usize, side: usize| -> u64 {
+            (0..k)
+                .filter(|&t| {
+                    (o * w.stride + t)
+                        .checked_sub(w.padding)
+                        .is_some_and(|i| i < side)
+                })
+                .fold(0, |m, t| m | 1 << t)
+        };
+        let position_mask = |pos: usize| {
+            let (ys, xs) = (live(pos / out.w, x.h), live(pos % out.w, x.w));
+            (0..k)
+                .filter(|ky| ys >> ky & 1 == 1)
+                .fold(0u64, |m, ky| m | xs << (ky * k))
+        };
+        let mut masks: Vec<u64> = Vec::new();
+        for g in 0..plan.pixels.div_ceil(PIXELS) {
+            let last = (g * PIXELS + PIXELS).min(plan.pixels) - 1;
+            let mask = (g * PIXELS / x.n..=last / x.n).fold(0, |m, pos| m | position_mask(pos));
+            let index = masks.iter().position(|&m| m == mask).unwrap_or_else(|| {
+                masks.push(mask);
+                masks.len() - 1
+            });
+            plan.group_sets.push(index);
+        }
+        plan.sets = masks.into_iter().map(tap_set).collect();
+        plan
+    }
+
+    fn taps_of(&self, group: usize) -> &TapSet {
+        &self.sets[self.group_sets.get(group).copied().unwrap_or(0)]
     }
 
     fn split(&self, p: usize) -> (usize, usize, usize) {
         let per_image = self.oh * self.ow;
-        (p / per_image, (p % per_image) / self.ow, p % self.ow)
+        let (b, pos) = if self.position_major {
+            (p % self.images, p / self.images)
+        } else {
+            (p / per_image, p % per_image)
+        };
+        (b, pos / self.ow, pos % self.ow)
     }
 
     fn input_offset(&self, p: usize) -> usize {
@@ -457,6 +548,40 @@ mod tests {
                 oc: 3,
                 kernel: 3,
                 stride: 2,
+                padding: 1,
+                residual: true,
+                relu: false,
+            },
+            // Small maps run position by position, skipping taps that read only padding.
+            Case {
+                n: 7,
+                c: 64,
+                side: 1,
+                oc: 64,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+                residual: true,
+                relu: true,
+            },
+            Case {
+                n: 5,
+                c: 32,
+                side: 2,
+                oc: 70,
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+                residual: false,
+                relu: true,
+            },
+            Case {
+                n: 8,
+                c: 12,
+                side: 4,
+                oc: 20,
+                kernel: 3,
+                stride: 1,
                 padding: 1,
                 residual: true,
                 relu: false,

@@ -1,6 +1,8 @@
 //! Max-pooling on u8 codes: the order of codes is the order of the values they stand for, so
 //! the pool runs on the codes and keeps the input's quantization.
 
+use rayon::prelude::*;
+
 use super::tensor::{QTensor, OUT_BORDER};
 use crate::error::OpsError;
 
@@ -31,31 +33,36 @@ pub fn max_pool2d_u8(
         }
     };
     let mut out = QTensor::zeros([x.n, x.c, oh, ow], OUT_BORDER, x.qp);
-    let mut best = vec![0u8; x.c];
-    for b in 0..x.n {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let at = out.index(b, oy, ox);
-                best.fill(0); // the smallest code: any tap wins over it
-                for ky in 0..kernel {
-                    let Some(iy) = (oy * stride + ky).checked_sub(padding).filter(|&y| y < x.h)
-                    else {
-                        continue;
-                    };
-                    for kx in 0..kernel {
-                        let Some(ix) = (ox * stride + kx).checked_sub(padding).filter(|&v| v < x.w)
+    let image = out.offset(1, 0, 0);
+    let (c, cp, owp) = (x.c, out.stored_channels(), out.stored_width());
+    out.data
+        .par_chunks_mut(image)
+        .enumerate()
+        .for_each(|(b, dst)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let at = ((oy + OUT_BORDER) * owp + ox + OUT_BORDER) * cp;
+                    let best = &mut dst[at..at + c];
+                    best.fill(0); // the smallest code: any tap wins over it
+                    for ky in 0..kernel {
+                        let Some(iy) = (oy * stride + ky).checked_sub(padding).filter(|&y| y < x.h)
                         else {
                             continue;
                         };
-                        let px = &x.data[x.index(b, iy, ix)..][..best.len()];
-                        for (m, &v) in best.iter_mut().zip(px) {
-                            *m = (*m).max(v);
+                        for kx in 0..kernel {
+                            let Some(ix) =
+                                (ox * stride + kx).checked_sub(padding).filter(|&v| v < x.w)
+                            else {
+                                continue;
+                            };
+                            let px = &x.data[x.index(b, iy, ix)..][..c];
+                            for (m, &v) in best.iter_mut().zip(px) {
+                                *m = (*m).max(v);
+                            }
                         }
                     }
                 }
-                out.data[at..at + best.len()].copy_from_slice(&best);
             }
-        }
-    }
+        });
     Ok(out)
 }

@@ -3,6 +3,8 @@
 //! every side, all filled with the zero point's code (real 0.0), so a convolution with
 //! padding up to the border reads its taps without bound checks.
 
+use rayon::prelude::*;
+
 use crate::error::OpsError;
 use crate::int8::QParams;
 
@@ -54,18 +56,23 @@ impl QTensor {
             });
         }
         let mut t = QTensor::zeros(dims, border, qp);
-        let [n, c, h, w] = dims;
-        for b in 0..n {
-            for ch in 0..c {
-                for y in 0..h {
-                    let row = &values[((b * c + ch) * h + y) * w..][..w];
-                    for (x, &v) in row.iter().enumerate() {
-                        let i = t.index(b, y, x) + ch;
-                        t.data[i] = qp.quantize(v);
+        let [_, c, h, w] = dims;
+        let image = t.offset(1, 0, 0);
+        let (cp, wp) = (t.stored_channels(), t.stored_width());
+        t.data
+            .par_chunks_mut(image)
+            .zip(values.par_chunks(c * h * w))
+            .for_each(|(dst, src)| {
+                for ch in 0..c {
+                    for y in 0..h {
+                        let row = &src[(ch * h + y) * w..][..w];
+                        let at = ((y + border) * wp + border) * cp + ch;
+                        for (x, &v) in row.iter().enumerate() {
+                            dst[at + x * cp] = qp.quantize(v);
+                        }
                     }
                 }
-            }
-        }
+            });
         Ok(t)
     }
 

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernels::{BLOCK, PIXELS};
+use super::kernels::{Tap, BLOCK, PIXELS};
 
 pub(super) fn has_avx512_vnni() -> bool {
     is_x86_feature_detected!("avx512f")
@@ -26,7 +26,7 @@ pub(super) fn has_avx2() -> bool {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn vnni512(
     inputs: &[*const u8; PIXELS],
-    taps: &[usize],
+    taps: &[Tap],
     quads: usize,
     w: *const i8,
     acc: &mut [[i32; BLOCK]; PIXELS],
@@ -34,8 +34,8 @@ pub(super) unsafe fn vnni512(
     // SAFETY: as the function's contract.
     unsafe {
         let mut c = [[_mm512_setzero_si512(); 4]; PIXELS];
-        let mut wp = w;
-        for &t in taps {
+        for tap in taps {
+            let (t, mut wp) = (tap.input, w.add(tap.weight * BLOCK * 4));
             for q in 0..quads {
                 let off = t + 4 * q;
                 let wv = [0, 1, 2, 3].map(|v| _mm512_loadu_si512(wp.add(64 * v).cast()));
@@ -63,7 +63,7 @@ pub(super) unsafe fn vnni512(
 #[target_feature(enable = "avx2,avxvnni")]
 pub(super) unsafe fn avx_vnni(
     inputs: &[*const u8; PIXELS],
-    taps: &[usize],
+    taps: &[Tap],
     quads: usize,
     w: *const i8,
     acc: &mut [[i32; BLOCK]; PIXELS],
@@ -72,8 +72,8 @@ pub(super) unsafe fn avx_vnni(
     unsafe {
         for pass in 0..BLOCK / 16 {
             let mut c = [[_mm256_setzero_si256(); 2]; PIXELS];
-            let mut wp = w.add(pass * 64);
-            for &t in taps {
+            for tap in taps {
+                let (t, mut wp) = (tap.input, w.add(pass * 64 + tap.weight * BLOCK * 4));
                 for q in 0..quads {
                     let off = t + 4 * q;
                     let w0 = _mm256_loadu_si256(wp.cast());
@@ -99,7 +99,7 @@ pub(super) unsafe fn avx_vnni(
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn avx2(
     inputs: &[*const u8; PIXELS],
-    taps: &[usize],
+    taps: &[Tap],
     quads: usize,
     w: *const i16,
     acc: &mut [[i32; BLOCK]; PIXELS],
@@ -108,8 +108,8 @@ pub(super) unsafe fn avx2(
     unsafe {
         for pass in 0..BLOCK / 16 {
             let mut c = [[_mm256_setzero_si256(); 2]; PIXELS];
-            let mut wp = w.add(pass * 32);
-            for &t in taps {
+            for tap in taps {
+                let (t, mut wp) = (tap.input, w.add(pass * 32 + tap.weight * BLOCK * 4));
                 for q in 0..quads {
                     for half in 0..2 {
                         let off = t + 4 * q + 2 * half;
