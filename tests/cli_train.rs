@@ -1072,7 +1072,7 @@ fn quantize_makes_an_int8_run_that_eval_and_predict_take_and_refuses_bad_input()
     let quantize = |from: &Path, out: &Path, code| {
         expect_code(
             cv(tmp.path())
-                .args(["quantize", "--calibration", "64", "--checkpoint"])
+                .args(["quantize", "--quiet", "--calibration", "64", "--checkpoint"])
                 .arg(from)
                 .arg("--data")
                 .arg(&data)
@@ -1123,6 +1123,9 @@ fn quantize_makes_an_int8_run_that_eval_and_predict_take_and_refuses_bad_input()
         &quantize(&int8, &tmp.path().join("twice"), 1),
         "int8 checkpoint",
     );
+    let nowhere = tmp.path().join("no").join("such").join("int8");
+    assert_clean_error(&quantize(&run, &nowhere, 1), "parent folder does not exist");
+    assert!(!tmp.path().join("no").exists());
     assert_clean_error(
         &quantize(&tmp.path().join("nothing"), &tmp.path().join("n8"), 1),
         "nothing",
@@ -1136,6 +1139,18 @@ fn quantize_makes_an_int8_run_that_eval_and_predict_take_and_refuses_bad_input()
         1,
     );
     assert_clean_error(&exported, "int8 checkpoint");
+    let finetuned = expect_code(
+        cv(tmp.path())
+            .args(["finetune", "--quiet", "--epochs", "1", "--weights"])
+            .arg(&int8)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(tmp.path().join("ft")),
+        1,
+    );
+    assert_clean_error(&finetuned, "int8 checkpoint");
+    assert!(!tmp.path().join("ft").exists());
     let explained = expect_code(
         cv(tmp.path())
             .args(["explain", "--checkpoint"])

@@ -620,6 +620,9 @@ pub struct QuantizeArgs {
     /// Use the Hugging Face cache only (also HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `cv explain`.

@@ -27,6 +27,8 @@ pub struct QuantizeOptions {
     pub batch_size: usize,
     /// Which images: the first `calibration` of the split shuffled with this seed.
     pub seed: u64,
+    /// Show a progress bar over the calibration images.
+    pub progress: bool,
 }
 
 impl Default for QuantizeOptions {
@@ -36,6 +38,7 @@ impl Default for QuantizeOptions {
             observer: Observer::MinMax,
             batch_size: 32,
             seed: 0,
+            progress: false,
         }
     }
 }
@@ -127,16 +130,32 @@ fn calibrate(
         Device::Cpu,
     )?;
     let mut calibration = Calibration::new(options.observer)?;
+    let bar = progress_bar(options.progress, wanted);
     for batch in loader.epoch(0) {
         let images = batch?.images;
         let take = (wanted - calibration.images()).min(images.dim(0)?);
         calibration.observe(weights.architecture, folded, &images.narrow(0, 0, take)?)?;
-        log::info!("calibration: {} of {wanted} images", calibration.images());
+        bar.set_position(calibration.images() as u64);
         if calibration.images() >= wanted {
             break;
         }
     }
+    bar.finish_and_clear();
     Ok(calibration)
+}
+
+/// Images observed of `total`; hidden when `show` is false.
+fn progress_bar(show: bool, total: usize) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "calibration [{elapsed_precise}] {bar:30} {pos}/{len} images",
+    ) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// Refuses an existing `out` and a missing parent folder.

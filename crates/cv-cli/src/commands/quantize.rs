@@ -25,7 +25,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     let source = super::weights_source(&a.checkpoint, &a.weights)?;
     let options = ResolveOptions {
         offline: a.offline,
-        progress: true,
+        progress: !a.quiet,
         ..Default::default()
     };
     let weights = resolve(&source, &options)?;
@@ -35,6 +35,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         observer,
         batch_size: a.batch_size,
         seed: a.seed,
+        progress: !a.quiet,
     };
     let report = cv_weights::quantize(&weights, splits.train, &options, &a.out)
         .with_context(|| format!("quantizing {}", weights.origin))?;

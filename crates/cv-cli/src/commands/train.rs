@@ -128,6 +128,13 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         hub: None,
     };
     let weights = resolve(&source, &options)?;
+    if weights.int8 {
+        return Err(cv_weights::WeightsError::NeedsFloat {
+            path: weights.path.clone(),
+            needs: "fine-tuning".into(),
+        }
+        .into());
+    }
     if let Some(note) = &weights.note {
         log::info!("{note}");
     }
