@@ -1151,16 +1151,23 @@ fn quantize_makes_an_int8_run_that_eval_and_predict_take_and_refuses_bad_input()
     );
     assert_clean_error(&finetuned, "int8 checkpoint");
     assert!(!tmp.path().join("ft").exists());
-    let explained = expect_code(
-        cv(tmp.path())
-            .args(["explain", "--checkpoint"])
-            .arg(&int8)
-            .arg("--out")
-            .arg(tmp.path().join("maps"))
-            .arg(&png),
-        1,
-    );
-    assert_clean_error(&explained, "f32 weights");
+    // Class activation maps at the int8 network's last spatial layer, refused before it.
+    let explain = |layer: &[&str], code| {
+        expect_code(
+            cv(tmp.path())
+                .args(["explain", "--checkpoint"])
+                .arg(&int8)
+                .args(layer)
+                .arg("--out")
+                .arg(tmp.path().join("maps"))
+                .arg(&png),
+            code,
+        )
+    };
+    explain(&[], 0);
+    let maps = std::fs::read_dir(tmp.path().join("maps")).unwrap().count();
+    assert!(maps >= 1, "no map written");
+    assert_clean_error(&explain(&["--layer", "conv1"], 1), "conv2 only");
     let left: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

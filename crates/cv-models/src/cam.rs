@@ -12,7 +12,9 @@
 //! The gradient with respect to the layer comes from one backward pass over the rest of the
 //! network only: the forward runs up to the layer without a graph
 //! ([`Model::activation`]), the layer's output becomes a `Var`, and [`Model::logits_from`]
-//! runs the rest of the same network code from it.
+//! runs the rest of the same network code from it. Any [`CamSource`] works the same way
+//! ([`maps_of`]): an int8 network gives its maps at its last spatial layer, after which it
+//! runs in f32.
 
 use std::fmt;
 use std::str::FromStr;
@@ -102,6 +104,46 @@ pub struct ClassActivationMaps {
     pub upsampled: Vec<Heatmap>,
 }
 
+/// What class activation maps need of a network: the eval-mode activation at a layer, the
+/// rest of the forward pass from it (differentiable in the activation), and the classifier's
+/// weights (for CAM). [`Model`] is one; so is the int8 network
+/// ([`crate::quant::QuantizedModel`]), whose layers after the last spatial one run in f32.
+pub trait CamSource {
+    /// Which network this is.
+    fn architecture(&self) -> crate::Architecture;
+    /// Number of outputs.
+    fn num_classes(&self) -> usize;
+    /// The layer maps are taken at by default.
+    fn last_spatial_layer(&self) -> &'static str;
+    /// The eval-mode output of `layer` for `x`.
+    fn activation(&self, x: &Tensor, layer: &str) -> Result<Tensor>;
+    /// The logits from `a`, the output of `layer`: differentiable in `a`.
+    fn logits_from(&self, a: &Tensor, layer: &str) -> Result<Tensor>;
+    /// The classifier's weight `[classes, features]`.
+    fn classifier_weight(&self) -> Result<Tensor>;
+}
+
+impl CamSource for Model {
+    fn architecture(&self) -> crate::Architecture {
+        Model::architecture(self)
+    }
+    fn num_classes(&self) -> usize {
+        Model::num_classes(self)
+    }
+    fn last_spatial_layer(&self) -> &'static str {
+        Model::last_spatial_layer(self)
+    }
+    fn activation(&self, x: &Tensor, layer: &str) -> Result<Tensor> {
+        Model::activation(self, x, layer)
+    }
+    fn logits_from(&self, a: &Tensor, layer: &str) -> Result<Tensor> {
+        Model::logits_from(self, a, layer)
+    }
+    fn classifier_weight(&self) -> Result<Tensor> {
+        Ok(self.head().weight().clone())
+    }
+}
+
 /// The maps of `method` at `layer` for the batch `x` (`[N, 3, H, W]`, transformed as the
 /// model expects), explaining `targets` (one class per image), or each image's top-1 class
 /// when `targets` is `None`. The model runs in eval mode.
@@ -112,9 +154,19 @@ pub fn class_activation_maps(
     method: CamMethod,
     targets: Option<&[usize]>,
 ) -> Result<ClassActivationMaps> {
-    let model = model.detached();
+    maps_of(&model.detached(), x, layer, method, targets)
+}
+
+/// [`class_activation_maps`] for any [`CamSource`] (an f32 model must be detached).
+pub fn maps_of(
+    model: &impl CamSource,
+    x: &Tensor,
+    layer: &str,
+    method: CamMethod,
+    targets: Option<&[usize]>,
+) -> Result<ClassActivationMaps> {
     let (n, _, in_h, in_w) = x.dims4()?;
-    if method == CamMethod::Cam && !feeds_the_pool(&model, layer) {
+    if method == CamMethod::Cam && !feeds_the_pool(model.architecture(), layer) {
         return Err(ModelError::Config(format!(
             "CAM weights the channels by the classifier, so it needs the layer that the global \
              average pool and the classifier follow; {} {layer} is not one (use gradcam)",
@@ -137,8 +189,7 @@ pub fn class_activation_maps(
     let gradients = Channels::of(grad)?;
     let targets: Vec<usize> = targets.iter().map(|&t| t as usize).collect();
     let head = model
-        .head()
-        .weight()
+        .classifier_weight()?
         .to_dtype(DType::F32)?
         .to_device(&Device::Cpu)?;
     let mut raw = Vec::with_capacity(n);
@@ -170,8 +221,8 @@ pub fn class_activation_maps(
 
 /// Whether the global average pool and the classifier follow `layer` directly (where CAM
 /// applies): ResNet-18's last block. The small CNN flattens instead of pooling.
-fn feeds_the_pool(model: &Model, layer: &str) -> bool {
-    matches!(model, Model::ResNet18(_)) && matches!(layer, "layer4" | "layer4.1")
+fn feeds_the_pool(arch: crate::Architecture, layer: &str) -> bool {
+    arch == crate::Architecture::ResNet18 && matches!(layer, "layer4" | "layer4.1")
 }
 
 fn check_targets(targets: &[usize], n: usize, classes: usize) -> Result<Vec<u32>> {

@@ -50,7 +50,9 @@ pub mod state;
 
 pub use arch::{Architecture, Model};
 pub use batch_norm::{batch_norm2d, BatchNorm2d, BatchNormConfig};
-pub use cam::{class_activation_maps, overlay_rgb, CamMethod, ClassActivationMaps, Heatmap};
+pub use cam::{
+    class_activation_maps, maps_of, overlay_rgb, CamMethod, CamSource, ClassActivationMaps, Heatmap,
+};
 pub use cnn::{simple_cnn, SimpleCnn};
 pub use error::{ModelError, Result};
 pub use params::Trainable;

@@ -265,3 +265,51 @@ fn damaged_checkpoints_are_refused_with_the_reason() {
         .to_string()
         .contains("no calibration image"));
 }
+
+/// Grad-CAM and CAM of the int8 ResNet-18 at layer4 (dequantized activation, f32 head) against
+/// the f32 network's: the same targets and maps that differ by quantization only; an earlier
+/// layer is refused.
+#[test]
+fn int8_class_activation_maps_follow_the_f32_ones() {
+    let arch = Architecture::ResNet18;
+    let state = generated(arch, 10);
+    let folded = fold::fold_batch_norm(arch, &state).unwrap();
+    let mut cal = Calibration::new(Observer::MinMax).unwrap();
+    for i in 0..3 {
+        cal.observe(arch, &folded, &pattern(&[4, 3, 64, 64], i as f32))
+            .unwrap();
+    }
+    let int8 = QuantizedModel::quantize(arch, &folded, &cal).unwrap();
+    let varmap = VarMap::new();
+    let model = Model::new(
+        arch,
+        10,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    state::load_state_dict(&varmap, &state).unwrap();
+    let x = pattern(&[3, 3, 64, 64], 4.0);
+    let targets = [1, 4, 7];
+    for method in [cv_models::CamMethod::GradCam, cv_models::CamMethod::Cam] {
+        let f =
+            cv_models::class_activation_maps(&model, &x, "layer4", method, Some(&targets)).unwrap();
+        let q = cv_models::maps_of(&int8, &x, "layer4", method, Some(&targets)).unwrap();
+        assert_eq!(q.targets, f.targets);
+        for (a, b) in q.upsampled.iter().zip(&f.upsampled) {
+            let diff = a
+                .values
+                .iter()
+                .zip(&b.values)
+                .map(|(x, y)| (x - y).abs())
+                .sum::<f32>()
+                / a.values.len() as f32;
+            assert!(
+                diff < 0.1,
+                "{method}: mean |int8 - f32| of the scaled maps {diff}"
+            );
+        }
+    }
+    let err =
+        cv_models::maps_of(&int8, &x, "layer3", cv_models::CamMethod::GradCam, None).unwrap_err();
+    assert!(err.to_string().contains("layer4 only"), "{err}");
+}

@@ -132,6 +132,15 @@ impl Classifier {
         }
     }
 
+    /// The layer class activation maps are taken at by default (`layer4`, `conv2`).
+    pub fn last_spatial_layer(&self) -> &'static str {
+        use cv_models::CamSource;
+        match &self.network {
+            Network::Float(m) => m.last_spatial_layer(),
+            Network::Int8(m) => m.last_spatial_layer(),
+        }
+    }
+
     /// Whether this is an int8 checkpoint.
     pub fn is_int8(&self) -> bool {
         matches!(self.network, Network::Int8(_))
@@ -211,22 +220,21 @@ impl Classifier {
             return Err(WeightsError::Input("top_k must be at least 1".into()));
         }
         let k = request.top_k.min(self.classes.len());
-        let model = self.float_model("a class activation map (it differentiates the network)")?;
         let layer = request
             .layer
             .as_deref()
-            .unwrap_or(model.last_spatial_layer());
+            .unwrap_or(self.last_spatial_layer());
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(CHUNK) {
             let x = self.preprocess(chunk)?;
             let targets = request.class.map(|c| vec![c; chunk.len()]);
-            let maps = cv_models::class_activation_maps(
-                model,
-                &x,
-                layer,
-                request.method,
-                targets.as_deref(),
-            )?;
+            let (method, targets) = (request.method, targets.as_deref());
+            let maps = match &self.network {
+                Network::Float(m) => {
+                    cv_models::class_activation_maps(m, &x, layer, method, targets)?
+                }
+                Network::Int8(m) => cv_models::maps_of(m, &x, layer, method, targets)?,
+            };
             let top = self.top_classes(&maps.logits, k)?;
             for (i, ((image, raw), map)) in
                 chunk.iter().zip(maps.raw).zip(maps.upsampled).enumerate()

@@ -51,11 +51,10 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
         };
         results.push(result);
     }
-    let layer = request.layer.as_deref().unwrap_or(
-        classifier
-            .float_model("a class activation map (it differentiates the network)")?
-            .last_spatial_layer(),
-    );
+    let layer = request
+        .layer
+        .as_deref()
+        .unwrap_or(classifier.last_spatial_layer());
     if a.predict.json {
         let out: Vec<serde_json::Value> = paths
             .iter()

@@ -203,21 +203,14 @@ impl Executor for FloatExec<'_> {
         stride: usize,
         padding: usize,
     ) -> Result<Tensor> {
-        Ok(cv_ops::max_pool2d(
-            x,
-            cv_ops::MaxPool2dConfig {
-                kernel,
-                stride,
-                padding,
-            },
-        )?)
+        super::TensorExec.max_pool(x, kernel, stride, padding)
     }
 
     fn to_f32(&mut self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.clone())
+        super::TensorExec.to_f32(x)
     }
 
     fn pooled(&mut self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.mean((2, 3))?)
+        super::TensorExec.pooled(x)
     }
 }

@@ -117,23 +117,28 @@ pub fn run<E: Executor>(
     head: &HashMap<String, Tensor>,
     x: &Tensor,
 ) -> Result<Tensor> {
+    let a = body(arch, exec, x)?;
+    head_of(arch, exec, head, &a)
+}
+
+/// The layer [`body`] ends at, by its torchvision name (the default layer of class activation
+/// maps): ResNet-18's `layer4`, the small CNN's `conv2` (here after its fused ReLU).
+pub fn last_spatial_layer(arch: Architecture) -> &'static str {
+    match arch {
+        Architecture::SimpleCnn => "conv2",
+        Architecture::ResNet18 => "layer4",
+    }
+}
+
+/// The graph from the input to the output of [`last_spatial_layer`].
+pub fn body<E: Executor>(arch: Architecture, exec: &mut E, x: &Tensor) -> Result<E::Act> {
     let a = exec.input(x)?;
     let convs = convolutions(arch);
     match arch {
         Architecture::SimpleCnn => {
             let a = exec.conv(&convs[0], &a, true, None)?;
             let a = exec.max_pool(&a, 2, 2, 0)?;
-            let a = exec.conv(&convs[1], &a, true, None)?;
-            let a = exec.max_pool(&a, 2, 2, 0)?;
-            let mut f = exec.to_f32(&a)?.flatten_from(1)?;
-            let layers = head_layers(arch);
-            for (i, layer) in layers.iter().enumerate() {
-                f = linear(head, layer, &f)?;
-                if i + 1 < layers.len() {
-                    f = f.relu()?;
-                }
-            }
-            Ok(f)
+            exec.conv(&convs[1], &a, true, None)
         }
         Architecture::ResNet18 => {
             let a = exec.conv(&convs[0], &a, true, None)?;
@@ -146,8 +151,33 @@ pub fn run<E: Executor>(
                 };
                 a = exec.conv(&block.conv2, &y, true, Some(&shortcut))?;
             }
-            linear(head, "fc", &exec.pooled(&a)?)
+            Ok(a)
         }
+    }
+}
+
+/// The rest after [`body`]: the small CNN's max-pool, flatten and three linear layers, or
+/// ResNet-18's global average pool and `fc`; all in f32 (`head`).
+pub fn head_of<E: Executor>(
+    arch: Architecture,
+    exec: &mut E,
+    head: &HashMap<String, Tensor>,
+    a: &E::Act,
+) -> Result<Tensor> {
+    match arch {
+        Architecture::SimpleCnn => {
+            let a = exec.max_pool(a, 2, 2, 0)?;
+            let mut f = exec.to_f32(&a)?.flatten_from(1)?;
+            let layers = head_layers(arch);
+            for (i, layer) in layers.iter().enumerate() {
+                f = linear(head, layer, &f)?;
+                if i + 1 < layers.len() {
+                    f = f.relu()?;
+                }
+            }
+            Ok(f)
+        }
+        Architecture::ResNet18 => linear(head, "fc", &exec.pooled(a)?),
     }
 }
 

@@ -170,6 +170,105 @@ impl QuantizedModel {
     }
 }
 
+/// Class activation maps of the int8 network at its last spatial layer: the activation is the
+/// int8 layer's output dequantized, and the head after it runs in f32, so the gradient there
+/// is exact. Other layers would need gradients through int8 layers and are refused.
+impl crate::cam::CamSource for QuantizedModel {
+    fn architecture(&self) -> Architecture {
+        self.arch
+    }
+
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    fn last_spatial_layer(&self) -> &'static str {
+        graph::last_spatial_layer(self.arch)
+    }
+
+    fn activation(&self, x: &Tensor, layer: &str) -> Result<Tensor> {
+        self.check_cam_layer(layer)?;
+        let x = x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        let mut exec = Int8Exec { model: self };
+        let a = graph::body(self.arch, &mut exec, &x)?;
+        exec.to_f32(&a)
+    }
+
+    fn logits_from(&self, a: &Tensor, layer: &str) -> Result<Tensor> {
+        self.check_cam_layer(layer)?;
+        graph::head_of(self.arch, &mut TensorExec, &self.head, a)
+    }
+
+    fn classifier_weight(&self) -> Result<Tensor> {
+        let last = graph::head_layers(self.arch)
+            .last()
+            .copied()
+            .unwrap_or("fc");
+        self.head
+            .get(&format!("{last}.weight"))
+            .cloned()
+            .ok_or_else(|| ModelError::Quantized(format!("the head has no {last}.weight")))
+    }
+}
+
+impl QuantizedModel {
+    fn check_cam_layer(&self, layer: &str) -> Result<()> {
+        let last = graph::last_spatial_layer(self.arch);
+        let accepted =
+            layer == last || (self.arch == Architecture::ResNet18 && layer == "layer4.1");
+        if accepted {
+            return Ok(());
+        }
+        Err(ModelError::Config(format!(
+            "an int8 {} gives class activation maps at {last} only (the layers after it run in \
+             f32; before it the network is integer and has no gradient); use the f32 checkpoint \
+             for {layer}",
+            self.arch
+        )))
+    }
+}
+
+/// f32 tensors through the head's pooling (the differentiable part after the int8 body).
+pub(crate) struct TensorExec;
+
+impl Executor for TensorExec {
+    type Act = Tensor;
+
+    fn input(&mut self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+
+    fn conv(&mut self, c: &ConvSpec, _: &Tensor, _: bool, _: Option<&Tensor>) -> Result<Tensor> {
+        Err(ModelError::Quantized(format!(
+            "{}: the f32 head has no convolution",
+            c.name
+        )))
+    }
+
+    fn max_pool(
+        &mut self,
+        x: &Tensor,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Tensor> {
+        let config = cv_ops::MaxPool2dConfig {
+            kernel,
+            stride,
+            padding,
+        };
+        Ok(cv_ops::max_pool2d(x, config)?)
+    }
+
+    fn to_f32(&mut self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+
+    fn pooled(&mut self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.mean((2, 3))?)
+    }
+}
+
 fn ops(name: &str, e: cv_ops::OpsError) -> ModelError {
     ModelError::Quantized(format!("{name}: {e}"))
 }
