@@ -2,9 +2,10 @@
 # int8 accuracy, measured (README, "int8 on the CPU"): f32 checkpoints and their `cv quantize`
 # int8 checkpoints evaluated on the same held-out test split, for the tutorial's CNN trained on
 # the generated colour set and on the generated texture set, and ResNet-18 fine-tuned on the
-# texture set.
+# texture set; then the same two models on each image folder given after OUT (a real held-out
+# set: `scripts/make_digits.py` writes one without a download).
 #
-#   scripts/int8-check.sh RESNET18.safetensors [OUT]
+#   scripts/int8-check.sh RESNET18.safetensors [OUT [DATA...]]
 #
 # RESNET18: ResNet-18 weights to fine-tune (a registry download, or the parity fixture
 # ../shared/fixtures/torchvision-parity/resnet18.safetensors). Prints one JSON line per model:
@@ -13,6 +14,9 @@
 set -euo pipefail
 weights=${1:?usage: scripts/int8-check.sh RESNET18.safetensors [OUT]}
 out=${2:-runs/int8-check}
+shift $(( $# < 2 ? $# : 2 ))
+real=()
+for data in "$@"; do real+=("$(realpath -e "$data")"); done
 CALIBRATION=${CALIBRATION:-512}
 OBSERVER=${OBSERVER:-minmax}
 cd "$(dirname "$0")/.."
@@ -37,3 +41,11 @@ check() { # NAME RUN DATA
 check cnn-colours "$out/cnn-colours" "$colours"
 check cnn-textures "$out/cnn-textures" "$textures"
 check resnet18-textures "$out/resnet18-textures" "$textures"
+for data in "${real[@]}"; do
+  name=$(basename "$data")
+  [ -f "$out/cnn-$name/model.safetensors" ] || $cv train --model cnn --epochs 30 --data "$data" --quiet --out "$out/cnn-$name" > /dev/null
+  [ -f "$out/resnet18-$name/model.safetensors" ] || $cv finetune --weights "$weights" --mode full --image-size 32 \
+    --epochs 8 --batch-size 32 --data "$data" --quiet --out "$out/resnet18-$name" > /dev/null
+  check "cnn-$name" "$out/cnn-$name" "$data"
+  check "resnet18-$name" "$out/resnet18-$name" "$data"
+done
