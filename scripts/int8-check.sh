@@ -32,7 +32,7 @@ check() { # NAME RUN DATA
   $cv quantize --checkpoint "$2" --data "$3" --calibration "$CALIBRATION" --observer "$OBSERVER" \
     --out "$out/$1-int8" > /dev/null
   f=$(top1 "$2" "$3") q=$(top1 "$out/$1-int8" "$3")
-  python3 -c "import json; print(json.dumps({'model': '$1', 'f32': $f, 'int8': $q, 'int8_minus_f32': round($q - $f, 2), 'calibration': $CALIBRATION, 'observer': '$OBSERVER'}))"
+  python3 -c "import json; print(json.dumps({'model': '$1', 'f32': round($f, 2), 'int8': round($q, 2), 'int8_minus_f32': round($q - $f, 2), 'calibration': $CALIBRATION, 'observer': '$OBSERVER'}))"
 }
 [ -f "$out/cnn-colours/model.safetensors" ] || $cv train --model cnn --epochs 10 --data "$colours" --quiet --out "$out/cnn-colours" > /dev/null
 [ -f "$out/cnn-textures/model.safetensors" ] || $cv train --model cnn --epochs 30 --data "$textures" --quiet --out "$out/cnn-textures" > /dev/null

@@ -213,14 +213,14 @@ pub fn conv2d_u8_with(
     (0..chunks * blocks).into_par_iter().for_each(|task| {
         let (chunk, block) = (task / blocks, task % blocks);
         let mut acc = [[0i32; BLOCK]; PIXELS];
+        let oc0 = block * BLOCK;
+        let n = BLOCK.min(w.out_c - oc0);
         for g in chunk * per_task..((chunk + 1) * per_task).min(groups) {
             let first = g * PIXELS;
             let count = PIXELS.min(plan.pixels - first);
-            let mut inputs = [x.data.as_ptr(); PIXELS];
-            for (i, p) in inputs.iter_mut().enumerate() {
-                // A short last group repeats its last pixel; its sums are not stored.
-                *p = x.data[plan.input_offset(first + i.min(count - 1))..].as_ptr();
-            }
+            let at = plan.offsets(first, count);
+            let inputs = at.map(|(input, _)| x.data[input..].as_ptr());
+            prefetch_rows(&at[..count], dst, epilogue.residual, oc0);
             let taps = plan.taps_of(g);
             // SAFETY: every tap of every pixel lies inside `x.data` (the plan's offsets stay in
             // the border), and every tap's quads lie inside the packed block.
@@ -229,11 +229,8 @@ pub fn conv2d_u8_with(
                     kernel, &inputs, &taps.taps, plan.quads, &w.packed, packed, block, &mut acc,
                 )
             };
-            let oc0 = block * BLOCK;
-            let n = BLOCK.min(w.out_c - oc0);
             let correction = &taps.correction[oc0..][..n];
-            for (i, sums) in acc.iter().enumerate().take(count) {
-                let at = plan.output_offset(first + i);
+            for (sums, &(_, at)) in acc.iter().zip(&at).take(count) {
                 let residual = epilogue.residual.map(|r| &r.data[at + oc0..][..n]);
                 // SAFETY: pixel `first + i`, channels oc0..oc0+n belong to this task alone.
                 let row = unsafe { std::slice::from_raw_parts_mut(dst.get().add(at + oc0), n) };
@@ -242,6 +239,29 @@ pub fn conv2d_u8_with(
         }
     });
     Ok(out)
+}
+
+/// Asks for the cache lines the epilogue of a group will touch (its output rows and the
+/// residual's), so they arrive while the products run rather than stall the stores.
+fn prefetch_rows(at: &[(usize, usize)], out: SharedOut, residual: Option<&QTensor>, oc0: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for &(_, o) in at {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let rows = [
+            Some(out.get().cast_const()),
+            residual.map(|r| r.data.as_ptr()),
+        ];
+        for row in rows.into_iter().flatten() {
+            let p = row.wrapping_add(o + oc0).cast::<i8>();
+            // SAFETY: a prefetch only hints the cache; it reads nothing and cannot fault.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(p);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(BLOCK - 1));
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (at, out, residual, oc0);
 }
 
 /// The output pointer shared by the tasks, each of which writes its own pixels and channels.
@@ -375,6 +395,39 @@ impl Plan {
         &self.sets[self.group_sets.get(group).copied().unwrap_or(0)]
     }
 
+    /// Input and output offsets of pixels `first..first + count`, the rest of the group
+    /// repeating the last (its sums are not stored): one division per group, then steps.
+    fn offsets(&self, first: usize, count: usize) -> [(usize, usize); PIXELS] {
+        let (mut b, mut oy, mut ox) = self.split(first);
+        let mut at = [(0, 0); PIXELS];
+        for (i, a) in at.iter_mut().enumerate() {
+            *a = (self.input_offset(b, oy, ox), self.output_offset(b, oy, ox));
+            if i + 1 < count {
+                self.step(&mut b, &mut oy, &mut ox);
+            }
+        }
+        at
+    }
+
+    /// The pixel after `(b, oy, ox)` in the plan's order: position-major runs the image
+    /// fastest, then x, then y; image-major x, then y, then the image.
+    fn step(&self, b: &mut usize, oy: &mut usize, ox: &mut usize) {
+        let (fast, fast_end, middle, middle_end, slow) = if self.position_major {
+            (b, self.images, ox, self.ow, oy)
+        } else {
+            (ox, self.ow, oy, self.oh, b)
+        };
+        *fast += 1;
+        if *fast == fast_end {
+            *fast = 0;
+            *middle += 1;
+            if *middle == middle_end {
+                *middle = 0;
+                *slow += 1;
+            }
+        }
+    }
+
     fn split(&self, p: usize) -> (usize, usize, usize) {
         let per_image = self.oh * self.ow;
         let (b, pos) = if self.position_major {
@@ -385,15 +438,13 @@ impl Plan {
         (b, pos / self.ow, pos % self.ow)
     }
 
-    fn input_offset(&self, p: usize) -> usize {
-        let (b, oy, ox) = self.split(p);
+    fn input_offset(&self, b: usize, oy: usize, ox: usize) -> usize {
         let [hp, wp, cp] = self.input;
         let (y, x) = (self.start + oy * self.stride, self.start + ox * self.stride);
         ((b * hp + y) * wp + x) * cp
     }
 
-    fn output_offset(&self, p: usize) -> usize {
-        let (b, oy, ox) = self.split(p);
+    fn output_offset(&self, b: usize, oy: usize, ox: usize) -> usize {
         let [hp, wp, cp] = self.output;
         ((b * hp + oy + OUT_BORDER) * wp + ox + OUT_BORDER) * cp
     }

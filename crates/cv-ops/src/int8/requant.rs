@@ -1,33 +1,71 @@
-//! The epilogue of the int8 convolution: exact i32 sums to real values (zero-point
-//! correction, scales, folded bias), plus the dequantized residual, ReLU, and quantized to the
-//! output's parameters, rounding as [`QParams::quantize`] does.
+//! The epilogue of the int8 convolution: exact i32 sums to output codes (zero-point
+//! correction, the scales and the folded bias), plus the residual, ReLU, and rounding half to
+//! even, in one pass.
+//!
+//! Everything is measured in steps of the output's scale: per channel, a sum becomes
+//! `(sum - correction) * multiplier + offset` with `multiplier = scale(x) * scale(w) /
+//! scale(out)` and `offset = bias / scale(out)` computed once per layer, so no value is
+//! divided (a division per value cost more than the rest of the epilogue). ReLU and the codes'
+//! range are then one clamp to `[lo, hi]` (`lo` is 0 after ReLU, `-zero_point(out)` without),
+//! which equals clamping after rounding because both bounds are integers.
 
 use super::kernels::BLOCK;
 use super::quantize::round_even;
-use super::{Epilogue, QConv, QParams};
+use super::{Epilogue, QConv};
 
 pub(super) struct Requant {
-    /// `scale(x) * scale(w[o])`.
     multiplier: Vec<f32>,
-    bias: Vec<f32>,
-    residual: Option<QParams>,
-    relu: bool,
-    out: QParams,
-    avx2: bool,
+    offset: Vec<f32>,
+    /// The residual's codes in output steps: `(scale(r) / scale(out), zero_point(r))`.
+    residual: Option<(f32, f32)>,
+    lo: f32,
+    hi: f32,
+    zero: i32,
+    simd: Simd,
+}
+
+/// The widest epilogue this CPU runs; every one gives the portable one's codes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Simd {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Simd {
+    fn detect() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+            {
+                return Simd::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Portable
+    }
 }
 
 impl Requant {
-    pub(super) fn new(w: &QConv, x: QParams, e: &Epilogue) -> Requant {
+    pub(super) fn new(w: &QConv, x: super::QParams, e: &Epilogue) -> Requant {
+        let step = e.out.scale;
+        let zero = e.out.zero_point;
         Requant {
-            multiplier: w.scale.iter().map(|s| s * x.scale).collect(),
-            bias: w.bias.clone(),
-            residual: e.residual.map(|r| r.qp),
-            relu: e.relu,
-            out: e.out,
-            #[cfg(target_arch = "x86_64")]
-            avx2: is_x86_feature_detected!("avx2"),
-            #[cfg(not(target_arch = "x86_64"))]
-            avx2: false,
+            multiplier: w.scale.iter().map(|s| s * x.scale / step).collect(),
+            offset: w.bias.iter().map(|b| b / step).collect(),
+            residual: e
+                .residual
+                .map(|r| (r.qp.scale / step, r.qp.zero_point as f32)),
+            lo: if e.relu { 0.0 } else { -zero as f32 },
+            hi: (255 - zero) as f32,
+            zero,
+            simd: Simd::detect(),
         }
     }
 
@@ -41,17 +79,84 @@ impl Requant {
         residual: Option<&[u8]>,
         out: &mut [u8],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if self.avx2 {
-            // SAFETY: the CPU has AVX2 (checked when `self` was made).
-            return unsafe { self.store_avx2(oc0, sums, correction, residual, out) };
+        let n = sums.len().min(correction.len()).min(out.len()).min(BLOCK);
+        let residual = residual.filter(|r| r.len() >= n);
+        let (sums, correction, out) = (&sums[..n], &correction[..n], &mut out[..n]);
+        match self.simd {
+            // SAFETY: the CPU has the instructions (checked when `self` was made), and every
+            // slice holds `n` values.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { self.store_avx512(oc0, sums, correction, residual, out) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { self.store_avx2(oc0, sums, correction, residual, out) },
+            Simd::Portable => self.store_portable(oc0, sums, correction, residual, out),
         }
-        self.store_portable(oc0, sums, correction, residual, out)
     }
 
-    /// [`Requant::store`] eight channels at a time with AVX2: the same operations in the same
-    /// order (multiply then add, no FMA; `vcvtps2dq` rounds half to even as `round_even`; the
-    /// saturating packs clamp to 0..=255), so both paths give the same codes.
+    /// [`Requant::store`] sixteen channels at a time, the tail masked. The same operations in
+    /// the same order as the portable path (multiply then add, no FMA; `vcvtps2dq` rounds half
+    /// to even), so both give the same codes.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and VL; the slices have equal lengths.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn store_avx512(
+        &self,
+        oc0: usize,
+        sums: &[i32],
+        correction: &[i32],
+        residual: Option<&[u8]>,
+        out: &mut [u8],
+    ) {
+        use std::arch::x86_64::*;
+        let n = out.len();
+        let mult = self.multiplier[oc0..oc0 + n].as_ptr();
+        let offset = self.offset[oc0..oc0 + n].as_ptr();
+        let (lo, hi) = (_mm512_set1_ps(self.lo), _mm512_set1_ps(self.hi));
+        let zero = _mm512_set1_epi32(self.zero);
+        for j in (0..n).step_by(16) {
+            let mask: __mmask16 = if n - j >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << (n - j)) - 1
+            };
+            // SAFETY: the mask keeps every access below `n`, within every slice.
+            unsafe {
+                let acc = _mm512_sub_epi32(
+                    _mm512_maskz_loadu_epi32(mask, sums.as_ptr().add(j)),
+                    _mm512_maskz_loadu_epi32(mask, correction.as_ptr().add(j)),
+                );
+                let mut v = _mm512_add_ps(
+                    _mm512_mul_ps(
+                        _mm512_cvtepi32_ps(acc),
+                        _mm512_maskz_loadu_ps(mask, mult.add(j)),
+                    ),
+                    _mm512_maskz_loadu_ps(mask, offset.add(j)),
+                );
+                if let (Some(r), Some((step, rzero))) = (residual, self.residual) {
+                    let codes =
+                        _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, r.as_ptr().add(j).cast()));
+                    let centred = _mm512_sub_ps(_mm512_cvtepi32_ps(codes), _mm512_set1_ps(rzero));
+                    v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(step), centred));
+                }
+                // max(v, lo) gives lo for NaN, as f32::max does.
+                let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+                let q = _mm512_add_epi32(_mm512_cvtps_epi32(v), zero);
+                _mm_mask_storeu_epi8(
+                    out.as_mut_ptr().add(j).cast(),
+                    mask,
+                    _mm512_cvtepi32_epi8(q),
+                );
+            }
+        }
+    }
+
+    /// [`Requant::store`] eight channels at a time with AVX2, the tail on the portable path;
+    /// the same operations as the others.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; the slices have equal lengths.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn store_avx2(
@@ -63,12 +168,12 @@ impl Requant {
         out: &mut [u8],
     ) {
         use std::arch::x86_64::*;
-        let n = sums.len().min(correction.len()).min(out.len());
+        let n = out.len();
         let full = n / 8 * 8;
-        let mult = &self.multiplier[oc0..oc0 + n];
-        let bias = &self.bias[oc0..oc0 + n];
-        let residual = residual.zip(self.residual).filter(|(r, _)| r.len() >= n);
-        let limit = _mm256_set1_ps(super::quantize::ROUND_LIMIT);
+        let mult = self.multiplier[oc0..oc0 + n].as_ptr();
+        let offset = self.offset[oc0..oc0 + n].as_ptr();
+        let (lo, hi) = (_mm256_set1_ps(self.lo), _mm256_set1_ps(self.hi));
+        let zero = _mm256_set1_epi32(self.zero);
         let order = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
         for j in (0..full).step_by(8) {
             // SAFETY: j + 8 <= n, within every slice read or written.
@@ -76,33 +181,17 @@ impl Requant {
                 let load = |p: *const i32| _mm256_loadu_si256(p.cast());
                 let acc =
                     _mm256_sub_epi32(load(sums.as_ptr().add(j)), load(correction.as_ptr().add(j)));
-                let mut y = _mm256_add_ps(
-                    _mm256_mul_ps(
-                        _mm256_cvtepi32_ps(acc),
-                        _mm256_loadu_ps(mult.as_ptr().add(j)),
-                    ),
-                    _mm256_loadu_ps(bias.as_ptr().add(j)),
+                let mut v = _mm256_add_ps(
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(mult.add(j))),
+                    _mm256_loadu_ps(offset.add(j)),
                 );
-                if let Some((r, qp)) = residual {
+                if let (Some(r), Some((step, rzero))) = (residual, self.residual) {
                     let codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(r.as_ptr().add(j).cast()));
-                    let centred = _mm256_sub_ps(
-                        _mm256_cvtepi32_ps(codes),
-                        _mm256_set1_ps(qp.zero_point as f32),
-                    );
-                    y = _mm256_add_ps(y, _mm256_mul_ps(_mm256_set1_ps(qp.scale), centred));
+                    let centred = _mm256_sub_ps(_mm256_cvtepi32_ps(codes), _mm256_set1_ps(rzero));
+                    v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(step), centred));
                 }
-                if self.relu {
-                    y = _mm256_max_ps(y, _mm256_setzero_ps());
-                }
-                let v = _mm256_div_ps(y, _mm256_set1_ps(self.out.scale));
-                let v = _mm256_min_ps(
-                    _mm256_max_ps(v, _mm256_sub_ps(_mm256_setzero_ps(), limit)),
-                    limit,
-                );
-                let q = _mm256_add_epi32(
-                    _mm256_cvtps_epi32(v),
-                    _mm256_set1_epi32(self.out.zero_point),
-                );
+                let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+                let q = _mm256_add_epi32(_mm256_cvtps_epi32(v), zero);
                 let words = _mm256_packs_epi32(q, q);
                 let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words, words), order);
                 _mm_storel_epi64(
@@ -114,15 +203,14 @@ impl Requant {
         if full < n {
             self.store_portable(
                 oc0 + full,
-                &sums[full..n],
-                &correction[full..n],
-                residual.map(|(r, _)| &r[full..n]),
-                &mut out[full..n],
+                &sums[full..],
+                &correction[full..],
+                residual.map(|r| &r[full..]),
+                &mut out[full..],
             );
         }
     }
 
-    #[inline(always)]
     fn store_portable(
         &self,
         oc0: usize,
@@ -131,28 +219,16 @@ impl Requant {
         residual: Option<&[u8]>,
         out: &mut [u8],
     ) {
-        let n = sums.len().min(BLOCK);
-        let mut y = [0f32; BLOCK];
-        let corr = &correction[..n];
+        let n = out.len();
         let mult = &self.multiplier[oc0..][..n];
-        let bias = &self.bias[oc0..][..n];
+        let offset = &self.offset[oc0..][..n];
         for j in 0..n {
-            y[j] = (sums[j] - corr[j]) as f32 * mult[j] + bias[j];
-        }
-        if let (Some(r), Some(qp)) = (residual, self.residual) {
-            let zero = qp.zero_point as f32;
-            for (yj, &rj) in y.iter_mut().zip(&r[..n]) {
-                *yj += qp.scale * (rj as f32 - zero);
+            let mut v = (sums[j] - correction[j]) as f32 * mult[j] + offset[j];
+            if let (Some(r), Some((step, rzero))) = (residual, self.residual) {
+                v += step * (r[j] as f32 - rzero);
             }
-        }
-        if self.relu {
-            for yj in &mut y[..n] {
-                *yj = yj.max(0.0);
-            }
-        }
-        let (scale, zero) = (self.out.scale, self.out.zero_point as f32);
-        for (o, yj) in out[..n].iter_mut().zip(&y) {
-            *o = (round_even(yj / scale) + zero).clamp(0.0, 255.0) as u8;
+            let v = v.max(self.lo).min(self.hi);
+            out[j] = (round_even(v) as i32 + self.zero) as u8;
         }
     }
 }
@@ -160,56 +236,85 @@ impl Requant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::int8::{QTensor, OUT_BORDER};
+    use crate::int8::{QParams, QTensor, OUT_BORDER};
 
-    /// The AVX2 epilogue gives the portable one's codes: every channel count up to a block
-    /// (tails included), with and without residual and ReLU, sums far outside the codes' range.
+    /// Every SIMD epilogue this CPU has gives the portable one's codes, and those are the f64
+    /// definition's within one code: every channel count up to a block (tails included), with
+    /// and without residual and ReLU, sums far outside the codes' range.
     #[test]
-    fn avx2_and_portable_epilogues_agree() {
+    fn simd_and_portable_epilogues_agree_with_the_definition() {
         #[cfg(target_arch = "x86_64")]
-        {
-            if !is_x86_feature_detected!("avx2") {
-                eprintln!("skipping: this CPU has no AVX2");
-                return;
-            }
-            let oc = 70;
-            let scale: Vec<f32> = (0..oc).map(|o| 0.001 + o as f32 * 1e-4).collect();
-            let bias: Vec<f32> = (0..oc).map(|o| (o as f32 - 35.0) * 0.03).collect();
-            let conv = QConv::new(vec![1; oc * 9], [oc, 1, 3, 3], scale, bias, 1, 1).unwrap();
-            let xq = QParams {
-                scale: 0.02,
-                zero_point: 7,
+        let simd: Vec<Simd> = [
+            (Simd::Avx512, Simd::detect() == Simd::Avx512),
+            (Simd::Avx2, is_x86_feature_detected!("avx2")),
+        ]
+        .into_iter()
+        .filter_map(|(family, present)| present.then_some(family))
+        .collect();
+        #[cfg(not(target_arch = "x86_64"))]
+        let simd: Vec<Simd> = Vec::new();
+        if simd.is_empty() {
+            eprintln!("skipping the SIMD comparison: this CPU has no AVX2 or AVX-512");
+        }
+        let oc = 70;
+        let scale: Vec<f32> = (0..oc).map(|o| 0.001 + o as f32 * 1e-4).collect();
+        let bias: Vec<f32> = (0..oc).map(|o| (o as f32 - 35.0) * 0.03).collect();
+        let conv = QConv::new(vec![1; oc * 9], [oc, 1, 3, 3], scale, bias, 1, 1).unwrap();
+        let xq = QParams {
+            scale: 0.02,
+            zero_point: 7,
+        };
+        let rq = QParams {
+            scale: 0.05,
+            zero_point: 100,
+        };
+        let out = QParams {
+            scale: 0.04,
+            zero_point: 20,
+        };
+        let res = QTensor::zeros([1, oc, 1, 1], OUT_BORDER, rq);
+        for (relu, residual) in [(false, None), (true, Some(&res)), (true, None)] {
+            let e = Epilogue {
+                out,
+                residual,
+                relu,
             };
-            let rq = QParams {
-                scale: 0.05,
-                zero_point: 100,
-            };
-            let res = QTensor::zeros([1, oc, 1, 1], OUT_BORDER, rq);
-            for (relu, residual) in [(false, None), (true, Some(&res)), (true, None)] {
-                let e = Epilogue {
-                    out: QParams {
-                        scale: 0.04,
-                        zero_point: 20,
-                    },
-                    residual,
-                    relu,
-                };
-                let r = Requant::new(&conv, xq, &e);
-                for n in 1..=BLOCK.min(oc) {
-                    let sums: Vec<i32> = (0..n as i32)
-                        .map(|j| (j - 30) * 977 * (j % 7 - 3))
-                        .collect();
-                    let corr: Vec<i32> = (0..n as i32).map(|j| j * 13 - 200).collect();
-                    let codes: Vec<u8> = (0..n).map(|j| (j * 37 % 256) as u8).collect();
-                    let res = residual.map(|_| &codes[..]);
-                    let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
-                    r.store_portable(3, &sums, &corr, res, &mut a);
-                    // SAFETY: the CPU has AVX2 (checked above).
-                    unsafe { r.store_avx2(3, &sums, &corr, res, &mut b) };
+            let mut r = Requant::new(&conv, xq, &e);
+            for n in 1..=BLOCK.min(oc) {
+                let sums: Vec<i32> = (0..n as i32)
+                    .map(|j| (j - 30) * 977 * (j % 7 - 3))
+                    .collect();
+                let corr: Vec<i32> = (0..n as i32).map(|j| j * 13 - 200).collect();
+                let codes: Vec<u8> = (0..n).map(|j| (j * 37 % 256) as u8).collect();
+                let res = residual.map(|_| &codes[..]);
+                let mut portable = vec![0u8; n];
+                r.store_portable(3, &sums, &corr, res, &mut portable);
+                for j in 0..n {
+                    let o = 3 + j;
+                    let mut y = (sums[j] - corr[j]) as f64 * xq.scale as f64 * conv.scale[o] as f64
+                        + conv.bias[o] as f64;
+                    if res.is_some() {
+                        y += rq.scale as f64 * (codes[j] as f64 - rq.zero_point as f64);
+                    }
+                    if relu {
+                        y = y.max(0.0);
+                    }
+                    let want = ((y / out.scale as f64).round() + out.zero_point as f64)
+                        .clamp(0.0, 255.0) as u8;
+                    assert!(
+                        want.abs_diff(portable[j]) <= 1,
+                        "channel {o}: {want} vs {}",
+                        portable[j]
+                    );
+                }
+                for &family in &simd {
+                    r.simd = family;
+                    let mut fast = vec![0u8; n];
+                    r.store(3, &sums, &corr, res, &mut fast);
                     assert_eq!(
-                        a,
-                        b,
-                        "{n} channels, relu {relu}, residual {}",
+                        fast,
+                        portable,
+                        "{family:?}, {n} channels, relu {relu}, residual {}",
                         residual.is_some()
                     );
                 }
