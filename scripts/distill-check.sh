@@ -5,9 +5,11 @@
 #
 #   scripts/distill-check.sh RESNET18.safetensors [OUT]
 #
-# RESNET18: ImageNet ResNet-18 weights (a registry download, or the parity fixture
-# ../shared/fixtures/torchvision-parity/resnet18.safetensors). Prints one line per run and the
-# means; T, ALPHA, EPOCHS and SEEDS override the defaults from the environment.
+# RESNET18: the weights the teacher is fine-tuned from (ImageNet weights from the registry,
+# or the parity fixture ../shared/fixtures/torchvision-parity/resnet18.safetensors, which is
+# torchvision's random initialisation). Prints one line per run and the means; T, ALPHA,
+# EPOCHS, SEEDS and TEACHER_EPOCHS override the defaults from the environment; TEACHER=RUN
+# reuses a teacher trained before (another OUT's `teacher`).
 set -euo pipefail
 weights=${1:?usage: scripts/distill-check.sh RESNET18.safetensors [OUT]}
 out=${2:-runs/distill-check}
@@ -15,22 +17,28 @@ T=${T:-4}
 ALPHA=${ALPHA:-0.5}
 EPOCHS=${EPOCHS:-30}
 SEEDS=${SEEDS:-"1 2 3"}
+TEACHER_EPOCHS=${TEACHER_EPOCHS:-30}
+teacher=${TEACHER:+$(realpath -e "$TEACHER")}
 cd "$(dirname "$0")/.."
 cargo build --release -q -p cv-cli
 cargo build --release -q -p cv-testkit --example make_cifar
-cv=target/release/cv
-data=$(target/release/examples/make_cifar "$out/data" 200 1000 textures)
+target=${CARGO_TARGET_DIR:-target}
+cv=$target/release/cv
+data=$("$target/release/examples/make_cifar" "$out/data" 200 1000 textures)
 accuracy() { grep -o 'test accuracy [0-9.]*' | grep -o '[0-9.]*$'; }
-if [ ! -f "$out/teacher/model.safetensors" ]; then
-  $cv finetune --weights "$weights" --mode full --image-size 64 --epochs 8 --batch-size 32 \
-    --data "$data" --quiet --out "$out/teacher" | tee "$out/teacher.log"
+if [ -z "$teacher" ]; then
+  teacher=$out/teacher
+  [ -f "$teacher/model.safetensors" ] || $cv finetune --weights "$weights" --mode full --image-size 64 \
+    --epochs "$TEACHER_EPOCHS" --batch-size 32 --data "$data" --quiet --out "$teacher" > /dev/null
 fi
-echo "teacher: $(accuracy < "$out/teacher.log")%"
+top1=$($cv eval --json --checkpoint "$teacher" --data "$data" 2> /dev/null |
+  python3 -c 'import json,sys; print(round(json.load(sys.stdin)["accuracy"] * 100, 2))')
+echo "teacher: $top1%"
 alone=() taught=()
 for seed in $SEEDS; do
   a=$($cv train --model cnn --epochs "$EPOCHS" --seed "$seed" --data "$data" --quiet \
     --out "$out/alone-$seed" | accuracy)
-  d=$($cv distill --teacher "$out/teacher" --student cnn --temperature "$T" --alpha "$ALPHA" \
+  d=$($cv distill --teacher "$teacher" --student cnn --temperature "$T" --alpha "$ALPHA" \
     --epochs "$EPOCHS" --seed "$seed" --data "$data" --quiet --out "$out/distill-$seed" | accuracy)
   echo "seed $seed: alone $a%, distilled (T $T, alpha $ALPHA) $d%"
   alone+=("$a") taught+=("$d")

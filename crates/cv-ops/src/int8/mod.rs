@@ -188,7 +188,7 @@ pub fn conv2d_u8_with(
             })
         }
     };
-    let out = QTensor::zeros([x.n, w.out_c, oh, ow], OUT_BORDER, epilogue.out);
+    let out = QTensor::for_interior([x.n, w.out_c, oh, ow], OUT_BORDER, epilogue.out);
     if let Some(r) = epilogue.residual {
         if (r.dims(), r.border) != (out.dims(), out.border) {
             return Err(OpsError::Shape {
@@ -232,7 +232,7 @@ pub fn conv2d_u8_with(
             let correction = &taps.correction[oc0..][..n];
             for (sums, &(_, at)) in acc.iter().zip(&at).take(count) {
                 let residual = epilogue.residual.map(|r| &r.data[at + oc0..][..n]);
-                // SAFETY: pixel `first + i`, channels oc0..oc0+n belong to this task alone.
+                // SAFETY: this pixel's channels oc0..oc0+n belong to this task alone.
                 let row = unsafe { std::slice::from_raw_parts_mut(dst.get().add(at + oc0), n) };
                 requant.store(oc0, &sums[..n], correction, residual, row);
             }

@@ -26,18 +26,60 @@ pub struct QTensor {
 
 impl QTensor {
     /// All codes the zero point (`real` 0.0), stored with `border`.
+    #[cfg(test)]
     pub(crate) fn zeros(dims: [usize; 4], border: usize, qp: QParams) -> QTensor {
+        let mut t = QTensor::for_interior(dims, border, qp);
+        t.data
+            .par_chunks_mut(1 << 16)
+            .for_each(|chunk| chunk.fill(qp.zero_point as u8));
+        t
+    }
+
+    /// A tensor whose border and padding channels hold the zero point's code and whose real
+    /// values are whatever a recycled buffer held: for the ops that write every one of them
+    /// (the convolution, the pool, the input's quantization).
+    pub(crate) fn for_interior(dims: [usize; 4], border: usize, qp: QParams) -> QTensor {
         let [n, c, h, w] = dims;
         let len = n * (h + 2 * border) * (w + 2 * border) * c.next_multiple_of(4);
-        QTensor {
-            data: filled(len, qp.zero_point as u8),
+        let mut t = QTensor {
+            data: spare::take(len),
             n,
             c,
             h,
             w,
             border,
             qp,
+        };
+        t.fill_border();
+        t
+    }
+
+    /// Writes the zero point's code into the border and the padding channels.
+    fn fill_border(&mut self) {
+        let code = self.qp.zero_point as u8;
+        let (c, cp, b) = (self.c, self.stored_channels(), self.border);
+        let (rows, row) = (self.h + 2 * b, self.stored_width() * cp);
+        let image = self.offset(1, 0, 0);
+        if image == 0 {
+            return;
         }
+        self.data.par_chunks_mut(image).for_each(|image| {
+            for (y, r) in image.chunks_mut(row).enumerate().take(rows) {
+                if y < b || y >= rows - b {
+                    r.fill(code);
+                    continue;
+                }
+                let (left, rest) = r.split_at_mut(b * cp);
+                let (inner, right) = rest.split_at_mut(rest.len() - b * cp);
+                left.fill(code);
+                right.fill(code);
+                if cp != c {
+                    for px in inner.chunks_mut(cp) {
+                        px[c..].fill(code);
+                    }
+                }
+            }
+        });
     }
 
     /// Quantizes f32 values in NCHW order with `qp`, stored with `border` pixels of padding.
@@ -55,7 +97,7 @@ impl QTensor {
                 expected: format!("no empty dimension and {} values", values.len()),
             });
         }
-        let mut t = QTensor::zeros(dims, border, qp);
+        let mut t = QTensor::for_interior(dims, border, qp);
         let [_, c, h, w] = dims;
         let image = t.offset(1, 0, 0);
         let (cp, wp) = (t.stored_channels(), t.stored_width());
@@ -154,22 +196,93 @@ impl QTensor {
     }
 }
 
-/// `len` copies of `code`, written by every thread: a layer's output is megabytes, and one
-/// thread filling it while the others wait cost several percent of a small network's time.
-fn filled(len: usize, code: u8) -> Vec<u8> {
-    const CHUNK: usize = 1 << 16;
-    let mut data = Vec::with_capacity(len);
-    data.spare_capacity_mut()[..len]
-        .par_chunks_mut(CHUNK)
-        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(code)));
-    // SAFETY: the loop above initialised all `len` elements of the capacity.
-    unsafe { data.set_len(len) };
-    data
+impl Drop for QTensor {
+    fn drop(&mut self) {
+        spare::give(std::mem::take(&mut self.data));
+    }
+}
+
+/// Buffers of dropped tensors, lent to the next ones: a network asks for the same sizes on every
+/// layer and pass, and a fresh buffer costs a page fault per 4 KiB and a fill (several percent
+/// of ResNet-18's int8 forward). At most [`spare::KEPT`] bytes are held; a buffer is lent only
+/// for a request of at least half its size.
+mod spare {
+    use std::sync::{Mutex, MutexGuard};
+
+    pub(super) const KEPT: usize = 64 << 20;
+
+    static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    fn held() -> MutexGuard<'static, Vec<Vec<u8>>> {
+        // A panic elsewhere cannot leave the list inconsistent: every update is one push or
+        // one removal.
+        SPARE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A buffer of `len` bytes (their values unspecified).
+    pub(super) fn take(len: usize) -> Vec<u8> {
+        let found = {
+            let mut spare = held();
+            let fit = (0..spare.len())
+                .filter(|&i| (len..=2 * len.max(1)).contains(&spare[i].capacity()))
+                .min_by_key(|&i| spare[i].capacity());
+            fit.map(|i| spare.swap_remove(i))
+        };
+        match found {
+            Some(mut buffer) => {
+                buffer.resize(len, 0);
+                buffer
+            }
+            None => vec![0; len],
+        }
+    }
+
+    pub(super) fn give(buffer: Vec<u8>) {
+        if buffer.capacity() == 0 || buffer.capacity() > KEPT {
+            return;
+        }
+        let mut spare = held();
+        let kept: usize = spare.iter().map(Vec::capacity).sum();
+        if kept + buffer.capacity() <= KEPT {
+            spare.push(buffer);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tensor made from a dropped tensor's buffer (garbage left in it) has the zero point in
+    /// every border pixel and padding channel.
+    #[test]
+    fn recycled_buffers_get_their_border_and_padding_rewritten() {
+        let qp = QParams {
+            scale: 0.1,
+            zero_point: 77,
+        };
+        let mut junk = QTensor::for_interior([2, 3, 4, 5], 2, qp);
+        junk.data.fill(0xAB);
+        drop(junk);
+        let t = QTensor::for_interior([2, 3, 4, 5], 2, qp);
+        assert_eq!(t.data.len(), 2 * 8 * 9 * 4);
+        for b in 0..2 {
+            for y in 0..8 {
+                for x in 0..9 {
+                    for ch in 0..4 {
+                        let real = (2..6).contains(&y) && (2..7).contains(&x) && ch < 3;
+                        let code = t.data[t.offset(b, y, x) + ch];
+                        assert!(
+                            real || code == 77,
+                            "image {b} ({y}, {x}) channel {ch}: {code}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn nchw_values_round_trip_through_the_bordered_layout() {
