@@ -22,6 +22,15 @@ pub enum Architecture {
 }
 
 impl Architecture {
+    /// The last spatial layer by its torchvision name, where class activation maps are taken
+    /// by default: `conv2` for the small CNN, `layer4` for ResNet-18.
+    pub fn last_spatial_layer(self) -> &'static str {
+        match self {
+            Architecture::SimpleCnn => "conv2",
+            Architecture::ResNet18 => "layer4",
+        }
+    }
+
     /// The name used in configs and on the command line.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -141,10 +150,7 @@ impl Model {
     /// The last spatial layer, where class activation maps are taken by default: `conv2` for
     /// the small CNN, `layer4` for ResNet-18.
     pub fn last_spatial_layer(&self) -> &'static str {
-        match self {
-            Model::SimpleCnn(_) => "conv2",
-            Model::ResNet18(_) => "layer4",
-        }
+        self.architecture().last_spatial_layer()
     }
 
     /// The eval-mode output of `layer` (one of [`Model::layers`]) for the input `x`.

@@ -121,16 +121,8 @@ pub fn run<E: Executor>(
     head_of(arch, exec, head, &a)
 }
 
-/// The layer [`body`] ends at, by its torchvision name (the default layer of class activation
-/// maps): ResNet-18's `layer4`, the small CNN's `conv2` (here after its fused ReLU).
-pub fn last_spatial_layer(arch: Architecture) -> &'static str {
-    match arch {
-        Architecture::SimpleCnn => "conv2",
-        Architecture::ResNet18 => "layer4",
-    }
-}
-
-/// The graph from the input to the output of [`last_spatial_layer`].
+/// The graph from the input to the output of [`Architecture::last_spatial_layer`] (the small
+/// CNN's `conv2` after its fused ReLU).
 pub fn body<E: Executor>(arch: Architecture, exec: &mut E, x: &Tensor) -> Result<E::Act> {
     let a = exec.input(x)?;
     let convs = convolutions(arch);

@@ -183,7 +183,7 @@ impl crate::cam::CamSource for QuantizedModel {
     }
 
     fn last_spatial_layer(&self) -> &'static str {
-        graph::last_spatial_layer(self.arch)
+        self.arch.last_spatial_layer()
     }
 
     fn activation(&self, x: &Tensor, layer: &str) -> Result<Tensor> {
@@ -213,7 +213,7 @@ impl crate::cam::CamSource for QuantizedModel {
 
 impl QuantizedModel {
     fn check_cam_layer(&self, layer: &str) -> Result<()> {
-        let last = graph::last_spatial_layer(self.arch);
+        let last = self.arch.last_spatial_layer();
         let accepted =
             layer == last || (self.arch == Architecture::ResNet18 && layer == "layer4.1");
         if accepted {
