@@ -31,7 +31,7 @@ pub use state::FORMAT;
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
 use cv_ops::int8::{conv2d_u8, max_pool2d_u8, quantize_weights, Epilogue, QConv, QParams, QTensor};
 
 use crate::error::{ModelError, Result};
@@ -283,10 +283,20 @@ impl Executor for Int8Exec<'_> {
 
     fn input(&mut self, x: &Tensor) -> Result<Self::Act> {
         let dims: [usize; 4] = x.dims4()?.into();
-        let v = x.flatten_all()?.to_vec1::<f32>()?;
         let border = graph::input_border(self.model.arch).max(cv_ops::int8::OUT_BORDER);
-        let q =
-            QTensor::from_nchw(&v, dims, self.model.input, border).map_err(|e| ops("input", e))?;
+        // The batch's values are read where they lie (a copy costs as much as the quantization).
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let values = match &*storage {
+            Storage::Cpu(cpu) => &cpu.as_slice::<f32>()?[layout.start_offset()..],
+            _ => {
+                return Err(ModelError::Quantized(
+                    "the int8 network runs on the CPU".into(),
+                ))
+            }
+        };
+        let q = QTensor::from_nchw(&values[..x.elem_count()], dims, self.model.input, border)
+            .map_err(|e| ops("input", e))?;
         Ok(q.into())
     }
 

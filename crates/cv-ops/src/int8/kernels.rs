@@ -4,6 +4,9 @@
 
 use std::sync::OnceLock;
 
+use super::requant::{Requant, TileRows};
+use super::tensor::stored_channels;
+
 /// Output pixels per tile (6 x 4 zmm accumulators fill AVX-512's 32 registers with room for
 /// the 4 weight vectors and the broadcast).
 pub(crate) const PIXELS: usize = 6;
@@ -83,15 +86,22 @@ pub fn int8_kernels_available() -> Vec<Int8Kernel> {
         .collect()
 }
 
-/// Weights in the kernels' order: per block of 64 output channels, per tap `(ky, kx)`, per
-/// quad of input channels, the 64 channels' 4 codes (`vpdpbusd`'s operand). Channels past the
-/// real ones are zero. The AVX2 kernel's copy (codes widened to i16, each quad split in two
-/// pairs) is made the first time it is asked for.
+/// Weights in the kernels' order: per block of 64 output channels, per kernel row `ky`, the
+/// row's `(kx, channel)` pairs in the input's order (`kx * stored channels + channel`) cut in
+/// quads, each quad the 64 output channels' 4 codes (`vpdpbusd`'s operand). Codes of padding
+/// channels and past the row's end are zero. With channels a multiple of four, tap `(ky, kx)`
+/// starts a quad of its own. The AVX2 kernel's copy (codes widened to i16, each quad split in
+/// two pairs) is made the first time it is asked for.
 #[derive(Debug)]
 pub(crate) struct PackedWeights {
     quads: Vec<i8>,
     pairs: OnceLock<Vec<i16>>,
     per_block: usize,
+}
+
+/// Quads of one kernel row of `kernel` pixels of `channels` (stored as the input stores them).
+pub(crate) fn quads_per_row(channels: usize, kernel: usize) -> usize {
+    (kernel * stored_channels(channels)).div_ceil(4)
 }
 
 /// The packed weights of one kernel family.
@@ -103,15 +113,16 @@ pub(crate) enum Packed<'a> {
 
 impl PackedWeights {
     pub(crate) fn new(weight: &[i8], [out_c, in_c, kh, kw]: [usize; 4]) -> PackedWeights {
-        let quads_per_tap = in_c.div_ceil(4);
-        let per_block = kh * kw * quads_per_tap * QUAD_BYTES;
+        let (cp, row) = (stored_channels(in_c), quads_per_row(in_c, kw));
+        let per_block = kh * row * QUAD_BYTES;
         let mut quads = vec![0i8; out_c.div_ceil(BLOCK) * per_block];
         for oc in 0..out_c {
             let block = &mut quads[(oc / BLOCK) * per_block..][..per_block];
             for ch in 0..in_c {
                 for tap in 0..kh * kw {
-                    let q = tap * quads_per_tap + ch / 4;
-                    block[q * QUAD_BYTES + (oc % BLOCK) * 4 + ch % 4] =
+                    let at = (tap % kw) * cp + ch;
+                    let q = (tap / kw) * row + at / 4;
+                    block[q * QUAD_BYTES + (oc % BLOCK) * 4 + at % 4] =
                         weight[(oc * in_c + ch) * kh * kw + tap];
                 }
             }
@@ -204,6 +215,39 @@ pub(crate) unsafe fn tile(
             (_, Packed::Quads(w)) => scalar(inputs, taps, quads, w, acc),
             (_, Packed::Pairs(_)) => unreachable!("only the AVX2 kernel takes the i16 pairs"),
         }
+    }
+}
+
+/// Whether `kernel` has a form that requantizes in its registers ([`tile_requant`]).
+pub(crate) fn requantizes_in_registers(kernel: Int8Kernel, requant: &Requant) -> bool {
+    kernel == Int8Kernel::Avx512Vnni && requant.in_registers()
+}
+
+/// [`tile`] with the epilogue applied in the registers and the codes written to `rows`.
+///
+/// # Safety
+/// As [`tile`], with [`requantizes_in_registers`] true for `kernel`, and `rows` as
+/// [`TileRows`] says.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_requant(
+    kernel: Int8Kernel,
+    inputs: &[*const u8; PIXELS],
+    taps: &[Tap],
+    quads: usize,
+    weights: &PackedWeights,
+    packed: Packed<'_>,
+    block: usize,
+    requant: &Requant,
+    rows: &TileRows,
+) {
+    let w = packed.slice(block * weights.per_block, weights.per_block);
+    match (kernel, w) {
+        // SAFETY: the caller's contract is the kernel's.
+        #[cfg(target_arch = "x86_64")]
+        (Int8Kernel::Avx512Vnni, Packed::Quads(w)) if requant.in_registers() => unsafe {
+            super::x86::vnni512_requant(inputs, taps, quads, w.as_ptr(), requant, rows)
+        },
+        _ => unreachable!("only the AVX512-VNNI kernel requantizes in its registers"),
     }
 }
 

@@ -19,6 +19,7 @@ mod kernels;
 mod pool;
 mod quantize;
 mod requant;
+mod simd;
 mod tensor;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -32,6 +33,10 @@ use rayon::prelude::*;
 
 use crate::error::OpsError;
 use kernels::{PackedWeights, Tap, BLOCK, PIXELS};
+use requant::TileRows;
+
+/// The largest kernel side: a plan keeps a convolution's taps as the bits of a `u64`.
+pub const MAX_KERNEL: usize = 8;
 
 /// A convolution's int8 weights, packed once for the kernels.
 #[derive(Debug)]
@@ -66,10 +71,11 @@ impl QConv {
             op: "conv2d_u8",
             message,
         };
-        if kh != kw || shape.contains(&0) || stride == 0 || padding >= kh {
+        if kh != kw || kh > MAX_KERNEL || shape.contains(&0) || stride == 0 || padding >= kh {
             return Err(bad(format!(
                 "weight shape {shape:?}, stride {stride}, padding {padding}: expected a square \
-                 kernel, no empty dimension, stride >= 1 and padding below the kernel"
+                 kernel of at most {MAX_KERNEL}x{MAX_KERNEL}, no empty dimension, stride >= 1 \
+                 and padding below the kernel"
             )));
         }
         if weight.len() != out_c * in_c * kh * kw || scale.len() != out_c || bias.len() != out_c {
@@ -201,6 +207,7 @@ pub fn conv2d_u8_with(
     }
     let plan = Plan::new(x, w, &out);
     let requant = requant::Requant::new(w, x.qp, &epilogue);
+    let in_registers = kernels::requantizes_in_registers(kernel, &requant);
     let packed = w.packed.for_kernel(kernel);
     let mut out = out;
     let dst = SharedOut(out.data.as_mut_ptr());
@@ -218,10 +225,33 @@ pub fn conv2d_u8_with(
         for g in chunk * per_task..((chunk + 1) * per_task).min(groups) {
             let first = g * PIXELS;
             let count = PIXELS.min(plan.pixels - first);
-            let at = plan.offsets(first, count);
+            let (at, rows) = plan.offsets(first, count);
             let inputs = at.map(|(input, _)| x.data[input..].as_ptr());
             prefetch_rows(&at[..count], dst, epilogue.residual, oc0);
-            let taps = plan.taps_of(g);
+            let taps = plan.taps_of(g, rows);
+            let correction = &taps.correction[oc0..][..n];
+            if in_registers {
+                let rows = TileRows {
+                    oc0,
+                    n,
+                    count,
+                    out: at.map(|(_, o)| dst.get().wrapping_add(o + oc0)),
+                    residual: epilogue
+                        .residual
+                        .map(|r| at.map(|(_, o)| r.data.as_ptr().wrapping_add(o + oc0))),
+                    correction,
+                };
+                // SAFETY: as below; each of the first `count` pixels' rows holds channels
+                // oc0..oc0+n of its own pixel (in `out` and in the residual, which has the
+                // output's layout), written by this task alone.
+                unsafe {
+                    kernels::tile_requant(
+                        kernel, &inputs, &taps.taps, plan.quads, &w.packed, packed, block,
+                        &requant, &rows,
+                    )
+                };
+                continue;
+            }
             // SAFETY: every tap of every pixel lies inside `x.data` (the plan's offsets stay in
             // the border), and every tap's quads lie inside the packed block.
             unsafe {
@@ -229,7 +259,6 @@ pub fn conv2d_u8_with(
                     kernel, &inputs, &taps.taps, plan.quads, &w.packed, packed, block, &mut acc,
                 )
             };
-            let correction = &taps.correction[oc0..][..n];
             for (sums, &(_, at)) in acc.iter().zip(&at).take(count) {
                 let residual = epilogue.residual.map(|r| &r.data[at + oc0..][..n]);
                 // SAFETY: this pixel's channels oc0..oc0+n belong to this task alone.
@@ -280,7 +309,8 @@ impl SharedOut {
 /// image together), so a group of pixels shares the taps that read real input and skips those
 /// that read only padding: on ResNet-18 at 32x32, layer4's 1x1 maps need 1 tap of 9 and
 /// layer3's 2x2 maps 4. Larger maps run image by image (neighbouring pixels share input rows in
-/// cache) with every tap.
+/// cache) with each kernel row as one tap, and skip the rows that read only padding (the top
+/// and bottom output rows: 1 in 14 of layer3's rows at 224).
 const POSITION_MAJOR_PIXELS: usize = 64;
 
 /// The taps a group of pixels runs, and what their zero-point correction is:
@@ -297,9 +327,13 @@ struct Plan {
     images: usize,
     /// Pixel `p` is image `p % images` at position `p / images` (else image-major).
     position_major: bool,
-    /// The distinct tap sets; `group_sets[g]` indexes them (empty: every group runs set 0).
+    /// The distinct tap sets, set 0 every tap. Position-major: `group_sets[g]` indexes them.
+    /// Image-major: `row_sets` holds the sets of the kernel rows' masks that groups need.
     sets: Vec<TapSet>,
     group_sets: Vec<usize>,
+    /// Image-major: the kernel rows (bit `ky`) that read real input, per output row.
+    live_rows: Vec<u64>,
+    row_sets: Vec<(u64, usize)>,
     /// Quads (4 channels) per tap.
     quads: usize,
     oh: usize,
@@ -318,9 +352,12 @@ impl Plan {
         let mut plan = Plan {
             pixels: x.n * out.h * out.w,
             images: x.n,
-            position_major: out.h * out.w <= POSITION_MAJOR_PIXELS,
+            // Taps one by one need each to start a quad (not so for dense RGB).
+            position_major: out.h * out.w <= POSITION_MAJOR_PIXELS && cp % 4 == 0,
             sets: Vec::new(),
             group_sets: Vec::new(),
+            live_rows: Vec::new(),
+            row_sets: Vec::new(),
             quads: cp / 4,
             oh: out.h,
             ow: out.w,
@@ -351,16 +388,6 @@ impl Plan {
                     .collect(),
             }
         };
-        let all = if k * k >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << (k * k)) - 1
-        };
-        if !plan.position_major || k * k > 64 {
-            plan.position_major &= k * k <= 64;
-            plan.sets.push(tap_set(all));
-            return plan;
-        }
         // Which taps of each position read real input: rows ky with 0 <= oy*s + ky - p < h.
         let live = |o: usize, side: usize| -> u64 {
             (0..k)
@@ -371,6 +398,43 @@ impl Plan {
                 })
                 .fold(0, |m, t| m | 1 << t)
         };
+        if !plan.position_major {
+            // A row's taps lie one after the other in the input (channels last) and in the
+            // packed weights, so each kernel row is one tap of `k` times the quads (fewer,
+            // longer runs of the kernel's inner loop). The sets: every row, then those of
+            // one output row and of two adjacent ones (a group spanning more runs them all).
+            let full_rows = (1u64 << k) - 1;
+            let row_quads = kernels::quads_per_row(x.c, k);
+            let row_set = |rows: u64| {
+                let mask = (0..k)
+                    .filter(|ky| rows >> ky & 1 == 1)
+                    .fold(0u64, |m, ky| m | full_rows << (ky * k));
+                let mut set = tap_set(mask);
+                set.taps = (0..k)
+                    .filter(|ky| rows >> ky & 1 == 1)
+                    .map(|ky| Tap {
+                        input: ky * wp * cp,
+                        weight: ky * row_quads,
+                    })
+                    .collect();
+                set
+            };
+            plan.quads = row_quads;
+            plan.sets.push(row_set(full_rows));
+            plan.live_rows = (0..out.h).map(|oy| live(oy, x.h)).collect();
+            let rows = &plan.live_rows;
+            for rows in rows
+                .iter()
+                .copied()
+                .chain(rows.windows(2).map(|r| r[0] | r[1]))
+            {
+                if rows != full_rows && !plan.row_sets.iter().any(|&(r, _)| r == rows) {
+                    plan.row_sets.push((rows, plan.sets.len()));
+                    plan.sets.push(row_set(rows));
+                }
+            }
+            return plan;
+        }
         let position_mask = |pos: usize| {
             let (ys, xs) = (live(pos / out.w, x.h), live(pos % out.w, x.w));
             (0..k)
@@ -391,22 +455,34 @@ impl Plan {
         plan
     }
 
-    fn taps_of(&self, group: usize) -> &TapSet {
-        &self.sets[self.group_sets.get(group).copied().unwrap_or(0)]
+    /// The taps of group `group`, whose output rows' live kernel rows are `rows`.
+    fn taps_of(&self, group: usize, rows: u64) -> &TapSet {
+        let set = match self.group_sets.get(group) {
+            Some(&set) => set,
+            None => self
+                .row_sets
+                .iter()
+                .find(|&&(r, _)| r == rows)
+                .map_or(0, |&(_, set)| set),
+        };
+        &self.sets[set]
     }
 
     /// Input and output offsets of pixels `first..first + count`, the rest of the group
-    /// repeating the last (its sums are not stored): one division per group, then steps.
-    fn offsets(&self, first: usize, count: usize) -> [(usize, usize); PIXELS] {
+    /// repeating the last (its sums are not stored), and the union of their live kernel rows
+    /// (image-major only): one division per group, then steps.
+    fn offsets(&self, first: usize, count: usize) -> ([(usize, usize); PIXELS], u64) {
         let (mut b, mut oy, mut ox) = self.split(first);
         let mut at = [(0, 0); PIXELS];
+        let mut rows = 0;
         for (i, a) in at.iter_mut().enumerate() {
             *a = (self.input_offset(b, oy, ox), self.output_offset(b, oy, ox));
+            rows |= self.live_rows.get(oy).copied().unwrap_or(0);
             if i + 1 < count {
                 self.step(&mut b, &mut oy, &mut ox);
             }
         }
-        at
+        (at, rows)
     }
 
     /// The pixel after `(b, oy, ox)` in the plan's order: position-major runs the image
@@ -731,6 +807,8 @@ mod tests {
         assert!(conv2d_u8(&no_border, &conv, e).is_err());
         assert!(QConv::new(vec![1; 10], [4, 3, 3, 3], vec![0.1; 4], vec![0.0; 4], 1, 1).is_err());
         assert!(QConv::new(vec![1; 108], [4, 3, 3, 3], vec![0.0; 4], vec![0.0; 4], 1, 1).is_err());
+        let too_wide = QConv::new(vec![1; 81], [1, 1, 9, 9], vec![0.1], vec![0.0], 1, 4);
+        assert!(too_wide.is_err_and(|e| e.to_string().contains("at most 8x8")));
         let bad_res = QTensor::from_nchw(&[0.5; 16], [1, 1, 4, 4], qp, 1).unwrap();
         let x = QTensor::from_nchw(&[0.5; 3 * 16], [1, 3, 4, 4], qp, 1).unwrap();
         assert!(conv2d_u8(

@@ -9,8 +9,9 @@
 //! range are then one clamp to `[lo, hi]` (`lo` is 0 after ReLU, `-zero_point(out)` without),
 //! which equals clamping after rounding because both bounds are integers.
 
-use super::kernels::BLOCK;
+use super::kernels::{BLOCK, PIXELS};
 use super::quantize::round_even;
+use super::simd::Simd;
 use super::{Epilogue, QConv};
 
 pub(super) struct Requant {
@@ -24,31 +25,25 @@ pub(super) struct Requant {
     simd: Simd,
 }
 
-/// The widest epilogue this CPU runs; every one gives the portable one's codes.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Simd {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
+/// Where the codes of one tile go: pixel `i < count` writes channels `oc0..oc0 + n` at
+/// `out[i]`, with the residual's codes of those channels at `residual[i]` when there is one.
+pub(super) struct TileRows<'a> {
+    pub oc0: usize,
+    pub n: usize,
+    pub count: usize,
+    pub out: [*mut u8; PIXELS],
+    pub residual: Option<[*const u8; PIXELS]>,
+    /// [`Requant::store`]'s correction for channels `oc0..oc0 + n`.
+    pub correction: &'a [i32],
 }
 
-impl Simd {
-    fn detect() -> Simd {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl")
-            {
-                return Simd::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") {
-                return Simd::Avx2;
-            }
-        }
-        Simd::Portable
+/// The mask of the first `n` of 16 lanes (all of them from 16 on).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn lanes(n: usize) -> u16 {
+    if n >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << n) - 1
     }
 }
 
@@ -93,9 +88,7 @@ impl Requant {
         }
     }
 
-    /// [`Requant::store`] sixteen channels at a time, the tail masked. The same operations in
-    /// the same order as the portable path (multiply then add, no FMA; `vcvtps2dq` rounds half
-    /// to even), so both give the same codes.
+    /// [`Requant::store`] sixteen channels at a time, the tail masked.
     ///
     /// # Safety
     /// The CPU has AVX-512 F, BW and VL; the slices have equal lengths.
@@ -111,45 +104,71 @@ impl Requant {
     ) {
         use std::arch::x86_64::*;
         let n = out.len();
-        let mult = self.multiplier[oc0..oc0 + n].as_ptr();
-        let offset = self.offset[oc0..oc0 + n].as_ptr();
-        let (lo, hi) = (_mm512_set1_ps(self.lo), _mm512_set1_ps(self.hi));
-        let zero = _mm512_set1_epi32(self.zero);
         for j in (0..n).step_by(16) {
-            let mask: __mmask16 = if n - j >= 16 {
-                u16::MAX
-            } else {
-                (1u16 << (n - j)) - 1
-            };
+            let mask = lanes(n - j);
             // SAFETY: the mask keeps every access below `n`, within every slice.
             unsafe {
-                let acc = _mm512_sub_epi32(
-                    _mm512_maskz_loadu_epi32(mask, sums.as_ptr().add(j)),
-                    _mm512_maskz_loadu_epi32(mask, correction.as_ptr().add(j)),
-                );
-                let mut v = _mm512_add_ps(
-                    _mm512_mul_ps(
-                        _mm512_cvtepi32_ps(acc),
-                        _mm512_maskz_loadu_ps(mask, mult.add(j)),
-                    ),
-                    _mm512_maskz_loadu_ps(mask, offset.add(j)),
-                );
-                if let (Some(r), Some((step, rzero))) = (residual, self.residual) {
-                    let codes =
-                        _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, r.as_ptr().add(j).cast()));
-                    let centred = _mm512_sub_ps(_mm512_cvtepi32_ps(codes), _mm512_set1_ps(rzero));
-                    v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(step), centred));
-                }
-                // max(v, lo) gives lo for NaN, as f32::max does.
-                let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-                let q = _mm512_add_epi32(_mm512_cvtps_epi32(v), zero);
-                _mm_mask_storeu_epi8(
-                    out.as_mut_ptr().add(j).cast(),
-                    mask,
-                    _mm512_cvtepi32_epi8(q),
-                );
+                let sums = _mm512_maskz_loadu_epi32(mask, sums.as_ptr().add(j));
+                let residual = residual.map(|r| r.as_ptr().add(j));
+                let (correction, out) = (correction.as_ptr().add(j), out.as_mut_ptr().add(j));
+                self.store16_avx512(oc0 + j, sums, correction, residual, out, mask);
             }
         }
+    }
+
+    /// Sixteen channels from `ch` of one pixel, their sums in a register (the AVX512-VNNI
+    /// kernel calls it on its accumulators). The same operations in the same order as the
+    /// portable path (multiply then add, no FMA; `vcvtps2dq` rounds half to even), so both
+    /// give the same codes.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and VL; the lanes of `mask` are channels below the layer's
+    /// count from `ch`, and within `correction`, `residual` and `out`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    pub(super) unsafe fn store16_avx512(
+        &self,
+        ch: usize,
+        sums: std::arch::x86_64::__m512i,
+        correction: *const i32,
+        residual: Option<*const u8>,
+        out: *mut u8,
+        mask: std::arch::x86_64::__mmask16,
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY: as the function's contract.
+        unsafe {
+            let acc = _mm512_sub_epi32(sums, _mm512_maskz_loadu_epi32(mask, correction));
+            let mut v = _mm512_add_ps(
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(acc),
+                    _mm512_maskz_loadu_ps(mask, self.multiplier.as_ptr().add(ch)),
+                ),
+                _mm512_maskz_loadu_ps(mask, self.offset.as_ptr().add(ch)),
+            );
+            if let (Some(r), Some((step, rzero))) = (residual, self.residual) {
+                let codes = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, r.cast()));
+                let centred = _mm512_sub_ps(_mm512_cvtepi32_ps(codes), _mm512_set1_ps(rzero));
+                v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(step), centred));
+            }
+            // max(v, lo) gives lo for NaN, as f32::max does.
+            let v = _mm512_min_ps(
+                _mm512_max_ps(v, _mm512_set1_ps(self.lo)),
+                _mm512_set1_ps(self.hi),
+            );
+            let q = _mm512_add_epi32(_mm512_cvtps_epi32(v), _mm512_set1_epi32(self.zero));
+            _mm_mask_storeu_epi8(out.cast(), mask, _mm512_cvtepi32_epi8(q));
+        }
+    }
+
+    /// Whether the AVX512-VNNI kernel may requantize in its registers
+    /// ([`Requant::store16_avx512`]).
+    pub(super) fn in_registers(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.simd == Simd::Avx512;
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// [`Requant::store`] eight channels at a time with AVX2, the tail on the portable path;

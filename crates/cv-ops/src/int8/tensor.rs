@@ -1,10 +1,28 @@
 //! The u8 activation tensor the int8 kernels read and write: channels-last (NHWC), channels
-//! padded to a multiple of four (one `vpdpbusd` quad), and a border of `border` pixels on
-//! every side, all filled with the zero point's code (real 0.0), so a convolution with
-//! padding up to the border reads its taps without bound checks.
+//! padded to a multiple of four (one `vpdpbusd` quad) from four channels on, and a border of
+//! `border` pixels on every side, all filled with the zero point's code (real 0.0), so a
+//! convolution with padding up to the border reads its taps without bound checks. Images of
+//! one to three channels are stored dense: a kernel row's pixels are then one run of
+//! `kernel * c` codes, read in quads (see [`stored_channels`]).
+
+/// Channels as stored for `c` real ones: a multiple of four, but for one to three channels
+/// (an image), which are dense so that a 7x7 kernel row of RGB is 21 codes (6 quads) rather
+/// than 7 padded quads.
+pub(crate) fn stored_channels(c: usize) -> usize {
+    if c < 4 {
+        c
+    } else {
+        c.next_multiple_of(4)
+    }
+}
+
+/// Bytes after the last pixel: a dense kernel row is read in whole quads, up to three codes
+/// past its end (their weights are zero).
+const SLACK: usize = 4;
 
 use rayon::prelude::*;
 
+use super::simd::Simd;
 use crate::error::OpsError;
 use crate::int8::QParams;
 
@@ -40,7 +58,7 @@ impl QTensor {
     /// (the convolution, the pool, the input's quantization).
     pub(crate) fn for_interior(dims: [usize; 4], border: usize, qp: QParams) -> QTensor {
         let [n, c, h, w] = dims;
-        let len = n * (h + 2 * border) * (w + 2 * border) * c.next_multiple_of(4);
+        let len = n * (h + 2 * border) * (w + 2 * border) * stored_channels(c) + SLACK;
         let mut t = QTensor {
             data: spare::take(len),
             n,
@@ -69,15 +87,16 @@ impl QTensor {
                     r.fill(code);
                     continue;
                 }
+                if cp != c {
+                    // Real values overwrite theirs; one fill per row, not one per pixel.
+                    r.fill(code);
+                    continue;
+                }
                 let (left, rest) = r.split_at_mut(b * cp);
-                let (inner, right) = rest.split_at_mut(rest.len() - b * cp);
+                let inner = rest.len() - b * cp;
+                let right = &mut rest[inner..];
                 left.fill(code);
                 right.fill(code);
-                if cp != c {
-                    for px in inner.chunks_mut(cp) {
-                        px[c..].fill(code);
-                    }
-                }
             }
         });
     }
@@ -101,24 +120,50 @@ impl QTensor {
         let [_, c, h, w] = dims;
         let image = t.offset(1, 0, 0);
         let (cp, wp) = (t.stored_channels(), t.stored_width());
+        let simd = Simd::detect();
         t.data
             .par_chunks_mut(image)
             .zip(values.par_chunks(c * h * w))
             .for_each(|(dst, src)| {
-                // Each row is quantized contiguously (the loop vectorizes), then interleaved.
-                let mut codes = vec![0u8; w];
-                for ch in 0..c {
-                    for y in 0..h {
-                        let row = &src[(ch * h + y) * w..][..w];
-                        for (q, &v) in codes.iter_mut().zip(row) {
-                            *q = qp.quantize(v);
+                // Each channel's row is quantized contiguously, then the row's pixels are
+                // written whole (with their padding channels); both loops vectorize.
+                let mut codes = vec![qp.zero_point as u8; cp * w];
+                simd.widest(
+                    #[inline(always)]
+                    || {
+                        for y in 0..h {
+                            for (ch, row_codes) in codes.chunks_exact_mut(w).take(c).enumerate() {
+                                let row = &src[(ch * h + y) * w..][..w];
+                                for (q, &v) in row_codes.iter_mut().zip(row) {
+                                    *q = qp.quantize(v);
+                                }
+                            }
+                            let at = ((y + border) * wp + border) * cp;
+                            let pixels = dst[at..][..w * cp].chunks_exact_mut(cp);
+                            if cp == 4 {
+                                let [r0, r1, r2, r3]: [&[u8]; 4] =
+                                    std::array::from_fn(|ch| &codes[ch * w..][..w]);
+                                let quads = r0.iter().zip(r1).zip(r2.iter().zip(r3));
+                                for (px, ((&a, &b), (&c, &d))) in pixels.zip(quads) {
+                                    px.copy_from_slice(&[a, b, c, d]);
+                                }
+                            } else if cp == 3 {
+                                let [r0, r1, r2]: [&[u8]; 3] =
+                                    std::array::from_fn(|ch| &codes[ch * w..][..w]);
+                                let rgb = r0.iter().zip(r1).zip(r2);
+                                for (px, ((&a, &b), &c)) in pixels.zip(rgb) {
+                                    px.copy_from_slice(&[a, b, c]);
+                                }
+                            } else {
+                                for (x, px) in pixels.enumerate() {
+                                    for (ch, q) in px.iter_mut().enumerate() {
+                                        *q = codes[ch * w + x];
+                                    }
+                                }
+                            }
                         }
-                        let at = ((y + border) * wp + border) * cp + ch;
-                        for (px, &q) in dst[at..].chunks_mut(cp).zip(&codes) {
-                            px[0] = q;
-                        }
-                    }
-                }
+                    },
+                )
             });
         Ok(t)
     }
@@ -133,9 +178,9 @@ impl QTensor {
         self.qp
     }
 
-    /// Channels as stored (a multiple of four).
+    /// Channels as stored ([`stored_channels`]).
     pub(crate) fn stored_channels(&self) -> usize {
-        self.c.next_multiple_of(4)
+        stored_channels(self.c)
     }
 
     /// Stored width, border included.
@@ -263,16 +308,16 @@ mod tests {
             scale: 0.1,
             zero_point: 77,
         };
-        let mut junk = QTensor::for_interior([2, 3, 4, 5], 2, qp);
+        let mut junk = QTensor::for_interior([2, 5, 4, 5], 2, qp);
         junk.data.fill(0xAB);
         drop(junk);
-        let t = QTensor::for_interior([2, 3, 4, 5], 2, qp);
-        assert_eq!(t.data.len(), 2 * 8 * 9 * 4);
+        let t = QTensor::for_interior([2, 5, 4, 5], 2, qp);
+        assert_eq!(t.data.len(), 2 * 8 * 9 * 8 + SLACK);
         for b in 0..2 {
             for y in 0..8 {
                 for x in 0..9 {
-                    for ch in 0..4 {
-                        let real = (2..6).contains(&y) && (2..7).contains(&x) && ch < 3;
+                    for ch in 0..8 {
+                        let real = (2..6).contains(&y) && (2..7).contains(&x) && ch < 5;
                         let code = t.data[t.offset(b, y, x) + ch];
                         assert!(
                             real || code == 77,
@@ -284,23 +329,32 @@ mod tests {
         }
     }
 
+    /// Dense RGB, four channels, and five padded to eight: the values come back within half
+    /// a step, the border and the padding channels hold the zero point.
     #[test]
     fn nchw_values_round_trip_through_the_bordered_layout() {
         let qp = QParams::from_range(-1.0, 1.0).unwrap();
-        let values: Vec<f32> = (0..2 * 3 * 4 * 5)
-            .map(|i| (i as f32 / 60.0) - 1.0)
-            .collect();
-        let t = QTensor::from_nchw(&values, [2, 3, 4, 5], qp, 2).unwrap();
-        assert_eq!(t.data.len(), 2 * 8 * 9 * 4);
-        for (a, b) in t.to_nchw().iter().zip(&values) {
-            assert!((a - b).abs() <= qp.scale / 2.0 + 1e-6, "{a} vs {b}");
+        for (c, cp) in [(3, 3), (4, 4), (5, 8)] {
+            let values: Vec<f32> = (0..2 * c * 4 * 5)
+                .map(|i| (i as f32 / (20 * c) as f32) - 1.0)
+                .collect();
+            let t = QTensor::from_nchw(&values, [2, c, 4, 5], qp, 2).unwrap();
+            assert_eq!(t.data.len(), 2 * 8 * 9 * cp + SLACK, "{c} channels");
+            for (a, b) in t.to_nchw().iter().zip(&values) {
+                assert!(
+                    (a - b).abs() <= qp.scale / 2.0 + 1e-6,
+                    "{c} channels: {a} vs {b}"
+                );
+            }
+            assert_eq!(t.data[t.offset(1, 0, 3) + 1], qp.zero_point as u8);
+            for ch in c..cp {
+                assert_eq!(t.data[t.index(0, 1, 1) + ch], qp.zero_point as u8);
+            }
+            let means = t.channel_means();
+            let want: f32 = values[20..40].iter().sum::<f32>() / 20.0;
+            assert!((means[1] - want).abs() < qp.scale, "{c} channels");
         }
-        // The border and the fourth (padding) channel hold the zero point.
-        assert_eq!(t.data[t.offset(1, 0, 3) + 1], qp.zero_point as u8);
-        assert_eq!(t.data[t.index(0, 1, 1) + 3], qp.zero_point as u8);
-        let means = t.channel_means();
-        let want: f32 = values[20..40].iter().sum::<f32>() / 20.0;
-        assert!((means[1] - want).abs() < qp.scale);
+        let values = vec![0.0; 2 * 3 * 4 * 5];
         assert!(QTensor::from_nchw(&values, [2, 3, 4, 4], qp, 1).is_err());
     }
 }

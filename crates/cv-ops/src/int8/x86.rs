@@ -4,6 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::kernels::{Tap, BLOCK, PIXELS};
+use super::requant::{lanes, Requant, TileRows};
 
 pub(super) fn has_avx512_vnni() -> bool {
     is_x86_feature_detected!("avx512f")
@@ -19,7 +20,7 @@ pub(super) fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2")
 }
 
-/// 6 pixels x 64 channels in 24 zmm accumulators.
+/// 6 pixels x 64 channels in 24 zmm accumulators, stored to `acc`.
 ///
 /// # Safety
 /// As `kernels::tile`, on a CPU with AVX512-VNNI.
@@ -31,6 +32,63 @@ pub(super) unsafe fn vnni512(
     w: *const i8,
     acc: &mut [[i32; BLOCK]; PIXELS],
 ) {
+    // SAFETY: as the function's contract.
+    unsafe {
+        let c = vnni512_sums(inputs, taps, quads, w);
+        for (ci, out) in c.iter().zip(acc.iter_mut()) {
+            for (v, cv) in ci.iter().enumerate() {
+                _mm512_storeu_si512(out.as_mut_ptr().add(16 * v).cast(), *cv);
+            }
+        }
+    }
+}
+
+/// [`vnni512`] requantized in its registers and written to `rows` (no round trip of the
+/// sums through memory, no call per pixel).
+///
+/// # Safety
+/// As `kernels::tile`, on a CPU with AVX512-VNNI, F, BW and VL; `rows` as
+/// [`TileRows`] says, every row valid for its `n` channels.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn vnni512_requant(
+    inputs: &[*const u8; PIXELS],
+    taps: &[Tap],
+    quads: usize,
+    w: *const i8,
+    requant: &Requant,
+    rows: &TileRows,
+) {
+    // SAFETY: as the function's contract; the masks keep each pixel within its `n` channels.
+    unsafe {
+        let c = vnni512_sums(inputs, taps, quads, w);
+        for v in 0..BLOCK / 16 {
+            let j = 16 * v;
+            if j >= rows.n {
+                break;
+            }
+            let mask = lanes(rows.n - j);
+            let correction = rows.correction.as_ptr().add(j);
+            for (i, ci) in c.iter().enumerate().take(rows.count) {
+                let residual = rows.residual.map(|r| r[i].add(j));
+                let out = rows.out[i].add(j);
+                requant.store16_avx512(rows.oc0 + j, ci[v], correction, residual, out, mask);
+            }
+        }
+    }
+}
+
+/// The sums of [`vnni512`].
+///
+/// # Safety
+/// As `kernels::tile`, on a CPU with AVX512-VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn vnni512_sums(
+    inputs: &[*const u8; PIXELS],
+    taps: &[Tap],
+    quads: usize,
+    w: *const i8,
+) -> [[__m512i; 4]; PIXELS] {
     // SAFETY: as the function's contract.
     unsafe {
         let mut c = [[_mm512_setzero_si512(); 4]; PIXELS];
@@ -48,11 +106,7 @@ pub(super) unsafe fn vnni512(
                 wp = wp.add(BLOCK * 4);
             }
         }
-        for (ci, out) in c.iter().zip(acc.iter_mut()) {
-            for (v, cv) in ci.iter().enumerate() {
-                _mm512_storeu_si512(out.as_mut_ptr().add(16 * v).cast(), *cv);
-            }
-        }
+        c
     }
 }
 
