@@ -116,18 +116,14 @@ impl Requant {
         }
     }
 
-    /// Sixteen channels from `ch` of one pixel, their sums in a register (the AVX512-VNNI
-    /// kernel calls it on its accumulators). The same operations in the same order as the
-    /// portable path (multiply then add, no FMA; `vcvtps2dq` rounds half to even), so both
-    /// give the same codes.
+    /// Sixteen channels from `ch` of one pixel written to `out`, their sums in a register.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F, BW and VL; the lanes of `mask` are channels below the layer's
-    /// count from `ch`, and within `correction`, `residual` and `out`.
+    /// As [`Requant::codes16_avx512`], and `out` holds the lanes of `mask`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     #[inline]
-    pub(super) unsafe fn store16_avx512(
+    unsafe fn store16_avx512(
         &self,
         ch: usize,
         sums: std::arch::x86_64::__m512i,
@@ -136,6 +132,33 @@ impl Requant {
         out: *mut u8,
         mask: std::arch::x86_64::__mmask16,
     ) {
+        use std::arch::x86_64::*;
+        // SAFETY: as the function's contract.
+        unsafe {
+            let codes = self.codes16_avx512(ch, sums, correction, residual, mask);
+            _mm_mask_storeu_epi8(out.cast(), mask, codes);
+        }
+    }
+
+    /// The codes of sixteen channels from `ch` of one pixel, their sums in a register (the
+    /// AVX512-VNNI kernel calls it on its accumulators and stores a pixel's 64 codes at once).
+    /// The same operations in the same order as the portable path (multiply then add, no FMA;
+    /// `vcvtps2dq` rounds half to even), so both give the same codes.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and VL; the lanes of `mask` are channels below the layer's
+    /// count from `ch`, and within `correction` and `residual`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    pub(super) unsafe fn codes16_avx512(
+        &self,
+        ch: usize,
+        sums: std::arch::x86_64::__m512i,
+        correction: *const i32,
+        residual: Option<*const u8>,
+        mask: std::arch::x86_64::__mmask16,
+    ) -> std::arch::x86_64::__m128i {
         use std::arch::x86_64::*;
         // SAFETY: as the function's contract.
         unsafe {
@@ -158,12 +181,12 @@ impl Requant {
                 _mm512_set1_ps(self.hi),
             );
             let q = _mm512_add_epi32(_mm512_cvtps_epi32(v), _mm512_set1_epi32(self.zero));
-            _mm_mask_storeu_epi8(out.cast(), mask, _mm512_cvtepi32_epi8(q));
+            _mm512_cvtepi32_epi8(q)
         }
     }
 
     /// Whether the AVX512-VNNI kernel may requantize in its registers
-    /// ([`Requant::store16_avx512`]).
+    /// ([`Requant::codes16_avx512`]).
     pub(super) fn in_registers(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
         return self.simd == Simd::Avx512;

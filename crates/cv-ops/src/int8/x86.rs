@@ -61,18 +61,25 @@ pub(super) unsafe fn vnni512_requant(
     // SAFETY: as the function's contract; the masks keep each pixel within its `n` channels.
     unsafe {
         let c = vnni512_sums(inputs, taps, quads, w);
-        for v in 0..BLOCK / 16 {
-            let j = 16 * v;
-            if j >= rows.n {
-                break;
-            }
-            let mask = lanes(rows.n - j);
-            let correction = rows.correction.as_ptr().add(j);
-            for (i, ci) in c.iter().enumerate().take(rows.count) {
+        // A pixel's 64 codes leave in one store (four 16-byte stores of `vpmovdb` cost more).
+        let bytes: __mmask64 = if rows.n >= BLOCK {
+            u64::MAX
+        } else {
+            (1u64 << rows.n) - 1
+        };
+        for (i, ci) in c.iter().enumerate().take(rows.count) {
+            let mut codes = [_mm_setzero_si128(); 4];
+            for (v, code) in codes.iter_mut().enumerate().take(rows.n.div_ceil(16)) {
+                let j = 16 * v;
                 let residual = rows.residual.map(|r| r[i].add(j));
-                let out = rows.out[i].add(j);
-                requant.store16_avx512(rows.oc0 + j, ci[v], correction, residual, out, mask);
+                let correction = rows.correction.as_ptr().add(j);
+                let mask = lanes(rows.n - j);
+                *code = requant.codes16_avx512(rows.oc0 + j, ci[v], correction, residual, mask);
             }
+            let low = _mm256_inserti128_si256(_mm256_castsi128_si256(codes[0]), codes[1], 1);
+            let high = _mm256_inserti128_si256(_mm256_castsi128_si256(codes[2]), codes[3], 1);
+            let all = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+            _mm512_mask_storeu_epi8(rows.out[i].cast(), bytes, all);
         }
     }
 }
