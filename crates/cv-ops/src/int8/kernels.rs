@@ -160,6 +160,11 @@ impl PackedWeights {
 }
 
 impl<'a> Packed<'a> {
+    /// The weights of output-channel block `block`.
+    pub(crate) fn block(self, weights: &PackedWeights, block: usize) -> Packed<'a> {
+        self.slice(block * weights.per_block, weights.per_block)
+    }
+
     fn slice(self, start: usize, len: usize) -> Packed<'a> {
         match self {
             Packed::Quads(q) => Packed::Quads(&q[start..][..len]),
@@ -177,42 +182,46 @@ pub(crate) struct Tap {
     pub weight: usize,
 }
 
-/// The tile of output-channel block `block` for the pixels whose top-left taps are `inputs`:
-/// `acc[i][j] = sum over the given taps t and quads q of input[i][t.input + 4q + e] * w[j][t, q, e]`
-/// (a subset of the taps skips those that read only padding).
+/// What one tile reads: the pixels' top-left taps in the input, the taps and quads they run,
+/// and the packed weights of the tile's block of output channels ([`PackedWeights::block`]).
+pub(crate) struct Operands<'a> {
+    pub inputs: [*const u8; PIXELS],
+    pub taps: &'a [Tap],
+    pub quads: usize,
+    pub weights: Packed<'a>,
+}
+
+/// The tile of `op`: `acc[i][j] = sum over the given taps t and quads q of
+/// input[i][t.input + 4q + e] * w[j][t, q, e]` (a subset of the taps skips those that read only
+/// padding).
 ///
 /// # Safety
 /// For every pixel, `inputs[i] + taps[t] + 4 * quads` must stay inside one allocation, and
-/// `packed` must be [`PackedWeights::for_kernel`]'s for `kernel`, each tap's `weight` + `quads`
-/// within its block; `kernel` must be available on this CPU.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile(
-    kernel: Int8Kernel,
-    inputs: &[*const u8; PIXELS],
-    taps: &[Tap],
-    quads: usize,
-    weights: &PackedWeights,
-    packed: Packed<'_>,
-    block: usize,
-    acc: &mut [[i32; BLOCK]; PIXELS],
-) {
-    let w = packed.slice(block * weights.per_block, weights.per_block);
+/// `weights` must be a block of [`PackedWeights::for_kernel`]'s for `kernel`, each tap's
+/// `weight` + `quads` within it; `kernel` must be available on this CPU.
+pub(crate) unsafe fn tile(kernel: Int8Kernel, op: &Operands, acc: &mut [[i32; BLOCK]; PIXELS]) {
+    let Operands {
+        inputs,
+        taps,
+        quads,
+        weights,
+    } = op;
     // SAFETY: the caller's contract is the kernels'.
     unsafe {
-        match (kernel, w) {
+        match (kernel, *weights) {
             #[cfg(target_arch = "x86_64")]
             (Int8Kernel::Avx512Vnni, Packed::Quads(w)) => {
-                super::x86::vnni512(inputs, taps, quads, w.as_ptr(), acc)
+                super::x86::vnni512(inputs, taps, *quads, w.as_ptr(), acc)
             }
             #[cfg(target_arch = "x86_64")]
             (Int8Kernel::AvxVnni, Packed::Quads(w)) => {
-                super::x86::avx_vnni(inputs, taps, quads, w.as_ptr(), acc)
+                super::x86::avx_vnni(inputs, taps, *quads, w.as_ptr(), acc)
             }
             #[cfg(target_arch = "x86_64")]
             (Int8Kernel::Avx2, Packed::Pairs(w)) => {
-                super::x86::avx2(inputs, taps, quads, w.as_ptr(), acc)
+                super::x86::avx2(inputs, taps, *quads, w.as_ptr(), acc)
             }
-            (_, Packed::Quads(w)) => scalar(inputs, taps, quads, w, acc),
+            (_, Packed::Quads(w)) => scalar(inputs, taps, *quads, w, acc),
             (_, Packed::Pairs(_)) => unreachable!("only the AVX2 kernel takes the i16 pairs"),
         }
     }
@@ -228,24 +237,17 @@ pub(crate) fn requantizes_in_registers(kernel: Int8Kernel, requant: &Requant) ->
 /// # Safety
 /// As [`tile`], with [`requantizes_in_registers`] true for `kernel`, and `rows` as
 /// [`TileRows`] says.
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile_requant(
     kernel: Int8Kernel,
-    inputs: &[*const u8; PIXELS],
-    taps: &[Tap],
-    quads: usize,
-    weights: &PackedWeights,
-    packed: Packed<'_>,
-    block: usize,
+    op: &Operands,
     requant: &Requant,
     rows: &TileRows,
 ) {
-    let w = packed.slice(block * weights.per_block, weights.per_block);
-    match (kernel, w) {
+    match (kernel, op.weights) {
         // SAFETY: the caller's contract is the kernel's.
         #[cfg(target_arch = "x86_64")]
         (Int8Kernel::Avx512Vnni, Packed::Quads(w)) if requant.in_registers() => unsafe {
-            super::x86::vnni512_requant(inputs, taps, quads, w.as_ptr(), requant, rows)
+            super::x86::vnni512_requant(&op.inputs, op.taps, op.quads, w.as_ptr(), requant, rows)
         },
         _ => unreachable!("only the AVX512-VNNI kernel requantizes in its registers"),
     }

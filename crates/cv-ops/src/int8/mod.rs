@@ -32,7 +32,7 @@ pub use tensor::{QTensor, OUT_BORDER};
 use rayon::prelude::*;
 
 use crate::error::OpsError;
-use kernels::{PackedWeights, Tap, BLOCK, PIXELS};
+use kernels::{Operands, PackedWeights, Tap, BLOCK, PIXELS};
 use requant::TileRows;
 
 /// The largest kernel side: a plan keeps a convolution's taps as the bits of a `u64`.
@@ -230,6 +230,12 @@ pub fn conv2d_u8_with(
             prefetch_rows(&at[..count], dst, epilogue.residual, oc0);
             let taps = plan.taps_of(g, rows);
             let correction = &taps.correction[oc0..][..n];
+            let op = Operands {
+                inputs,
+                taps: &taps.taps,
+                quads: plan.quads,
+                weights: packed.block(&w.packed, block),
+            };
             if in_registers {
                 let rows = TileRows {
                     oc0,
@@ -244,21 +250,12 @@ pub fn conv2d_u8_with(
                 // SAFETY: as below; each of the first `count` pixels' rows holds channels
                 // oc0..oc0+n of its own pixel (in `out` and in the residual, which has the
                 // output's layout), written by this task alone.
-                unsafe {
-                    kernels::tile_requant(
-                        kernel, &inputs, &taps.taps, plan.quads, &w.packed, packed, block,
-                        &requant, &rows,
-                    )
-                };
+                unsafe { kernels::tile_requant(kernel, &op, &requant, &rows) };
                 continue;
             }
             // SAFETY: every tap of every pixel lies inside `x.data` (the plan's offsets stay in
             // the border), and every tap's quads lie inside the packed block.
-            unsafe {
-                kernels::tile(
-                    kernel, &inputs, &taps.taps, plan.quads, &w.packed, packed, block, &mut acc,
-                )
-            };
+            unsafe { kernels::tile(kernel, &op, &mut acc) };
             for (sums, &(_, at)) in acc.iter().zip(&at).take(count) {
                 let residual = epilogue.residual.map(|r| &r.data[at + oc0..][..n]);
                 // SAFETY: this pixel's channels oc0..oc0+n belong to this task alone.
@@ -334,7 +331,7 @@ struct Plan {
     /// Image-major: the kernel rows (bit `ky`) that read real input, per output row.
     live_rows: Vec<u64>,
     row_sets: Vec<(u64, usize)>,
-    /// Quads (4 channels) per tap.
+    /// Quads (4 codes) per tap: a tap's channels, or a whole kernel row's in image-major plans.
     quads: usize,
     oh: usize,
     ow: usize,
@@ -409,6 +406,7 @@ impl Plan {
                 let mask = (0..k)
                     .filter(|ky| rows >> ky & 1 == 1)
                     .fold(0u64, |m, ky| m | full_rows << (ky * k));
+                // The rows' zero-point correction; their taps as whole rows.
                 let mut set = tap_set(mask);
                 set.taps = (0..k)
                     .filter(|ky| rows >> ky & 1 == 1)
