@@ -17,7 +17,7 @@ use crate::checkpoint::{ModelCard, MODEL_FILE};
 use crate::config::Distill;
 use crate::error::{Result, TrainError};
 use crate::loss::distillation_loss;
-use crate::trainer::{Hook, StepContext, TrainBatch};
+use crate::trainer::{load_weights, Hook, StepContext, TrainBatch};
 
 /// A trained network that only runs forward, in eval mode.
 pub struct Teacher {
@@ -53,12 +53,7 @@ impl Teacher {
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
         let model = Model::new(card.architecture, card.classes.len(), vb)?;
-        let tensors = cv_models::state::read_safetensors(&path, device)?;
-        cv_models::state::load_pretrained(&vars, card.architecture, tensors, card.classes.len())
-            .map_err(|e| TrainError::Pretrained {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        load_weights(&vars, card.architecture, &path, card.classes.len(), device)?;
         Ok(Teacher {
             model: model.detached(),
             card,

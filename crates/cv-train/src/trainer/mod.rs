@@ -32,6 +32,7 @@ use cv_models::Architecture;
 
 pub use hooks::{on_epoch, EpochEnd, Flow, Hook, StepContext};
 pub use pipelines::{eval_pipeline, train_pipeline};
+pub(crate) use session::load_weights;
 pub use step::{StepOutput, TrainBatch, TrainStep};
 
 use crate::checkpoint::{InitRecord, STATE_FILE};

@@ -467,13 +467,8 @@ fn restore(job: &TrainJob, varmap: &VarMap, state: TrainState) -> Result<Counter
 
 /// Pretrained weights into `varmap`, the head replaced when the class count differs.
 fn load_pretrained(job: &TrainJob, varmap: &VarMap, path: &std::path::Path) -> Result<()> {
-    let tensors = cv_models::state::read_safetensors(path, &job.device)?;
-    let num_classes = job.splits.classes.len();
-    let load = cv_models::state::load_pretrained(varmap, job.architecture, tensors, num_classes)
-        .map_err(|e| TrainError::Pretrained {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+    let classes = job.splits.classes.len();
+    let load = load_weights(varmap, job.architecture, path, classes, &job.device)?;
     if let Some(h) = &load.head_replaced {
         log::info!("{}: {h}", path.display());
     }
@@ -484,6 +479,25 @@ fn load_pretrained(job: &TrainJob, varmap: &VarMap, path: &std::path::Path) -> R
         job.architecture
     );
     Ok(())
+}
+
+/// The safetensors weights at `path` into `varmap` for `arch` with `classes` outputs
+/// (`cv_models::state::load_pretrained`), a failure naming the file: the training run's
+/// pretrained start and the distillation teacher.
+pub(crate) fn load_weights(
+    varmap: &VarMap,
+    arch: cv_models::Architecture,
+    path: &std::path::Path,
+    classes: usize,
+    device: &candle_core::Device,
+) -> Result<cv_models::state::PretrainedLoad> {
+    let tensors = cv_models::state::read_safetensors(path, device)?;
+    cv_models::state::load_pretrained(varmap, arch, tensors, classes).map_err(|e| {
+        TrainError::Pretrained {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })
 }
 
 /// The precision of the eval-mode passes (evaluation, the probe's features): the run's on the
