@@ -110,33 +110,10 @@ impl Requant {
             unsafe {
                 let sums = _mm512_maskz_loadu_epi32(mask, sums.as_ptr().add(j));
                 let residual = residual.map(|r| r.as_ptr().add(j));
-                let (correction, out) = (correction.as_ptr().add(j), out.as_mut_ptr().add(j));
-                self.store16_avx512(oc0 + j, sums, correction, residual, out, mask);
+                let correction = correction.as_ptr().add(j);
+                let codes = self.codes16_avx512(oc0 + j, sums, correction, residual, mask);
+                _mm_mask_storeu_epi8(out.as_mut_ptr().add(j).cast(), mask, codes);
             }
-        }
-    }
-
-    /// Sixteen channels from `ch` of one pixel written to `out`, their sums in a register.
-    ///
-    /// # Safety
-    /// As [`Requant::codes16_avx512`], and `out` holds the lanes of `mask`.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    #[inline]
-    unsafe fn store16_avx512(
-        &self,
-        ch: usize,
-        sums: std::arch::x86_64::__m512i,
-        correction: *const i32,
-        residual: Option<*const u8>,
-        out: *mut u8,
-        mask: std::arch::x86_64::__mmask16,
-    ) {
-        use std::arch::x86_64::*;
-        // SAFETY: as the function's contract.
-        unsafe {
-            let codes = self.codes16_avx512(ch, sums, correction, residual, mask);
-            _mm_mask_storeu_epi8(out.cast(), mask, codes);
         }
     }
 
