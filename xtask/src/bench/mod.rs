@@ -49,6 +49,11 @@ pub struct Args {
     /// DataLoader with 2 workers) for the data pipelines.
     #[arg(long)]
     compare_pytorch: bool,
+    /// Run everything this many times; with --compare-pytorch the models' two sides alternate
+    /// which goes first, and a last table gives each workload's median ratio over the rounds
+    /// (on a shared host one same-run ratio moves by several percent).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: u32,
 }
 
 /// How long each benchmark runs.
@@ -121,8 +126,105 @@ pub struct Report {
     pub cpu: cpu::CpuInfo,
     /// Seconds since the Unix epoch when the run started.
     pub started_unix: u64,
-    /// The figures.
+    /// The figures (each round's, in order).
     pub results: Vec<Measurement>,
+    /// With several rounds of a comparison: each workload's ratios over the rounds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<RoundsSummary>,
+}
+
+/// One workload's comparisons over the rounds of one invocation.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundsSummary {
+    /// The workload.
+    pub name: String,
+    /// What `value` counts.
+    pub unit: String,
+    /// Ours over the reference, per round, in round order.
+    pub ratios: Vec<f64>,
+    /// The median of `ratios`.
+    pub median_ratio: f64,
+    /// The median of our figures.
+    pub median_ours: f64,
+    /// The median of the reference's figures.
+    pub median_reference: f64,
+}
+
+impl RoundsSummary {
+    /// One summary per workload compared in every round of `results` (names in first-seen
+    /// order).
+    fn from_results(results: &[Measurement]) -> Vec<RoundsSummary> {
+        let mut names: Vec<&str> = Vec::new();
+        for m in results {
+            if m.reference.is_some() && !names.contains(&m.name.as_str()) {
+                names.push(&m.name);
+            }
+        }
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let runs: Vec<&Measurement> = results.iter().filter(|m| m.name == name).collect();
+                let references: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|m| m.reference.as_ref().map(|r| r.range[0]))
+                    .collect();
+                if references.len() != runs.len() {
+                    return None;
+                }
+                let ours: Vec<f64> = runs.iter().map(|m| m.value).collect();
+                let ratios: Vec<f64> = ours
+                    .iter()
+                    .zip(&references)
+                    .map(|(o, r)| o / r.max(1e-12))
+                    .collect();
+                Some(RoundsSummary {
+                    name: name.to_string(),
+                    unit: runs[0].unit.clone(),
+                    median_ratio: median(&ratios),
+                    median_ours: median(&ours),
+                    median_reference: median(&references),
+                    ratios,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The median (the mean of the middle two for an even count); NaN for none.
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The table of [`RoundsSummary`]s.
+fn print_rounds(summaries: &[RoundsSummary]) {
+    let Some(first) = summaries.first() else {
+        return;
+    };
+    println!();
+    println!(
+        "over {} rounds: median of ours, of the reference, of the ratio (lowest-highest)",
+        first.ratios.len()
+    );
+    for s in summaries {
+        let lo = s.ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = s.ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let below = s.ratios.iter().filter(|&&r| r < 1.0).count();
+        println!(
+            "{:<36} {:>10.1} {:>10.1} {:>6.2} ({lo:.2}-{hi:.2}, {below} of {} below 1.0)  {}",
+            s.name,
+            s.median_ours,
+            s.median_reference,
+            s.median_ratio,
+            s.ratios.len(),
+            s.unit
+        );
+    }
 }
 
 impl Report {
@@ -144,6 +246,7 @@ impl Report {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             results: Vec::new(),
+            rounds: Vec::new(),
         }
     }
 
@@ -292,11 +395,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.groups
     };
     let mut report = Report::new();
-    for g in groups {
-        match g {
-            Group::Data => data::run(&settings, &mut report, args.compare_pytorch)?,
-            Group::Models => models::run(&settings, &mut report, args.compare_pytorch)?,
+    for round in 0..args.rounds {
+        if args.rounds > 1 {
+            println!("\nround {} of {}", round + 1, args.rounds);
         }
+        for &g in &groups {
+            match g {
+                Group::Data => data::run(&settings, &mut report, args.compare_pytorch)?,
+                Group::Models => {
+                    let order = if round % 2 == 0 {
+                        models::Order::ReferenceFirst
+                    } else {
+                        models::Order::OursFirst
+                    };
+                    models::run(&settings, &mut report, args.compare_pytorch, order)?
+                }
+            }
+        }
+    }
+    if args.rounds > 1 && args.compare_pytorch {
+        report.rounds = RoundsSummary::from_results(&report.results);
+        print_rounds(&report.rounds);
     }
     if let Some(path) = &args.json {
         write_json(path, &report)?;
@@ -351,6 +470,51 @@ mod tests {
         let mut report = Report::new();
         data::run(&only, &mut report, false).unwrap();
         assert_eq!(report.results.len(), 2);
+    }
+
+    fn figure(name: &str, value: f64, reference: Option<f64>) -> Measurement {
+        Measurement {
+            group: "models".into(),
+            name: name.into(),
+            unit: "images/s".into(),
+            value,
+            items: 1,
+            iterations: 1,
+            seconds: 1.0,
+            cpu_seconds: None,
+            params: serde_json::json!({}),
+            reference: reference.map(|r| Reference {
+                what: "PyTorch, same run".into(),
+                range: [r, r],
+            }),
+        }
+    }
+
+    /// The rounds' table: per workload, the ratios in round order and their median (the
+    /// middle one, or the mean of the middle two); a workload without a same-run reference in
+    /// every round has none.
+    #[test]
+    fn rounds_summary_takes_each_workloads_median_ratio() {
+        let results = [
+            figure("a", 100.0, Some(50.0)),
+            figure("b", 10.0, Some(10.0)),
+            figure("c", 1.0, None),
+            figure("a", 90.0, Some(100.0)),
+            figure("b", 12.0, Some(10.0)),
+            figure("c", 1.0, Some(1.0)),
+            figure("a", 110.0, Some(100.0)),
+            figure("b", 9.0, Some(10.0)),
+        ];
+        let s = RoundsSummary::from_results(&results);
+        assert_eq!(s.len(), 2, "c lacks a reference in one round");
+        assert_eq!((s[0].name.as_str(), s[1].name.as_str()), ("a", "b"));
+        assert_eq!(s[0].ratios, vec![2.0, 0.9, 1.1]);
+        assert_eq!(s[0].median_ratio, 1.1);
+        assert_eq!(s[0].median_ours, 100.0);
+        assert_eq!(s[0].median_reference, 100.0);
+        assert_eq!(s[1].median_ratio, 1.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
     }
 
     #[test]

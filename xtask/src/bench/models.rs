@@ -638,8 +638,22 @@ impl Torch {
     }
 }
 
-/// Runs the selected model workloads; with `compare`, PyTorch's side too, in both layouts.
-pub fn run(settings: &Settings, report: &mut Report, compare: bool) -> anyhow::Result<()> {
+/// Which side of a comparison runs first (rounds alternate, so that a drift of the host's
+/// speed does not favour one side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    ReferenceFirst,
+    OursFirst,
+}
+
+/// Runs the selected model workloads; with `compare`, PyTorch's side too, in both layouts,
+/// before or after ours as `order` says.
+pub fn run(
+    settings: &Settings,
+    report: &mut Report,
+    compare: bool,
+    order: Order,
+) -> anyhow::Result<()> {
     if let Ok(name) = std::env::var(CHILD_ENV) {
         return run_child(&name, settings, report);
     }
@@ -647,42 +661,52 @@ pub fn run(settings: &Settings, report: &mut Report, compare: bool) -> anyhow::R
         .iter()
         .filter(|w| settings.selected(w.name) && runs_here(w))
         .collect();
-    let torch = if compare {
-        let names: Vec<&str> = selected.iter().map(|w| w.name).collect();
-        Some(Torch::measure(settings, &names, report.rayon_threads)?)
-    } else {
-        None
+    let names: Vec<&str> = selected.iter().map(|w| w.name).collect();
+    let reference = |first: bool| -> anyhow::Result<Option<Torch>> {
+        match compare && first == (order == Order::ReferenceFirst) {
+            true => Torch::measure(settings, &names, report.rayon_threads).map(Some),
+            false => Ok(None),
+        }
     };
+    let before = reference(true)?;
     let mut ours = Vec::new();
     for w in selected {
-        let figures = match w.kind {
-            Kind::Train(_) => {
-                let raw = measure_in_child(w, settings)?;
-                let mut ms = raw
-                    .iter()
-                    .map(measurement_from_json)
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                let probe = Reference {
-                    what: "PyTorch 2.14 CPU, earlier probe on the 2-core EPYC".into(),
-                    range: [w.pytorch_probe, w.pytorch_probe],
-                };
-                ms[0].reference = Some(probe);
-                ms
-            }
-            _ => vec![measure(w, settings)?],
-        };
-        for mut m in figures {
-            if let Some(t) = &torch {
-                compare_with(&mut m, t);
-            }
-            ours.push(m.clone());
-            report.push(m);
+        ours.extend(measure_workload(w, settings)?);
+    }
+    let torch = match before {
+        Some(t) => Some(t),
+        None => reference(false)?,
+    };
+    for m in &mut ours {
+        if let Some(t) = &torch {
+            compare_with(m, t);
         }
+        report.push(m.clone());
     }
     if let Some(t) = &torch {
         print_comparison(&ours, t, report.rayon_threads);
     }
     Ok(())
+}
+
+/// Our figures of one workload (a training step's throughput and peak memory from a child
+/// process, with the earlier PyTorch probe as its reference until a same-run one replaces it).
+fn measure_workload(w: &Workload, settings: &Settings) -> anyhow::Result<Vec<Measurement>> {
+    match w.kind {
+        Kind::Train(_) => {
+            let raw = measure_in_child(w, settings)?;
+            let mut ms = raw
+                .iter()
+                .map(measurement_from_json)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            ms[0].reference = Some(Reference {
+                what: "PyTorch 2.14 CPU, earlier probe on the 2-core EPYC".into(),
+                range: [w.pytorch_probe, w.pytorch_probe],
+            });
+            Ok(ms)
+        }
+        _ => Ok(vec![measure(w, settings)?]),
+    }
 }
 
 /// Sets `m`'s reference to PyTorch's faster layout and records both layouts in its params.

@@ -2,12 +2,16 @@
 //! correction, the scales and the folded bias), plus the residual, ReLU, and rounding half to
 //! even, in one pass.
 //!
-//! Everything is measured in steps of the output's scale: per channel, a sum becomes
-//! `(sum - correction) * multiplier + offset` with `multiplier = scale(x) * scale(w) /
-//! scale(out)` and `offset = bias / scale(out)` computed once per layer, so no value is
-//! divided (a division per value cost more than the rest of the epilogue). ReLU and the codes'
-//! range are then one clamp to `[lo, hi]` (`lo` is 0 after ReLU, `-zero_point(out)` without),
-//! which equals clamping after rounding because both bounds are integers.
+//! Everything is measured in the output's codes: per channel, a sum becomes
+//! `sum * multiplier + base`, with `multiplier = scale(x) * scale(w) / scale(out)` once per
+//! layer and `base = offset - correction * multiplier` once per tile (the correction depends
+//! on the taps a tile runs, not on its pixels), where `offset = bias / scale(out) +
+//! zero_point(out)`, less the residual's zero point in output steps when there is a residual;
+//! the residual then adds `step * code`. No value is divided (a division per value cost more
+//! than the rest of the epilogue), and a pixel's channels cost a conversion, a multiply and an
+//! add before the clamp (the AVX-512 kernel's epilogue shares pipes with its products). ReLU
+//! and the codes' range are one clamp to `[lo, 255]` (`lo` is the zero point's code after
+//! ReLU, 0 without), which equals clamping after rounding because both bounds are integers.
 
 use super::kernels::{BLOCK, PIXELS};
 use super::quantize::round_even;
@@ -17,13 +21,14 @@ use super::{Epilogue, QConv};
 pub(super) struct Requant {
     multiplier: Vec<f32>,
     offset: Vec<f32>,
-    /// The residual's codes in output steps: `(scale(r) / scale(out), zero_point(r))`.
-    residual: Option<(f32, f32)>,
+    /// A residual code's worth in output steps: `scale(r) / scale(out)`.
+    residual: Option<f32>,
     lo: f32,
-    hi: f32,
-    zero: i32,
     simd: Simd,
 }
+
+/// The highest code.
+const HI: f32 = 255.0;
 
 /// Where the codes of one tile go: pixel `i < count` writes channels `oc0..oc0 + n` at
 /// `out[i]`, with the residual's codes of those channels at `residual[i]` when there is one.
@@ -50,16 +55,17 @@ pub(super) fn lanes(n: usize) -> u16 {
 impl Requant {
     pub(super) fn new(w: &QConv, x: super::QParams, e: &Epilogue) -> Requant {
         let step = e.out.scale;
-        let zero = e.out.zero_point;
+        let zero = e.out.zero_point as f32;
+        let residual = e.residual.map(|r| r.qp.scale / step);
+        let shift = e
+            .residual
+            .zip(residual)
+            .map_or(0.0, |(r, rstep)| rstep * r.qp.zero_point as f32);
         Requant {
             multiplier: w.scale.iter().map(|s| s * x.scale / step).collect(),
-            offset: w.bias.iter().map(|b| b / step).collect(),
-            residual: e
-                .residual
-                .map(|r| (r.qp.scale / step, r.qp.zero_point as f32)),
-            lo: if e.relu { 0.0 } else { -zero as f32 },
-            hi: (255 - zero) as f32,
-            zero,
+            offset: w.bias.iter().map(|b| (b / step + zero) - shift).collect(),
+            residual,
+            lo: if e.relu { zero } else { 0.0 },
             simd: Simd::detect(),
         }
     }
@@ -110,21 +116,47 @@ impl Requant {
             unsafe {
                 let sums = _mm512_maskz_loadu_epi32(mask, sums.as_ptr().add(j));
                 let residual = residual.map(|r| r.as_ptr().add(j));
-                let correction = correction.as_ptr().add(j);
-                let codes = self.codes16_avx512(oc0 + j, sums, correction, residual, mask);
+                let base = self.base16_avx512(oc0 + j, correction.as_ptr().add(j), mask);
+                let codes = self.codes16_avx512(oc0 + j, sums, base, residual, mask);
                 _mm_mask_storeu_epi8(out.as_mut_ptr().add(j).cast(), mask, codes);
             }
         }
     }
 
-    /// The codes of sixteen channels from `ch` of one pixel, their sums in a register (the
-    /// AVX512-VNNI kernel calls it on its accumulators and stores a pixel's 64 codes at once).
-    /// The same operations in the same order as the portable path (multiply then add, no FMA;
-    /// `vcvtps2dq` rounds half to even), so both give the same codes.
+    /// The `base` of sixteen channels from `ch` for a tile whose taps have `correction`.
+    ///
+    /// # Safety
+    /// As [`Requant::codes16_avx512`], with `correction` valid for the lanes of `mask`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    pub(super) unsafe fn base16_avx512(
+        &self,
+        ch: usize,
+        correction: *const i32,
+        mask: std::arch::x86_64::__mmask16,
+    ) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: as the function's contract.
+        unsafe {
+            let correction = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, correction));
+            let multiplier = _mm512_maskz_loadu_ps(mask, self.multiplier.as_ptr().add(ch));
+            let offset = _mm512_maskz_loadu_ps(mask, self.offset.as_ptr().add(ch));
+            _mm512_sub_ps(offset, _mm512_mul_ps(correction, multiplier))
+        }
+    }
+
+    /// The codes of sixteen channels from `ch` of one pixel, their sums in a register and
+    /// their tile's [`Requant::base16_avx512`] in another (the AVX512-VNNI kernel calls it on
+    /// its accumulators and stores a pixel's 64 codes at once). The same operations in the
+    /// same order as the portable path (multiply then add, no FMA; `vcvtps2dq` rounds half to
+    /// even), so both give the same codes; `vpmovusdb`'s saturation is the clamp to 255 (a
+    /// value past `i32`, `+inf` included, converts to `0x8000_0000`, which saturates to 255 as
+    /// the portable clamp gives; a NaN is `lo` by then).
     ///
     /// # Safety
     /// The CPU has AVX-512 F, BW and VL; the lanes of `mask` are channels below the layer's
-    /// count from `ch`, and within `correction` and `residual`.
+    /// count from `ch`, and within `residual`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     #[inline]
@@ -132,33 +164,25 @@ impl Requant {
         &self,
         ch: usize,
         sums: std::arch::x86_64::__m512i,
-        correction: *const i32,
+        base: std::arch::x86_64::__m512,
         residual: Option<*const u8>,
         mask: std::arch::x86_64::__mmask16,
     ) -> std::arch::x86_64::__m128i {
         use std::arch::x86_64::*;
         // SAFETY: as the function's contract.
         unsafe {
-            let acc = _mm512_sub_epi32(sums, _mm512_maskz_loadu_epi32(mask, correction));
-            let mut v = _mm512_add_ps(
-                _mm512_mul_ps(
-                    _mm512_cvtepi32_ps(acc),
-                    _mm512_maskz_loadu_ps(mask, self.multiplier.as_ptr().add(ch)),
-                ),
-                _mm512_maskz_loadu_ps(mask, self.offset.as_ptr().add(ch)),
-            );
-            if let (Some(r), Some((step, rzero))) = (residual, self.residual) {
+            let multiplier = _mm512_maskz_loadu_ps(mask, self.multiplier.as_ptr().add(ch));
+            let mut v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sums), multiplier), base);
+            if let (Some(r), Some(step)) = (residual, self.residual) {
                 let codes = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, r.cast()));
-                let centred = _mm512_sub_ps(_mm512_cvtepi32_ps(codes), _mm512_set1_ps(rzero));
-                v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(step), centred));
+                v = _mm512_add_ps(
+                    v,
+                    _mm512_mul_ps(_mm512_set1_ps(step), _mm512_cvtepi32_ps(codes)),
+                );
             }
             // max(v, lo) gives lo for NaN, as f32::max does.
-            let v = _mm512_min_ps(
-                _mm512_max_ps(v, _mm512_set1_ps(self.lo)),
-                _mm512_set1_ps(self.hi),
-            );
-            let q = _mm512_add_epi32(_mm512_cvtps_epi32(v), _mm512_set1_epi32(self.zero));
-            _mm512_cvtepi32_epi8(q)
+            let v = _mm512_max_ps(v, _mm512_set1_ps(self.lo));
+            _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v))
         }
     }
 
@@ -191,26 +215,27 @@ impl Requant {
         let full = n / 8 * 8;
         let mult = self.multiplier[oc0..oc0 + n].as_ptr();
         let offset = self.offset[oc0..oc0 + n].as_ptr();
-        let (lo, hi) = (_mm256_set1_ps(self.lo), _mm256_set1_ps(self.hi));
-        let zero = _mm256_set1_epi32(self.zero);
+        let (lo, hi) = (_mm256_set1_ps(self.lo), _mm256_set1_ps(HI));
         let order = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
         for j in (0..full).step_by(8) {
             // SAFETY: j + 8 <= n, within every slice read or written.
             unsafe {
-                let load = |p: *const i32| _mm256_loadu_si256(p.cast());
-                let acc =
-                    _mm256_sub_epi32(load(sums.as_ptr().add(j)), load(correction.as_ptr().add(j)));
-                let mut v = _mm256_add_ps(
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(mult.add(j))),
+                let load = |p: *const i32| _mm256_cvtepi32_ps(_mm256_loadu_si256(p.cast()));
+                let multiplier = _mm256_loadu_ps(mult.add(j));
+                let base = _mm256_sub_ps(
                     _mm256_loadu_ps(offset.add(j)),
+                    _mm256_mul_ps(load(correction.as_ptr().add(j)), multiplier),
                 );
-                if let (Some(r), Some((step, rzero))) = (residual, self.residual) {
+                let mut v =
+                    _mm256_add_ps(_mm256_mul_ps(load(sums.as_ptr().add(j)), multiplier), base);
+                if let (Some(r), Some(step)) = (residual, self.residual) {
                     let codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(r.as_ptr().add(j).cast()));
-                    let centred = _mm256_sub_ps(_mm256_cvtepi32_ps(codes), _mm256_set1_ps(rzero));
-                    v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(step), centred));
+                    v = _mm256_add_ps(
+                        v,
+                        _mm256_mul_ps(_mm256_set1_ps(step), _mm256_cvtepi32_ps(codes)),
+                    );
                 }
-                let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
-                let q = _mm256_add_epi32(_mm256_cvtps_epi32(v), zero);
+                let q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
                 let words = _mm256_packs_epi32(q, q);
                 let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words, words), order);
                 _mm_storel_epi64(
@@ -242,12 +267,12 @@ impl Requant {
         let mult = &self.multiplier[oc0..][..n];
         let offset = &self.offset[oc0..][..n];
         for j in 0..n {
-            let mut v = (sums[j] - correction[j]) as f32 * mult[j] + offset[j];
-            if let (Some(r), Some((step, rzero))) = (residual, self.residual) {
-                v += step * (r[j] as f32 - rzero);
+            let base = offset[j] - correction[j] as f32 * mult[j];
+            let mut v = sums[j] as f32 * mult[j] + base;
+            if let (Some(r), Some(step)) = (residual, self.residual) {
+                v += step * r[j] as f32;
             }
-            let v = v.max(self.lo).min(self.hi);
-            out[j] = (round_even(v) as i32 + self.zero) as u8;
+            out[j] = round_even(v.max(self.lo).min(HI)) as u8;
         }
     }
 }

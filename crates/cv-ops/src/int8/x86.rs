@@ -67,14 +67,20 @@ pub(super) unsafe fn vnni512_requant(
         } else {
             (1u64 << rows.n) - 1
         };
+        let vectors = rows.n.div_ceil(16);
+        let mut base = [_mm512_setzero_ps(); 4];
+        for (v, b) in base.iter_mut().enumerate().take(vectors) {
+            let j = 16 * v;
+            let correction = rows.correction.as_ptr().add(j);
+            *b = requant.base16_avx512(rows.oc0 + j, correction, lanes(rows.n - j));
+        }
         for (i, ci) in c.iter().enumerate().take(rows.count) {
             let mut codes = [_mm_setzero_si128(); 4];
-            for (v, code) in codes.iter_mut().enumerate().take(rows.n.div_ceil(16)) {
+            for (v, code) in codes.iter_mut().enumerate().take(vectors) {
                 let j = 16 * v;
                 let residual = rows.residual.map(|r| r[i].add(j));
-                let correction = rows.correction.as_ptr().add(j);
                 let mask = lanes(rows.n - j);
-                *code = requant.codes16_avx512(rows.oc0 + j, ci[v], correction, residual, mask);
+                *code = requant.codes16_avx512(rows.oc0 + j, ci[v], base[v], residual, mask);
             }
             let low = _mm256_inserti128_si256(_mm256_castsi128_si256(codes[0]), codes[1], 1);
             let high = _mm256_inserti128_si256(_mm256_castsi128_si256(codes[2]), codes[3], 1);
