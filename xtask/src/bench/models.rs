@@ -662,26 +662,39 @@ pub fn run(
         .filter(|w| settings.selected(w.name) && runs_here(w))
         .collect();
     let names: Vec<&str> = selected.iter().map(|w| w.name).collect();
+    let threads = report.rayon_threads;
     let reference = |first: bool| -> anyhow::Result<Option<Torch>> {
         match compare && first == (order == Order::ReferenceFirst) {
-            true => Torch::measure(settings, &names, report.rayon_threads).map(Some),
+            true => Torch::measure(settings, &names, threads).map(Some),
             false => Ok(None),
         }
     };
     let before = reference(true)?;
+    // Figures are printed as they come unless their reference is still to be measured.
+    let print_now = before.is_some() || !compare;
     let mut ours = Vec::new();
     for w in selected {
-        ours.extend(measure_workload(w, settings)?);
+        for mut m in measure_workload(w, settings)? {
+            if let Some(t) = &before {
+                compare_with(&mut m, t);
+            }
+            if print_now {
+                report.push(m.clone());
+            }
+            ours.push(m);
+        }
     }
     let torch = match before {
         Some(t) => Some(t),
         None => reference(false)?,
     };
-    for m in &mut ours {
-        if let Some(t) = &torch {
-            compare_with(m, t);
+    if !print_now {
+        for m in &mut ours {
+            if let Some(t) = &torch {
+                compare_with(m, t);
+            }
+            report.push(m.clone());
         }
-        report.push(m.clone());
     }
     if let Some(t) = &torch {
         print_comparison(&ours, t, report.rayon_threads);
@@ -699,10 +712,12 @@ fn measure_workload(w: &Workload, settings: &Settings) -> anyhow::Result<Vec<Mea
                 .iter()
                 .map(measurement_from_json)
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            ms[0].reference = Some(Reference {
-                what: "PyTorch 2.14 CPU, earlier probe on the 2-core EPYC".into(),
-                range: [w.pytorch_probe, w.pytorch_probe],
-            });
+            if let Some(throughput) = ms.first_mut() {
+                throughput.reference = Some(Reference {
+                    what: "PyTorch 2.14 CPU, earlier probe on the 2-core EPYC".into(),
+                    range: [w.pytorch_probe, w.pytorch_probe],
+                });
+            }
             Ok(ms)
         }
         _ => Ok(vec![measure(w, settings)?]),

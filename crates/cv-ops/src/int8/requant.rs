@@ -20,9 +20,12 @@ use super::{Epilogue, QConv};
 
 pub(super) struct Requant {
     multiplier: Vec<f32>,
+    /// Per channel, `bias / scale(out) + zero_point(out)` less the residual's zero point in
+    /// output steps (the module's `offset`).
     offset: Vec<f32>,
     /// A residual code's worth in output steps: `scale(r) / scale(out)`.
     residual: Option<f32>,
+    /// The lowest code: the output's zero point after ReLU, else 0.
     lo: f32,
     simd: Simd,
 }
